@@ -1,0 +1,215 @@
+//! Settings for both binaries: defaults that work on a developer machine,
+//! overridden by an optional TOML file (`LLMQ_CONFIG`, else `llmq.toml` if
+//! present) and then by environment variables (`LLMQ_` prefix, `__` for
+//! nesting, e.g. `LLMQ_WORKER__CONCURRENCY`; plus plain `DATABASE_URL` and
+//! `AMQP_URL`). Secrets are never logged: `Debug` redacts them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Everything either binary can be configured with.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub database_url: String,
+    pub amqp_url: String,
+    /// Prefix of every exchange and queue name; tests use a unique one.
+    pub queue_prefix: String,
+    pub prompts_dir: PathBuf,
+    /// Connections per process in the Postgres pool.
+    pub db_pool_size: usize,
+    pub api: ApiSettings,
+    pub worker: WorkerSettings,
+    pub provider: ProviderSettings,
+    /// Logical models named by prompts, mapped onto providers.
+    pub models: BTreeMap<String, ModelSettings>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ApiSettings {
+    pub addr: String,
+    /// The single API key accepted until tenants and scoped keys arrive.
+    pub api_key: String,
+    pub max_body_bytes: usize,
+    /// Upper bound of `?wait=N` long polls.
+    pub max_wait_secs: u64,
+    /// HTTP worker threads; 0 means one per core.
+    pub http_workers: usize,
+    /// How long an execution whose publish was not confirmed waits before
+    /// the outbox relay publishes it again.
+    pub republish_after_secs: u64,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorkerSettings {
+    /// Executions run at once by one worker process (also the prefetch).
+    pub concurrency: usize,
+    /// Lease length; renewed every third of it while work runs.
+    pub lease_secs: u64,
+    /// How long SIGTERM waits for in-flight executions before giving them back.
+    pub shutdown_grace_secs: u64,
+    /// How often the outbox relay looks for rows to publish.
+    pub relay_interval_ms: u64,
+    /// Roles this process runs: `executions`, `relay`.
+    pub roles: Vec<String>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProviderSettings {
+    /// Base URL of the default OpenAI-compatible endpoint (ends in `/v1`).
+    pub base_url: String,
+    pub api_key: String,
+    /// Timeout of one `generate` call.
+    pub timeout_secs: u64,
+}
+
+/// A logical model: where it is served and what it costs.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ModelSettings {
+    /// Model name sent upstream; defaults to the logical name.
+    pub upstream: Option<String>,
+    pub base_url: Option<String>,
+    pub api_key: Option<String>,
+    /// USD per million prompt / completion tokens.
+    pub prompt_price_per_mtok: f64,
+    pub completion_price_per_mtok: f64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database_url: "postgres://postgres@127.0.0.1:5432/llmq".into(),
+            amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            queue_prefix: "llmq".into(),
+            prompts_dir: PathBuf::from("prompts"),
+            db_pool_size: 32,
+            api: ApiSettings::default(),
+            worker: WorkerSettings::default(),
+            provider: ProviderSettings::default(),
+            models: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:8080".into(),
+            api_key: "dev-key".into(),
+            max_body_bytes: 256 * 1024,
+            max_wait_secs: 60,
+            http_workers: 0,
+            republish_after_secs: 10,
+        }
+    }
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 512,
+            lease_secs: 30,
+            shutdown_grace_secs: 30,
+            relay_interval_ms: 500,
+            roles: vec!["executions".into(), "relay".into()],
+        }
+    }
+}
+
+impl Default for ProviderSettings {
+    fn default() -> Self {
+        Self {
+            base_url: "http://127.0.0.1:8081/v1".into(),
+            api_key: String::new(),
+            timeout_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(#[from] Box<figment::Error>);
+
+impl Settings {
+    /// Loads defaults, then the config file, then the environment.
+    pub fn load() -> Result<Self, ConfigError> {
+        let file = std::env::var("LLMQ_CONFIG").unwrap_or_else(|_| "llmq.toml".into());
+        Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::file(file))
+            .merge(Env::prefixed("LLMQ_").split("__").ignore(&["config"]))
+            .merge(Env::raw().only(&["database_url", "amqp_url"]))
+            .extract()
+            .map_err(|e| ConfigError(Box::new(e)))
+    }
+
+    /// The model as configured, or a default entry served by the default provider.
+    pub fn model(&self, name: &str) -> ModelSettings {
+        self.models.get(name).cloned().unwrap_or_default()
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.worker.lease_secs.max(1))
+    }
+}
+
+fn redact(s: &str) -> &'static str {
+    if s.is_empty() {
+        "<empty>"
+    } else {
+        "<redacted>"
+    }
+}
+
+/// The URL without its password, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            let user = creds.split(':').next().unwrap_or_default();
+            format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("amqp_url", &redact_url(&self.amqp_url))
+            .field("queue_prefix", &self.queue_prefix)
+            .field("prompts_dir", &self.prompts_dir)
+            .field("db_pool_size", &self.db_pool_size)
+            .field("api.addr", &self.api.addr)
+            .field("api.api_key", &redact(&self.api.api_key))
+            .field("worker.concurrency", &self.worker.concurrency)
+            .field("worker.roles", &self.worker.roles)
+            .field("provider.base_url", &self.provider.base_url)
+            .field("provider.api_key", &redact(&self.provider.api_key))
+            .field("models", &self.models.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_url_hides_the_password_only() {
+        assert_eq!(
+            redact_url("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact_url("postgres://127.0.0.1/llmq"), "postgres://127.0.0.1/llmq");
+    }
+}

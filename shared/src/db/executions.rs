@@ -1,0 +1,278 @@
+//! Execution rows: creation (with its outbox mark), reads, the lease that
+//! makes one worker the only runner, the outbox relay's queries and the
+//! terminal transition. Every write a worker makes is fenced by its lease:
+//! a worker that lost its lease changes nothing.
+
+use std::time::Duration;
+
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::{DbError, GenericClient, Result};
+use crate::execution::{ErrorInfo, Execution, ExecutionId, ExecutionStatus, NewExecution, Usage};
+use crate::step::Step;
+
+macro_rules! execution_columns {
+    () => {
+        "id, tenant_id, prompt_name, prompt_version, prompt_label, model, params, input, output, status, \
+         error_code, error_message, attempts, prompt_tokens, completion_tokens, total_tokens, cost_usd, \
+         metadata, end_user, priority, stream, webhook_url, created_at, started_at, finished_at"
+    };
+}
+
+const INSERT: &str = concat!(
+    "INSERT INTO executions (id, tenant_id, prompt_name, prompt_version, prompt_label, model, params, input, \
+     metadata, end_user, priority, stream, webhook_url, idempotency_key, request_hash, status, publish_due_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 'queued', \
+     now() + make_interval(secs => $16)) RETURNING ",
+    execution_columns!()
+);
+
+/// Records a new queued execution. It carries an outbox mark due after
+/// `republish_after`: if the API's own publish is confirmed the mark is
+/// cleared, otherwise the relay publishes the execution when it falls due.
+pub async fn insert_execution(client: &impl GenericClient, new: &NewExecution, republish_after: Duration) -> Result<Execution> {
+    let secs = republish_after.as_secs_f64();
+    let row = client
+        .query_one(
+            &client.prepare_cached(INSERT).await?,
+            &[
+                &new.id.0,
+                &new.tenant_id,
+                &new.prompt_name,
+                &new.prompt_version,
+                &new.prompt_label,
+                &new.model,
+                &new.params,
+                &new.input,
+                &new.metadata,
+                &new.end_user,
+                &new.priority,
+                &new.stream,
+                &new.webhook_url,
+                &new.idempotency_key,
+                &new.request_hash,
+                &secs,
+            ],
+        )
+        .await?;
+    execution_from_row(&row)
+}
+
+const GET: &str = concat!("SELECT ", execution_columns!(), " FROM executions WHERE id = $1 AND tenant_id = $2");
+
+/// An execution of `tenant`; another tenant's is as absent as a missing one.
+pub async fn get_execution(client: &impl GenericClient, tenant: &str, id: ExecutionId) -> Result<Option<Execution>> {
+    let row = client.query_opt(&client.prepare_cached(GET).await?, &[&id.0, &tenant]).await?;
+    row.as_ref().map(execution_from_row).transpose()
+}
+
+/// The API saw these publishes confirmed: drop their outbox marks. Only rows
+/// never claimed qualify, so a later retry's mark is never cleared by a
+/// stale confirmation.
+const MARK_PUBLISHED: &str =
+    "UPDATE executions SET publish_due_at = NULL WHERE id = ANY($1) AND attempts = 0 AND status = 'queued'";
+
+pub async fn mark_published(client: &impl GenericClient, ids: &[Uuid]) -> Result<u64> {
+    Ok(client.execute(&client.prepare_cached(MARK_PUBLISHED).await?, &[&ids]).await?)
+}
+
+/// What claiming found.
+#[derive(Debug)]
+pub enum Claim {
+    /// This worker now holds the lease; `attempts` counts this run.
+    Claimed(Execution),
+    NotFound,
+    /// Already finished; the message is a duplicate.
+    Terminal(ExecutionStatus),
+    /// Another worker holds a live lease.
+    Leased,
+    /// A queued execution whose cancellation was requested: it never starts.
+    CancelRequested,
+}
+
+const CLAIM: &str = concat!(
+    "UPDATE executions SET status = 'running', attempts = attempts + 1, lease_owner = $2, \
+     lease_expires_at = now() + make_interval(secs => $3), publish_due_at = NULL, \
+     started_at = coalesce(started_at, now()), updated_at = now() \
+     WHERE id = $1 AND NOT cancel_requested \
+       AND (status = 'queued' OR (status = 'running' AND lease_expires_at < now())) \
+     RETURNING ",
+    execution_columns!()
+);
+const CLAIM_MISS: &str = "SELECT status, cancel_requested FROM executions WHERE id = $1";
+
+/// Takes the lease on an execution so that this worker alone runs it.
+pub async fn claim_execution(client: &impl GenericClient, id: ExecutionId, owner: &str, lease: Duration) -> Result<Claim> {
+    let secs = lease.as_secs_f64();
+    if let Some(row) = client.query_opt(&client.prepare_cached(CLAIM).await?, &[&id.0, &owner, &secs]).await? {
+        return Ok(Claim::Claimed(execution_from_row(&row)?));
+    }
+    let Some(row) = client.query_opt(&client.prepare_cached(CLAIM_MISS).await?, &[&id.0]).await? else {
+        return Ok(Claim::NotFound);
+    };
+    let status = parse_status(row.try_get("status")?)?;
+    Ok(if status.is_terminal() {
+        Claim::Terminal(status)
+    } else if row.try_get("cancel_requested")? {
+        Claim::CancelRequested
+    } else {
+        Claim::Leased
+    })
+}
+
+const RENEW: &str = "UPDATE executions SET lease_expires_at = now() + make_interval(secs => $2) \
+     WHERE lease_owner = $1 AND status = 'running'";
+
+/// Extends every lease this worker holds, in one statement.
+pub async fn renew_leases(client: &impl GenericClient, owner: &str, lease: Duration) -> Result<u64> {
+    Ok(client.execute(&client.prepare_cached(RENEW).await?, &[&owner, &lease.as_secs_f64()]).await?)
+}
+
+const RELEASE: &str = "UPDATE executions SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
+     publish_due_at = now() + make_interval(secs => $3), updated_at = now() \
+     WHERE id = ANY($1) AND lease_owner = $2 AND status = 'running'";
+
+/// Gives leases back (on shutdown) so the redelivered messages can be
+/// claimed at once; the outbox mark covers a message the broker lost.
+pub async fn release_leases(client: &impl GenericClient, ids: &[Uuid], owner: &str, republish_after: Duration) -> Result<u64> {
+    Ok(client
+        .execute(&client.prepare_cached(RELEASE).await?, &[&ids, &owner, &republish_after.as_secs_f64()])
+        .await?)
+}
+
+const REAP: &str = "UPDATE executions SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
+     publish_due_at = now(), updated_at = now() \
+     WHERE id IN (SELECT id FROM executions WHERE status = 'running' AND lease_expires_at < now() \
+                  ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+     RETURNING id";
+
+/// Requeues executions whose worker died (lease expired) for the relay.
+pub async fn reap_expired_leases(client: &impl GenericClient, limit: i64) -> Result<Vec<ExecutionId>> {
+    let rows = client.query(&client.prepare_cached(REAP).await?, &[&limit]).await?;
+    Ok(rows.iter().map(|r| ExecutionId(r.get(0))).collect())
+}
+
+const DUE: &str = "SELECT id, priority FROM executions WHERE publish_due_at <= now() AND status = 'queued' \
+     ORDER BY publish_due_at LIMIT $1 FOR UPDATE SKIP LOCKED";
+const CLEAR_DUE: &str = "UPDATE executions SET publish_due_at = NULL WHERE id = ANY($1)";
+
+/// Rows whose publish is due, locked for this transaction so concurrent
+/// relays never publish the same row at once.
+pub async fn lock_due_for_publish(tx: &impl GenericClient, limit: i64) -> Result<Vec<(ExecutionId, i16)>> {
+    let rows = tx.query(&tx.prepare_cached(DUE).await?, &[&limit]).await?;
+    Ok(rows.iter().map(|r| (ExecutionId(r.get(0)), r.get(1))).collect())
+}
+
+pub async fn clear_publish_due(tx: &impl GenericClient, ids: &[Uuid]) -> Result<u64> {
+    Ok(tx.execute(&tx.prepare_cached(CLEAR_DUE).await?, &[&ids]).await?)
+}
+
+/// How an execution ends.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub status: ExecutionStatus,
+    pub output: Option<serde_json::Value>,
+    pub error: Option<ErrorInfo>,
+    pub usage: Option<Usage>,
+}
+
+const FINISH: &str = "WITH done AS ( \
+       UPDATE executions SET status = $3, output = $4, error_code = $5, error_message = $6, \
+         prompt_tokens = $7, completion_tokens = $8, total_tokens = $9, cost_usd = $10, \
+         finished_at = now(), updated_at = now(), lease_owner = NULL, lease_expires_at = NULL, \
+         publish_due_at = NULL \
+       WHERE id = $1 AND lease_owner = $2 AND status = 'running' RETURNING id) \
+     INSERT INTO execution_steps (execution_id, seq, kind, attempt, status, started_at, finished_at, latency_ms, \
+       input, output) \
+     SELECT id, $11, $12, $13, $14, $15, $16, $17, $18, $19 FROM done RETURNING execution_id";
+
+/// Writes the terminal state and the `finalize` step in one statement.
+/// Returns false when the lease was lost (someone else owns the outcome).
+pub async fn finish_execution(
+    client: &impl GenericClient,
+    id: ExecutionId,
+    owner: &str,
+    outcome: &Outcome,
+    finalize: &Step,
+) -> Result<bool> {
+    let usage = outcome.usage.unwrap_or_default();
+    let has_usage = outcome.usage.is_some();
+    let tokens = |v: i32| has_usage.then_some(v);
+    let rows = client
+        .query(
+            &client.prepare_cached(FINISH).await?,
+            &[
+                &id.0,
+                &owner,
+                &outcome.status.as_str(),
+                &outcome.output,
+                &outcome.error.as_ref().map(|e| e.code.as_str()),
+                &outcome.error.as_ref().map(|e| e.message.as_str()),
+                &tokens(usage.prompt_tokens),
+                &tokens(usage.completion_tokens),
+                &tokens(usage.total_tokens),
+                &usage.cost_usd,
+                &finalize.seq,
+                &finalize.kind.name(),
+                &finalize.attempt,
+                &finalize.status.as_str(),
+                &finalize.started_at,
+                &finalize.finished_at,
+                &finalize.latency_ms,
+                &finalize.input,
+                &finalize.output,
+            ],
+        )
+        .await?;
+    Ok(!rows.is_empty())
+}
+
+pub(crate) fn parse_status(s: String) -> Result<ExecutionStatus> {
+    s.parse().map_err(|e: crate::execution::UnknownStatus| DbError::Data(e.to_string()))
+}
+
+fn execution_from_row(row: &Row) -> Result<Execution> {
+    let prompt_tokens: Option<i32> = row.try_get("prompt_tokens")?;
+    let usage = match prompt_tokens {
+        Some(prompt_tokens) => Some(Usage {
+            prompt_tokens,
+            completion_tokens: row.try_get::<_, Option<i32>>("completion_tokens")?.unwrap_or(0),
+            total_tokens: row.try_get::<_, Option<i32>>("total_tokens")?.unwrap_or(0),
+            cost_usd: row.try_get("cost_usd")?,
+        }),
+        None => None,
+    };
+    let error = match row.try_get::<_, Option<String>>("error_code")? {
+        Some(code) => Some(ErrorInfo { code, message: row.try_get::<_, Option<String>>("error_message")?.unwrap_or_default() }),
+        None => None,
+    };
+    Ok(Execution {
+        id: ExecutionId(row.try_get("id")?),
+        tenant_id: row.try_get("tenant_id")?,
+        prompt_name: row.try_get("prompt_name")?,
+        prompt_version: row.try_get("prompt_version")?,
+        prompt_label: row.try_get("prompt_label")?,
+        model: row.try_get("model")?,
+        params: row.try_get("params")?,
+        input: row.try_get("input")?,
+        output: row.try_get("output")?,
+        status: parse_status(row.try_get("status")?)?,
+        error,
+        attempts: row.try_get("attempts")?,
+        usage,
+        metadata: row.try_get("metadata")?,
+        end_user: row.try_get("end_user")?,
+        priority: row.try_get("priority")?,
+        stream: row.try_get("stream")?,
+        webhook_url: row.try_get("webhook_url")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+/// Every statement of this module, for the test that prepares them all.
+pub const ALL_SQL: &[&str] = &[
+    INSERT, GET, MARK_PUBLISHED, CLAIM, CLAIM_MISS, RENEW, RELEASE, REAP, DUE, CLEAR_DUE, FINISH,
+];

@@ -1,0 +1,112 @@
+//! Postgres: the pool, migrations, the error type and one repository module
+//! per concept. Repository functions take any `GenericClient` so they run
+//! in or out of a transaction, keep their SQL in a `const` beside them and
+//! use `prepare_cached`.
+
+pub mod executions;
+pub mod prompts;
+pub mod steps;
+
+use std::time::Duration;
+
+pub use deadpool_postgres::{GenericClient, Pool};
+use deadpool_postgres::{ManagerConfig, PoolConfig, RecyclingMethod, Runtime, Timeouts};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+mod embedded {
+    refinery::embed_migrations!("../migrations");
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The database cannot be reached or is shutting down: retry later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Query(#[source] tokio_postgres::Error),
+    /// A row broke an invariant the code relies on.
+    #[error("unexpected data: {0}")]
+    Data(String),
+    /// Something is already there and differs (e.g. a changed prompt version).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("migration failed: {0}")]
+    Migration(#[from] refinery::Error),
+    #[error("bad database configuration: {0}")]
+    Config(String),
+}
+
+pub type Result<T, E = DbError> = std::result::Result<T, E>;
+
+impl DbError {
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        match e.code() {
+            // Connection exceptions, shutdowns and "starting up" mean the
+            // server is (temporarily) not there, not that the query is wrong.
+            Some(code)
+                if code.code().starts_with("08")
+                    || *code == SqlState::ADMIN_SHUTDOWN
+                    || *code == SqlState::CRASH_SHUTDOWN
+                    || *code == SqlState::CANNOT_CONNECT_NOW
+                    || *code == SqlState::TOO_MANY_CONNECTIONS =>
+            {
+                Self::Unavailable(e.to_string())
+            }
+            Some(_) => Self::Query(e),
+            None => Self::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for DbError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            other => Self::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// A pool whose waits are bounded, so an unreachable database turns into
+/// `Unavailable` quickly instead of hanging requests.
+pub fn create_pool(database_url: &str, max_size: usize) -> Result<Pool> {
+    let mut cfg = deadpool_postgres::Config::new();
+    cfg.url = Some(database_url.to_string());
+    cfg.manager = Some(ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let timeout = Some(Duration::from_secs(5));
+    cfg.pool = Some(PoolConfig {
+        max_size: max_size.max(1),
+        timeouts: Timeouts { wait: timeout, create: timeout, recycle: timeout },
+        ..PoolConfig::default()
+    });
+    cfg.create_pool(Some(Runtime::Tokio1), NoTls).map_err(|e| DbError::Config(e.to_string()))
+}
+
+/// Applies the embedded migrations in `migrations/`; a no-op when current.
+pub async fn migrate(database_url: &str) -> Result<()> {
+    let (mut client, connection) = tokio_postgres::connect(database_url, NoTls).await?;
+    // The connection future drives the socket; it ends when `client` drops.
+    let driver = tokio::spawn(connection);
+    let report = embedded::migrations::runner().run_async(&mut client).await;
+    drop(client);
+    let _ = driver.await;
+    let report = report?;
+    for m in report.applied_migrations() {
+        tracing::info!(migration = %m, "applied migration");
+    }
+    Ok(())
+}
+
+/// Checks that Postgres answers.
+pub async fn ping(pool: &Pool) -> Result<()> {
+    let client = pool.get().await?;
+    client.simple_query("SELECT 1").await?;
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! Step rows: the execution's trace. Writes are upserts keyed by
+//! (execution, seq), so a step is first written running and then finished,
+//! and they are fenced by the writer's lease.
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Row;
+
+use super::{DbError, GenericClient, Result};
+use crate::execution::{ErrorInfo, ExecutionId, Usage};
+use crate::step::{Step, StepKind, StepStatus};
+
+const RECORD: &str = "INSERT INTO execution_steps (execution_id, seq, kind, attempt, status, started_at, finished_at, \
+       latency_ms, model, params, prompt_tokens, completion_tokens, total_tokens, input, output, error_code, \
+       error_message, retryable) \
+     SELECT s.* FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::int[], $5::text[], $6::timestamptz[], \
+       $7::timestamptz[], $8::float8[], $9::text[], $10::jsonb[], $11::int[], $12::int[], $13::int[], \
+       $14::jsonb[], $15::jsonb[], $16::text[], $17::text[], $18::bool[]) AS s \
+     WHERE EXISTS (SELECT 1 FROM executions e WHERE e.id = $19 AND e.lease_owner = $20 AND e.status = 'running') \
+     ON CONFLICT (execution_id, seq) DO UPDATE SET status = EXCLUDED.status, finished_at = EXCLUDED.finished_at, \
+       latency_ms = EXCLUDED.latency_ms, model = EXCLUDED.model, params = EXCLUDED.params, \
+       prompt_tokens = EXCLUDED.prompt_tokens, completion_tokens = EXCLUDED.completion_tokens, \
+       total_tokens = EXCLUDED.total_tokens, input = EXCLUDED.input, output = EXCLUDED.output, \
+       error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message, retryable = EXCLUDED.retryable";
+
+/// Writes (or updates) steps of one execution in one statement. Returns
+/// false when the writer no longer holds the lease: nothing was written.
+pub async fn record_steps(client: &impl GenericClient, id: ExecutionId, owner: &str, steps: &[&Step]) -> Result<bool> {
+    let col = |f: &dyn Fn(&Step) -> Option<i32>| steps.iter().map(|s| f(s)).collect::<Vec<_>>();
+    let usage = |f: fn(&Usage) -> i32| col(&|s: &Step| s.usage.as_ref().map(f));
+    let ids: Vec<_> = steps.iter().map(|s| s.execution_id.0).collect();
+    let seqs: Vec<_> = steps.iter().map(|s| s.seq).collect();
+    let kinds: Vec<_> = steps.iter().map(|s| s.kind.name()).collect();
+    let attempts: Vec<_> = steps.iter().map(|s| s.attempt).collect();
+    let statuses: Vec<_> = steps.iter().map(|s| s.status.as_str()).collect();
+    let started: Vec<_> = steps.iter().map(|s| s.started_at).collect();
+    let finished: Vec<_> = steps.iter().map(|s| s.finished_at).collect();
+    let latency: Vec<_> = steps.iter().map(|s| s.latency_ms).collect();
+    let models: Vec<_> = steps.iter().map(|s| s.model.as_deref()).collect();
+    let params: Vec<_> = steps.iter().map(|s| s.params.as_ref()).collect();
+    let inputs: Vec<_> = steps.iter().map(|s| s.input.as_ref()).collect();
+    let outputs: Vec<_> = steps.iter().map(|s| s.output.as_ref()).collect();
+    let codes: Vec<_> = steps.iter().map(|s| s.error.as_ref().map(|e| e.code.as_str())).collect();
+    let messages: Vec<_> = steps.iter().map(|s| s.error.as_ref().map(|e| e.message.as_str())).collect();
+    let retryable: Vec<_> = steps.iter().map(|s| s.retryable).collect();
+    let n = client
+        .execute(
+            &client.prepare_cached(RECORD).await?,
+            &[
+                &ids,
+                &seqs,
+                &kinds,
+                &attempts,
+                &statuses,
+                &started,
+                &finished,
+                &latency,
+                &models,
+                &params,
+                &usage(|u| u.prompt_tokens),
+                &usage(|u| u.completion_tokens),
+                &usage(|u| u.total_tokens),
+                &inputs,
+                &outputs,
+                &codes,
+                &messages,
+                &retryable,
+                &id.0,
+                &owner,
+            ],
+        )
+        .await?;
+    Ok(n as usize == steps.len())
+}
+
+const LIST: &str = "SELECT s.execution_id, s.seq, s.kind, s.attempt, s.status, s.started_at, s.finished_at, \
+       s.latency_ms, s.model, s.params, s.prompt_tokens, s.completion_tokens, s.total_tokens, s.input, s.output, \
+       s.error_code, s.error_message, s.retryable \
+     FROM execution_steps s JOIN executions e ON e.id = s.execution_id \
+     WHERE s.execution_id = $1 AND e.tenant_id = $2 ORDER BY s.seq";
+
+/// The steps of an execution of `tenant`, in order.
+pub async fn list_steps(client: &impl GenericClient, tenant: &str, id: ExecutionId) -> Result<Vec<Step>> {
+    let rows = client.query(&client.prepare_cached(LIST).await?, &[&id.0, &tenant]).await?;
+    rows.iter().map(step_from_row).collect()
+}
+
+fn step_from_row(row: &Row) -> Result<Step> {
+    let kind: String = row.try_get("kind")?;
+    let status: String = row.try_get("status")?;
+    let prompt_tokens: Option<i32> = row.try_get("prompt_tokens")?;
+    let completion_tokens: Option<i32> = row.try_get("completion_tokens")?;
+    let total_tokens: Option<i32> = row.try_get("total_tokens")?;
+    let usage = prompt_tokens.map(|p| Usage {
+        prompt_tokens: p,
+        completion_tokens: completion_tokens.unwrap_or(0),
+        total_tokens: total_tokens.unwrap_or(0),
+        cost_usd: None,
+    });
+    let error = row
+        .try_get::<_, Option<String>>("error_code")?
+        .map(|code| -> Result<ErrorInfo> {
+            Ok(ErrorInfo { code, message: row.try_get::<_, Option<String>>("error_message")?.unwrap_or_default() })
+        })
+        .transpose()?;
+    let started_at: DateTime<Utc> = row.try_get("started_at")?;
+    Ok(Step {
+        execution_id: ExecutionId(row.try_get("execution_id")?),
+        seq: row.try_get("seq")?,
+        kind: StepKind::try_from(kind).map_err(DbError::Data)?,
+        attempt: row.try_get("attempt")?,
+        status: StepStatus::parse(&status).ok_or_else(|| DbError::Data(format!("step status {status:?}")))?,
+        started_at,
+        finished_at: row.try_get("finished_at")?,
+        latency_ms: row.try_get("latency_ms")?,
+        model: row.try_get("model")?,
+        params: row.try_get("params")?,
+        usage,
+        input: row.try_get("input")?,
+        output: row.try_get("output")?,
+        error,
+        retryable: row.try_get("retryable")?,
+    })
+}
+
+/// Every statement of this module, for the test that prepares them all.
+pub const ALL_SQL: &[&str] = &[RECORD, LIST];

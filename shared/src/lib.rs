@@ -1,0 +1,17 @@
+//! llmq's shared library: the domain model, Postgres repositories, the
+//! RabbitMQ topology, configuration and telemetry used by both binaries.
+//!
+//! This file only declares and re-exports; each concept lives in its module.
+
+pub mod config;
+pub mod db;
+pub mod execution;
+pub mod mask;
+pub mod metrics;
+pub mod prompt;
+pub mod queue;
+pub mod step;
+pub mod telemetry;
+
+pub use config::Settings;
+pub use execution::{ExecutionId, ExecutionStatus};

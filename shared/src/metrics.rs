@@ -1,0 +1,58 @@
+//! Metric names, their descriptions and the Prometheus recorder. Every
+//! metric is described once here; code elsewhere uses the constants.
+
+use std::sync::OnceLock;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const HTTP_REQUESTS: &str = "llmq_http_requests_total";
+pub const HTTP_REQUEST_DURATION: &str = "llmq_http_request_duration_seconds";
+pub const EXECUTIONS_SUBMITTED: &str = "llmq_executions_submitted_total";
+pub const EXECUTIONS_FINISHED: &str = "llmq_executions_finished_total";
+pub const EXECUTIONS_IN_FLIGHT: &str = "llmq_executions_in_flight";
+pub const EXECUTION_RETRIES: &str = "llmq_execution_retries_total";
+pub const STEP_DURATION: &str = "llmq_step_duration_seconds";
+pub const TOKENS: &str = "llmq_tokens_total";
+pub const QUEUE_PUBLISH_FAILURES: &str = "llmq_queue_publish_failures_total";
+pub const OUTBOX_REPUBLISHED: &str = "llmq_outbox_republished_total";
+pub const LEASES_REAPED: &str = "llmq_leases_reaped_total";
+pub const MESSAGES_DEAD_LETTERED: &str = "llmq_messages_dead_lettered_total";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder (once per process) and returns the
+/// handle that renders `/metrics`.
+pub fn install() -> Option<PrometheusHandle> {
+    if let Some(h) = HANDLE.get() {
+        return Some(h.clone());
+    }
+    let buckets = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+        .ok()?
+        .build_recorder();
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_err() {
+        // Another recorder won the race (tests): keep whichever is stored.
+        return HANDLE.get().cloned();
+    }
+    describe();
+    let _ = HANDLE.set(handle.clone());
+    Some(handle)
+}
+
+fn describe() {
+    describe_counter!(HTTP_REQUESTS, "HTTP requests by method, route and status");
+    describe_histogram!(HTTP_REQUEST_DURATION, Unit::Seconds, "HTTP request latency by route");
+    describe_counter!(EXECUTIONS_SUBMITTED, "Executions accepted by the API, by prompt");
+    describe_counter!(EXECUTIONS_FINISHED, "Executions that reached a terminal status, by status");
+    describe_gauge!(EXECUTIONS_IN_FLIGHT, "Executions this worker is running now");
+    describe_counter!(EXECUTION_RETRIES, "Executions scheduled again after a retryable error, by code");
+    describe_histogram!(STEP_DURATION, Unit::Seconds, "Step latency by kind and status");
+    describe_counter!(TOKENS, "Tokens used, by model and kind (prompt, completion)");
+    describe_counter!(QUEUE_PUBLISH_FAILURES, "Publishes to RabbitMQ that were not confirmed");
+    describe_counter!(OUTBOX_REPUBLISHED, "Executions published by the outbox relay");
+    describe_counter!(LEASES_REAPED, "Executions requeued because their worker's lease expired");
+    describe_counter!(MESSAGES_DEAD_LETTERED, "Messages sent to the dead-letter queue, by reason");
+}

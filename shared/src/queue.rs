@@ -1,0 +1,268 @@
+//! RabbitMQ: topology names, idempotent declaration, the execution message,
+//! and a publisher that confirms every publish and reconnects by itself.
+//! RabbitMQ is transport only: whatever it loses, the outbox in Postgres
+//! publishes again, so a failed publish is an error to report, never a
+//! reason to drop work.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use serde::{Deserialize, Serialize};
+use tokio::sync::RwLock;
+use tokio_util::sync::CancellationToken;
+
+use crate::execution::ExecutionId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    #[error("broker refused the message")]
+    Nacked,
+    #[error("broker did not confirm within {0:?}")]
+    ConfirmTimeout(Duration),
+    #[error("broker error: {0}")]
+    Broker(#[from] lapin::Error),
+}
+
+pub type Result<T, E = QueueError> = std::result::Result<T, E>;
+
+/// The routing key of execution messages on the executions exchange.
+pub const EXECUTION_ROUTING_KEY: &str = "execution";
+/// Redeliveries after which the broker dead-letters a message that keeps
+/// killing its consumer.
+pub const DELIVERY_LIMIT: i64 = 50;
+
+/// Exchange and queue names, all derived from one prefix.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    pub executions_exchange: String,
+    pub executions_queue: String,
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+    /// Lifecycle events (topic exchange): `execution.<status>`.
+    pub events_exchange: String,
+}
+
+impl Topology {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            executions_exchange: format!("{prefix}.executions"),
+            executions_queue: format!("{prefix}.executions"),
+            dead_letter_exchange: format!("{prefix}.dlx"),
+            dead_letter_queue: format!("{prefix}.executions.dead"),
+            events_exchange: format!("{prefix}.events"),
+        }
+    }
+
+    /// Declares everything; safe to call from every process at start.
+    pub async fn declare(&self, channel: &Channel) -> Result<()> {
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        channel
+            .exchange_declare(s(&self.executions_exchange), ExchangeKind::Direct, durable, FieldTable::default())
+            .await?;
+        channel
+            .exchange_declare(s(&self.dead_letter_exchange), ExchangeKind::Fanout, durable, FieldTable::default())
+            .await?;
+        channel
+            .exchange_declare(s(&self.events_exchange), ExchangeKind::Topic, durable, FieldTable::default())
+            .await?;
+        let queue = QueueDeclareOptions { durable: true, ..Default::default() };
+        let mut dead_args = FieldTable::default();
+        dead_args.insert(s("x-queue-type"), AMQPValue::LongString("quorum".into()));
+        channel.queue_declare(s(&self.dead_letter_queue), queue, dead_args).await?;
+        channel
+            .queue_bind(s(&self.dead_letter_queue), s(&self.dead_letter_exchange), s(""), QueueBindOptions::default(), FieldTable::default())
+            .await?;
+        let mut args = FieldTable::default();
+        args.insert(s("x-queue-type"), AMQPValue::LongString("quorum".into()));
+        args.insert(s("x-dead-letter-exchange"), AMQPValue::LongString(self.dead_letter_exchange.as_str().into()));
+        args.insert(s("x-delivery-limit"), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+        channel.queue_declare(s(&self.executions_queue), queue, args).await?;
+        channel
+            .queue_bind(
+                s(&self.executions_queue),
+                s(&self.executions_exchange),
+                s(EXECUTION_ROUTING_KEY),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+pub fn s(v: &str) -> ShortString {
+    v.into()
+}
+
+/// The body of a message on the executions queue. Postgres holds the rest.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ExecutionMessage {
+    pub id: ExecutionId,
+}
+
+/// Opens a connection named after the process, for the broker's UI.
+pub async fn connect(url: &str, name: &str) -> Result<Connection> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url, props).await.map_err(|e| QueueError::Unavailable(e.to_string()))
+}
+
+/// A confirmed publisher over one channel, replaced when the connection dies.
+pub struct Publisher {
+    url: String,
+    name: String,
+    topology: Topology,
+    confirm_timeout: Duration,
+    current: RwLock<Option<(Connection, Channel)>>,
+    reconnect: tokio::sync::Notify,
+}
+
+impl Publisher {
+    /// Connects (or keeps trying in the background) and returns at once:
+    /// a process must start, and answer health checks, without its broker.
+    pub fn start(url: &str, name: &str, topology: Topology, cancel: CancellationToken) -> Arc<Self> {
+        let publisher = Arc::new(Self {
+            url: url.to_string(),
+            name: name.to_string(),
+            topology,
+            confirm_timeout: Duration::from_secs(5),
+            current: RwLock::new(None),
+            reconnect: tokio::sync::Notify::new(),
+        });
+        // Lives as long as the process; it stops on the cancellation token.
+        tokio::spawn(publisher.clone().maintain(cancel));
+        publisher
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// True while a channel is open.
+    pub async fn is_connected(&self) -> bool {
+        match &*self.current.read().await {
+            Some((conn, channel)) => conn.status().connected() && channel.status().connected(),
+            None => false,
+        }
+    }
+
+    async fn maintain(self: Arc<Self>, cancel: CancellationToken) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            if !self.is_connected().await {
+                match self.open().await {
+                    Ok(pair) => {
+                        *self.current.write().await = Some(pair);
+                        delay = Duration::from_millis(100);
+                        tracing::info!(broker.connection = %self.name, "publisher connected");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "publisher cannot connect");
+                        tokio::select! {
+                            _ = cancel.cancelled() => break,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = self.reconnect.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+        if let Some((conn, _)) = self.current.write().await.take() {
+            let _ = conn.close(200, s("shutdown")).await;
+        }
+    }
+
+    async fn open(&self) -> Result<(Connection, Channel)> {
+        let conn = connect(&self.url, &self.name).await?;
+        let channel = conn.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        self.topology.declare(&channel).await?;
+        Ok((conn, channel))
+    }
+
+    async fn channel(&self) -> Result<Channel> {
+        match &*self.current.read().await {
+            Some((conn, channel)) if conn.status().connected() && channel.status().connected() => Ok(channel.clone()),
+            _ => {
+                self.reconnect.notify_one();
+                Err(QueueError::Unavailable("no open channel".into()))
+            }
+        }
+    }
+
+    /// Publishes an execution message and waits for the broker's confirm.
+    pub async fn publish_execution(&self, id: ExecutionId, priority: i16) -> Result<()> {
+        let body = serde_json::to_vec(&ExecutionMessage { id }).unwrap_or_default();
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(s("application/json"))
+            .with_message_id(s(&id.to_string()))
+            .with_priority(priority.clamp(0, 9) as u8);
+        let result = self
+            .publish_confirmed(&self.topology.executions_exchange, EXECUTION_ROUTING_KEY, &body, props)
+            .await;
+        if result.is_err() {
+            metrics::counter!(crate::metrics::QUEUE_PUBLISH_FAILURES).increment(1);
+        }
+        result
+    }
+
+    async fn publish_confirmed(&self, exchange: &str, key: &str, body: &[u8], props: BasicProperties) -> Result<()> {
+        let channel = self.channel().await?;
+        let confirm = async {
+            let pending = channel.basic_publish(s(exchange), s(key), BasicPublishOptions::default(), body, props).await?;
+            match pending.await? {
+                Confirmation::Ack(_) => Ok(()),
+                Confirmation::Nack(_) => Err(QueueError::Nacked),
+                Confirmation::NotRequested => Err(QueueError::Unavailable("channel without confirms".into())),
+            }
+        };
+        match tokio::time::timeout(self.confirm_timeout, confirm).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                self.reconnect.notify_one();
+                Err(e)
+            }
+            Err(_) => {
+                self.reconnect.notify_one();
+                Err(QueueError::ConfirmTimeout(self.confirm_timeout))
+            }
+        }
+    }
+
+    /// Publishes a lifecycle event. Best effort: events are hints for
+    /// waiters, who also read Postgres, so no confirm is awaited.
+    pub async fn publish_event(&self, routing_key: &str, body: &[u8]) -> Result<()> {
+        let channel = self.channel().await?;
+        let props = BasicProperties::default().with_content_type(s("application/json"));
+        channel
+            .basic_publish(s(&self.topology.events_exchange), s(routing_key), BasicPublishOptions::default(), body, props)
+            .await?;
+        Ok(())
+    }
+}
+
+/// A lifecycle event on the events exchange.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ExecutionEvent {
+    pub id: ExecutionId,
+    pub status: crate::execution::ExecutionStatus,
+}
+
+impl ExecutionEvent {
+    pub fn routing_key(&self) -> String {
+        format!("execution.{}", self.status)
+    }
+}
