@@ -1,0 +1,14 @@
+//! llmq-api: the HTTP front end. Handlers authenticate, validate and hand
+//! off to services; the execution itself runs in llmq-worker.
+
+pub mod auth;
+pub mod error;
+pub mod openapi;
+pub mod resources;
+pub mod routes;
+pub mod services;
+pub mod startup;
+pub mod state;
+pub mod waiters;
+
+pub use startup::Application;

@@ -1,0 +1,59 @@
+//! `llmq-api serve` runs the HTTP API; `llmq-api migrate` applies the
+//! schema migrations and loads the prompt files.
+
+use clap::{Parser, Subcommand};
+use llmq_api::startup::{sync_prompts, Application};
+use llmq_shared::{db, telemetry, Settings};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "llmq-api", version, about = "llmq HTTP API")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API (the default).
+    Serve,
+    /// Apply migrations and sync prompt files, then exit.
+    Migrate,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init("llmq-api");
+    let settings = Settings::load()?;
+    match Cli::parse().command.unwrap_or(Command::Serve) {
+        Command::Migrate => {
+            db::migrate(&settings.database_url).await?;
+            let pool = db::create_pool(&settings.database_url, 2)?;
+            sync_prompts(&settings, &pool).await?;
+            tracing::info!("database is migrated and prompts are synced");
+        }
+        Command::Serve => {
+            tracing::info!(settings = ?settings, "starting llmq-api");
+            let cancel = CancellationToken::new();
+            let app = Application::build(settings, cancel.clone()).await?;
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("shutting down");
+                cancel.cancel();
+            });
+            app.run_until_stopped().await?;
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

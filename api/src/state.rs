@@ -1,0 +1,25 @@
+//! What every request handler shares: pools, the publisher, caches. Holds
+//! nothing another replica would need: all state of record is in Postgres.
+
+use std::sync::Arc;
+
+use llmq_shared::db::Pool;
+use llmq_shared::prompt::PromptCache;
+use llmq_shared::queue::Publisher;
+use llmq_shared::Settings;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::waiters::Waiters;
+
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub pool: Pool,
+    pub publisher: Arc<Publisher>,
+    pub prompts: PromptCache,
+    pub waiters: Arc<Waiters>,
+    /// Ids whose publish the broker confirmed, batched into one UPDATE.
+    pub confirmed: mpsc::Sender<Uuid>,
+    pub metrics: Option<PrometheusHandle>,
+}

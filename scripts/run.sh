@@ -1,0 +1,265 @@
+#!/usr/bin/env bash
+# `make run`: the whole stack on this machine, in the foreground.
+#
+#   1. scripts/setup.sh (PostgreSQL, RabbitMQ, database)
+#   2. release build of llmq-api and llmq-worker
+#   3. unless LLMQ_PROVIDER_BASE_URL is set: a real small local model
+#      (scripts/local-model.sh, SmolLM2-135M on 127.0.0.1:8081)
+#   4. .run/llmq.toml (unless LLMQ_CONFIG is set), migrations, then the API
+#      and the worker in the background (logs in .run/api.log, .run/worker.log)
+#   5. waits for /readyz, prints example requests, and stays until Ctrl-C,
+#      which stops everything it started.
+#
+# Env: LLMQ_HTTP_PORT (8080), LLMQ_MODEL_PORT (8081), LLMQ_PROVIDER_BASE_URL
+#      and LLMQ_PROVIDER_API_KEY (use a remote OpenAI-compatible provider
+#      instead of the local model), LLMQ_CONFIG (use your own config file),
+#      DATABASE_URL, AMQP_URL, RUST_LOG.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+RUN_DIR=$ROOT/.run
+mkdir -p "$RUN_DIR"
+
+HTTP_PORT=${LLMQ_HTTP_PORT:-8080}
+MODEL_PORT=${LLMQ_MODEL_PORT:-8081}
+MODEL_ALIAS=${LLMQ_MODEL_ALIAS:-smollm2-135m-instruct}
+API_KEY=${LLMQ_API__API_KEY:-dev-key}
+READY_WAIT_SECS=${LLMQ_READY_WAIT_SECS:-60}
+STOP_WAIT_SECS=${LLMQ_STOP_WAIT_SECS:-35}
+export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/llmq}
+export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+
+API_BIN=$ROOT/target/release/llmq-api
+WORKER_BIN=$ROOT/target/release/llmq-worker
+BASE_URL="http://127.0.0.1:${HTTP_PORT}"
+
+log() { printf '[run] %s\n' "$*" >&2; }
+die() { printf '[run] ERROR: %s\n' "$*" >&2; exit 1; }
+
+tcp_open() {
+    # shellcheck disable=SC2016  # expanded by the inner bash
+    timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0"' "$1" 2>/dev/null
+}
+
+alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+
+# ------------------------------------------------------------ cleanup
+
+API_PID=""
+WORKER_PID=""
+STARTED_MODEL=0
+CLEANED=0
+
+stop_pid() { # stop_pid NAME PID: SIGTERM, wait, then SIGKILL
+    local name=$1 pid=$2
+    alive "$pid" || return 0
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+}
+
+wait_pid() {
+    local name=$1 pid=$2 i
+    for ((i = 0; i < STOP_WAIT_SECS * 2; i++)); do
+        alive "$pid" || return 0
+        sleep 0.5
+    done
+    log "$name (pid $pid) did not stop within ${STOP_WAIT_SECS}s; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    [ "$CLEANED" = 0 ] || return 0
+    CLEANED=1
+    trap '' INT TERM
+    # Worker first (it drains in-flight executions), then the API.
+    stop_pid worker "$WORKER_PID"
+    stop_pid api "$API_PID"
+    if [ -n "$WORKER_PID" ]; then
+        wait_pid worker "$WORKER_PID"
+        rm -f "$RUN_DIR/worker.pid"
+    fi
+    if [ -n "$API_PID" ]; then
+        wait_pid api "$API_PID"
+        rm -f "$RUN_DIR/api.pid"
+    fi
+    if [ "$STARTED_MODEL" = 1 ]; then
+        bash "$ROOT/scripts/local-model.sh" stop || true
+    fi
+}
+
+on_signal() {
+    printf '\n' >&2
+    log "shutting down"
+    cleanup
+    log "stopped"
+    exit 0
+}
+
+trap on_signal INT TERM
+trap cleanup EXIT
+
+# ------------------------------------------------------------ preflight
+
+for name in api worker; do
+    pid=$(cat "$RUN_DIR/$name.pid" 2>/dev/null || true)
+    if alive "$pid" && grep -q "llmq-$name" "/proc/$pid/cmdline" 2>/dev/null; then
+        die "llmq-$name from an earlier run is still running (pid $pid): stop it or run 'make clean-run'"
+    fi
+    rm -f "$RUN_DIR/$name.pid"
+done
+if tcp_open "$HTTP_PORT"; then
+    die "port $HTTP_PORT is already in use: stop what listens there or set LLMQ_HTTP_PORT"
+fi
+
+bash "$ROOT/scripts/setup.sh"
+
+if ! command -v curl >/dev/null 2>&1; then
+    log "installing curl"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
+fi
+
+log "building llmq-api and llmq-worker (release)"
+locked=()
+if [ "${CI:-}" = true ] && [ -f Cargo.lock ]; then locked=(--locked); fi
+cargo build --release "${locked[@]}" -p llmq-api -p llmq-worker
+
+# ------------------------------------------------------------ model + config
+
+if [ -n "${LLMQ_PROVIDER_BASE_URL:-}" ]; then
+    log "using the provider at $LLMQ_PROVIDER_BASE_URL (LLMQ_PROVIDER_BASE_URL)"
+    export LLMQ_PROVIDER__BASE_URL=$LLMQ_PROVIDER_BASE_URL
+    if [ -n "${LLMQ_PROVIDER_API_KEY:-}" ]; then
+        export LLMQ_PROVIDER__API_KEY=$LLMQ_PROVIDER_API_KEY
+    fi
+else
+    if ! curl -fsS --max-time 3 "http://127.0.0.1:${MODEL_PORT}/v1/models" >/dev/null 2>&1; then
+        STARTED_MODEL=1
+    fi
+    LLMQ_MODEL_PORT=$MODEL_PORT LLMQ_MODEL_ALIAS=$MODEL_ALIAS bash "$ROOT/scripts/local-model.sh" start
+fi
+
+toml_str() { # a TOML basic string
+    local s=${1//\\/\\\\}
+    printf '"%s"' "${s//\"/\\\"}"
+}
+
+# Logical models the prompts name (model = ..., fallback_model = ...), so
+# that every one of them is served by the local model.
+prompt_models() {
+    {
+        echo gpt-4o-mini
+        if [ -d "$ROOT/prompts" ]; then
+            grep -rhoE '^[[:space:]]*(limits\.)?(model|fallback_model)[[:space:]]*=[[:space:]]*"[^"]+"' \
+                --include='*.toml' "$ROOT/prompts" 2>/dev/null |
+                sed -E 's/.*=[[:space:]]*"([^"]+)"/\1/' || true
+        fi
+    } | sort -u
+}
+
+if [ -n "${LLMQ_CONFIG:-}" ]; then
+    log "using config file $LLMQ_CONFIG (LLMQ_CONFIG)"
+else
+    export LLMQ_CONFIG=$RUN_DIR/llmq.toml
+    {
+        echo "# Written by scripts/run.sh on every 'make run'; edits are lost."
+        echo "# See deploy/llmq.example.toml for every setting."
+        echo "database_url = $(toml_str "$DATABASE_URL")"
+        echo "amqp_url = $(toml_str "$AMQP_URL")"
+        echo "prompts_dir = $(toml_str "$ROOT/prompts")"
+        echo
+        echo "[api]"
+        echo "addr = $(toml_str "127.0.0.1:$HTTP_PORT")"
+        echo "api_key = $(toml_str "$API_KEY")"
+        echo
+        echo "[provider]"
+        if [ -n "${LLMQ_PROVIDER_BASE_URL:-}" ]; then
+            echo "base_url = $(toml_str "$LLMQ_PROVIDER_BASE_URL")"
+            echo "# api_key comes from LLMQ_PROVIDER_API_KEY (env), never written here"
+        else
+            echo "base_url = $(toml_str "http://127.0.0.1:$MODEL_PORT/v1")"
+            echo 'api_key = ""'
+            echo "timeout_secs = 120"
+            while read -r model; do
+                [ -n "$model" ] || continue
+                echo
+                echo "[models.$(toml_str "$model")]"
+                echo "upstream = $(toml_str "$MODEL_ALIAS")"
+            done < <(prompt_models)
+        fi
+    } >"$LLMQ_CONFIG"
+    log "wrote $LLMQ_CONFIG"
+fi
+export LLMQ_CONFIG
+
+# ------------------------------------------------------------ llmq
+
+log "migrating the database"
+"$API_BIN" migrate
+
+# setsid: Ctrl-C reaches only this script, which then stops the processes
+# in order (worker first, with its shutdown grace).
+log "starting llmq-api on $BASE_URL (log .run/api.log)"
+setsid "$API_BIN" serve >"$RUN_DIR/api.log" 2>&1 </dev/null &
+API_PID=$!
+echo "$API_PID" >"$RUN_DIR/api.pid"
+
+log "starting llmq-worker (log .run/worker.log)"
+setsid "$WORKER_BIN" >"$RUN_DIR/worker.log" 2>&1 </dev/null &
+WORKER_PID=$!
+echo "$WORKER_PID" >"$RUN_DIR/worker.pid"
+
+deadline=$((SECONDS + READY_WAIT_SECS))
+until [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$BASE_URL/readyz" 2>/dev/null)" = 200 ]; do
+    if ! alive "$API_PID"; then
+        tail -n 30 "$RUN_DIR/api.log" >&2 || true
+        die "llmq-api exited during startup (see .run/api.log)"
+    fi
+    if ! alive "$WORKER_PID"; then
+        tail -n 30 "$RUN_DIR/worker.log" >&2 || true
+        die "llmq-worker exited during startup (see .run/worker.log)"
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+        tail -n 20 "$RUN_DIR/api.log" >&2 || true
+        die "$BASE_URL/readyz did not answer 200 within ${READY_WAIT_SECS}s"
+    fi
+    sleep 0.5
+done
+
+PROMPT=summarize
+if [ ! -d "$ROOT/prompts/$PROMPT" ]; then
+    first=$(find "$ROOT/prompts" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' 2>/dev/null | sort | head -n 1 || true)
+    PROMPT=${first:-summarize}
+fi
+
+cat <<EOF
+
+  llmq is up at $BASE_URL   (API key: $API_KEY)
+  logs: .run/api.log  .run/worker.log$([ "$STARTED_MODEL" = 1 ] && printf '  .run/model.log')
+  model: ${LLMQ_PROVIDER_BASE_URL:-http://127.0.0.1:$MODEL_PORT/v1 ($MODEL_ALIAS, local)}
+
+  Submit an execution:
+
+    curl -s -X POST $BASE_URL/v1/executions -H 'Authorization: Bearer $API_KEY' -H 'Content-Type: application/json' -d '{"prompt":"$PROMPT","input":{"text":"PostgreSQL is a powerful, open source object-relational database system with over 35 years of active development."}}'
+
+  Then wait for its result (put the returned id in place of <id>):
+
+    curl -s '$BASE_URL/v1/executions/<id>?wait=30' -H 'Authorization: Bearer $API_KEY'
+
+  Press Ctrl-C to stop everything.
+
+EOF
+
+# Stay in the foreground; notice if a process dies on its own.
+while true; do
+    sleep 1 &
+    wait $! || true
+    if ! alive "$API_PID"; then
+        tail -n 20 "$RUN_DIR/api.log" >&2 || true
+        die "llmq-api exited (see .run/api.log)"
+    fi
+    if ! alive "$WORKER_PID"; then
+        tail -n 20 "$RUN_DIR/worker.log" >&2 || true
+        die "llmq-worker exited (see .run/worker.log)"
+    fi
+done

@@ -1,0 +1,185 @@
+//! HTTP routes: `POST /v1/chat/completions` (with fault injection), `GET /v1/models`,
+//! `GET /_stats` and `GET /healthz`.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::web::{self, Bytes};
+use actix_web::{HttpResponse, HttpResponseBuilder};
+use serde_json::{json, Value};
+
+use crate::markers::{self, Fault};
+use crate::request::{self, ChatRequest};
+use crate::response::{self, Answer, Envelope};
+use crate::state::{self, State};
+
+/// How long a `[[fault:hang]]` request sleeps before giving up.
+const HANG: Duration = Duration::from_secs(3600);
+
+/// Registers every route on an actix `App`.
+pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/chat/completions", web::post().to(chat_completions))
+        .route("/v1/models", web::get().to(models))
+        .route("/_stats", web::get().to(stats))
+        .route("/healthz", web::get().to(healthz))
+        .default_service(web::to(not_found));
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok")
+}
+
+async fn models() -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "object": "list",
+        "data": [{"id": "fake-model", "object": "model", "created": 0, "owned_by": "llmq-fake"}]
+    }))
+}
+
+async fn stats(state: web::Data<State>) -> HttpResponse {
+    HttpResponse::Ok().json(state.calls())
+}
+
+async fn not_found() -> HttpResponse {
+    HttpResponse::NotFound().json(response::error_body(
+        "Unknown request URL. Please check the URL for typos.",
+        "invalid_request_error",
+        None,
+        Some("unknown_url"),
+    ))
+}
+
+fn invalid(message: &str, param: Option<&str>) -> HttpResponse {
+    HttpResponse::BadRequest().json(response::error_body(
+        message,
+        "invalid_request_error",
+        param,
+        None,
+    ))
+}
+
+async fn chat_completions(state: web::Data<State>, body: Bytes) -> HttpResponse {
+    let received = state::now_ms();
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            state.reject(String::new(), String::new(), false, received);
+            return invalid(
+                &format!("We could not parse the JSON body of your request. ({e})"),
+                None,
+            );
+        }
+    };
+    let req = match ChatRequest::parse(&value) {
+        Ok(r) => r,
+        Err(e) => {
+            let (model, stream) = request::loose_model_stream(&value);
+            state.reject(String::new(), model, stream, received);
+            return invalid(&e.message, e.param);
+        }
+    };
+
+    let key = req.key();
+    let fault_markers = markers::fault_markers(&key);
+    let (idx, plan) = state.begin(key, req.model.clone(), req.stream, received, |attempt| {
+        let plan = markers::plan(&fault_markers, attempt);
+        let outcome = plan.outcome();
+        (plan, outcome)
+    });
+
+    if plan.fault == Some(Fault::Hang) {
+        tokio::time::sleep(HANG).await;
+        state.responded(idx);
+        return HttpResponse::GatewayTimeout().json(response::error_body(
+            "Request timed out (injected hang).",
+            "server_error",
+            None,
+            None,
+        ));
+    }
+
+    let latency = plan.latency_ms.unwrap_or_else(|| state.latency_ms());
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+
+    let resp = match plan.fault {
+        Some(fault) => fault_response(&fault, &state, &req),
+        None => answer(&state, &req),
+    };
+    state.responded(idx);
+    resp
+}
+
+fn envelope<'a>(state: &State, req: &'a ChatRequest) -> Envelope<'a> {
+    Envelope {
+        id: format!(
+            "chatcmpl-{:016x}{:08x}",
+            response::fnv1a(req.key().as_bytes()),
+            state.next_seq()
+        ),
+        created: state::now_secs(),
+        model: &req.model,
+    }
+}
+
+fn answer(state: &State, req: &ChatRequest) -> HttpResponse {
+    let answer = Answer::for_request(req);
+    let usage = response::usage(req, &answer);
+    let env = envelope(state, req);
+    if req.stream {
+        let events = env.sse_events(&answer, req.include_usage.then_some(usage));
+        HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .insert_header(("cache-control", "no-cache"))
+            .streaming(futures::stream::iter(
+                events
+                    .into_iter()
+                    .map(|e| Ok::<_, Infallible>(Bytes::from(e))),
+            ))
+    } else {
+        HttpResponse::Ok().json(env.completion(&answer, usage))
+    }
+}
+
+fn fault_response(fault: &Fault, state: &State, req: &ChatRequest) -> HttpResponse {
+    match fault {
+        Fault::RateLimit { retry_after } => HttpResponse::TooManyRequests()
+            .insert_header(("retry-after", retry_after.to_string()))
+            .insert_header(("x-ratelimit-remaining-requests", "0"))
+            .json(response::error_body(
+                &format!(
+                    "Rate limit reached for {} in organization org-llmq-fake on requests per min \
+                     (RPM): Limit 1, Used 1, Requested 1. Please try again in {retry_after}s. \
+                     (injected fault)",
+                    req.model
+                ),
+                "requests",
+                None,
+                Some("rate_limit_exceeded"),
+            )),
+        Fault::ServerError => HttpResponse::InternalServerError().json(response::error_body(
+            "The server had an error while processing your request. Sorry about that! \
+             (injected fault)",
+            "server_error",
+            None,
+            None,
+        )),
+        Fault::BadRequest => invalid("Invalid request (injected fault).", None),
+        Fault::Hang => HttpResponseBuilder::new(StatusCode::GATEWAY_TIMEOUT).finish(),
+        Fault::Malformed => {
+            let answer = Answer::for_request(req);
+            let full = envelope(state, req)
+                .completion(&answer, response::usage(req, &answer))
+                .to_string();
+            let mut cut = full.len() / 2;
+            while !full.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            HttpResponse::Ok()
+                .content_type("application/json")
+                .body(full[..cut].to_owned())
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Shared server state: the call log, the per-key request counters used by `times=N`
+//! faults, the global latency and the id sequence.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::CallRecord;
+
+/// State shared by every actix worker (wrapped in `web::Data`).
+pub(crate) struct State {
+    inner: Mutex<Inner>,
+    latency_ms: AtomicU64,
+    seq: AtomicU64,
+}
+
+#[derive(Default)]
+struct Inner {
+    calls: Vec<CallRecord>,
+    attempts: HashMap<String, u64>,
+}
+
+impl State {
+    pub(crate) fn new(latency_ms: u64) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            latency_ms: AtomicU64::new(latency_ms),
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn latency_ms(&self) -> u64 {
+        self.latency_ms.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_latency_ms(&self, ms: u64) {
+        self.latency_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Next value of a process-wide sequence (used to make response ids unique).
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers an arriving request: bumps the counter of `key` and lets `decide` pick the
+    /// plan from the 1-based attempt number; records the call with the outcome it returns.
+    /// Returns the record index (for [`State::responded`]) and the plan.
+    pub(crate) fn begin<T>(
+        &self,
+        key: String,
+        model: String,
+        stream: bool,
+        received_at_ms: u128,
+        decide: impl FnOnce(u64) -> (T, &'static str),
+    ) -> (usize, T) {
+        let mut inner = self.lock();
+        let attempt = {
+            let n = inner.attempts.entry(key.clone()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let (plan, outcome) = decide(attempt);
+        inner.calls.push(CallRecord {
+            key,
+            model,
+            stream,
+            outcome: outcome.to_owned(),
+            received_at_ms,
+            responded_at_ms: None,
+        });
+        (inner.calls.len() - 1, plan)
+    }
+
+    /// Records a request that was rejected before it could be keyed (e.g. invalid JSON).
+    pub(crate) fn reject(&self, key: String, model: String, stream: bool, received_at_ms: u128) {
+        self.lock().calls.push(CallRecord {
+            key,
+            model,
+            stream,
+            outcome: "400".to_owned(),
+            received_at_ms,
+            responded_at_ms: Some(now_ms()),
+        });
+    }
+
+    /// Marks call `idx` as answered now.
+    pub(crate) fn responded(&self, idx: usize) {
+        let now = now_ms();
+        if let Some(call) = self.lock().calls.get_mut(idx) {
+            call.responded_at_ms = Some(now);
+        }
+    }
+
+    pub(crate) fn calls(&self) -> Vec<CallRecord> {
+        self.lock().calls.clone()
+    }
+
+    pub(crate) fn calls_containing(&self, needle: &str) -> Vec<CallRecord> {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|c| c.key.contains(needle))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
