@@ -59,6 +59,15 @@ pub struct WorkerSettings {
     pub relay_interval_ms: u64,
     /// Roles this process runs: `executions`, `relay`.
     pub roles: Vec<String>,
+    /// Where the worker serves `/metrics`; empty disables the listener.
+    pub metrics_addr: String,
+    /// Attempts (runs) of an execution before a retryable error is final;
+    /// a prompt version's `limits.max_attempts` overrides it.
+    pub max_attempts: u32,
+    /// Backoff between attempts: exponential from `retry_base_ms`, capped
+    /// at `retry_max_ms`, with jitter.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -121,6 +130,10 @@ impl Default for WorkerSettings {
             shutdown_grace_secs: 30,
             relay_interval_ms: 500,
             roles: vec!["executions".into(), "relay".into()],
+            metrics_addr: "127.0.0.1:9464".into(),
+            max_attempts: 4,
+            retry_base_ms: 500,
+            retry_max_ms: 60_000,
         }
     }
 }

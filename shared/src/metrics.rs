@@ -56,3 +56,20 @@ fn describe() {
     describe_counter!(LEASES_REAPED, "Executions requeued because their worker's lease expired");
     describe_counter!(MESSAGES_DEAD_LETTERED, "Messages sent to the dead-letter queue, by reason");
 }
+
+/// Installs the recorder with its own HTTP listener serving `/metrics`
+/// (for processes without an HTTP server of their own, like the worker).
+pub fn install_with_listener(addr: std::net::SocketAddr) -> Result<(), String> {
+    if HANDLE.get().is_some() {
+        return Ok(());
+    }
+    let buckets = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+        .map_err(|e| e.to_string())?
+        .install()
+        .map_err(|e| e.to_string())?;
+    describe();
+    Ok(())
+}

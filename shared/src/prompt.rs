@@ -260,6 +260,10 @@ pub struct PromptCache {
 }
 
 impl PromptCache {
+    pub fn get(&self, name: &str, version: i32) -> Option<Arc<CompiledPrompt>> {
+        self.compiled.read().ok()?.get(&(name.to_string(), version)).cloned()
+    }
+
     pub fn get_or_compile(
         &self,
         name: &str,

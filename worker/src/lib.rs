@@ -1,1 +1,13 @@
-//! placeholder while the workspace is laid out
+//! llmq-worker: consumes executions and runs their pipelines; the same
+//! binary runs the outbox relay. Roles are chosen by configuration so that
+//! pools scale separately.
+
+pub mod consumer;
+pub mod context;
+pub mod pipeline;
+pub mod provider;
+pub mod relay;
+pub mod retry;
+pub mod startup;
+
+pub use startup::Worker;

@@ -1,1 +1,28 @@
-fn main() {}
+//! `llmq-worker`: runs the roles named in `worker.roles` (default:
+//! `executions` and `relay`) until SIGTERM/SIGINT, then drains.
+
+use llmq_shared::{telemetry, Settings};
+use llmq_worker::Worker;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init("llmq-worker");
+    let settings = Settings::load()?;
+    tracing::info!(settings = ?settings, "starting llmq-worker");
+    let stop = CancellationToken::new();
+    let worker = Worker::build(settings, stop.clone()).await?;
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutdown requested");
+        stop.cancel();
+    });
+    worker.run_until_stopped().await
+}

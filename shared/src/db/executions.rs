@@ -96,7 +96,7 @@ const CLAIM: &str = concat!(
      lease_expires_at = now() + make_interval(secs => $3), publish_due_at = NULL, \
      started_at = coalesce(started_at, now()), updated_at = now() \
      WHERE id = $1 AND NOT cancel_requested \
-       AND (status = 'queued' OR (status = 'running' AND lease_expires_at < now())) \
+       AND (status = 'queued' OR (status = 'running' AND (lease_expires_at < now() OR lease_owner = $2))) \
      RETURNING ",
     execution_columns!()
 );
@@ -228,6 +228,29 @@ pub async fn finish_execution(
     Ok(!rows.is_empty())
 }
 
+const SCHEDULE_RETRY: &str = "UPDATE executions SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
+       error_code = $3, error_message = $4, publish_due_at = now() + make_interval(secs => $5), updated_at = now() \
+     WHERE id = $1 AND lease_owner = $2 AND status = 'running'";
+
+/// Gives the execution back to the queue after a retryable error: the
+/// relay publishes it again once `delay` has passed, so no worker slot is
+/// held while it waits. The last error stays visible meanwhile.
+pub async fn schedule_retry(
+    client: &impl GenericClient,
+    id: ExecutionId,
+    owner: &str,
+    delay: Duration,
+    error: &ErrorInfo,
+) -> Result<bool> {
+    let n = client
+        .execute(
+            &client.prepare_cached(SCHEDULE_RETRY).await?,
+            &[&id.0, &owner, &error.code, &error.message, &delay.as_secs_f64()],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
 pub(crate) fn parse_status(s: String) -> Result<ExecutionStatus> {
     s.parse().map_err(|e: crate::execution::UnknownStatus| DbError::Data(e.to_string()))
 }
@@ -274,5 +297,5 @@ fn execution_from_row(row: &Row) -> Result<Execution> {
 
 /// Every statement of this module, for the test that prepares them all.
 pub const ALL_SQL: &[&str] = &[
-    INSERT, GET, MARK_PUBLISHED, CLAIM, CLAIM_MISS, RENEW, RELEASE, REAP, DUE, CLEAR_DUE, FINISH,
+    INSERT, GET, MARK_PUBLISHED, CLAIM, CLAIM_MISS, RENEW, RELEASE, REAP, DUE, CLEAR_DUE, FINISH, SCHEDULE_RETRY,
 ];

@@ -1,0 +1,157 @@
+//! The executions consumer: manual acks, prefetch equal to the concurrency
+//! limit, one task per delivery, acknowledgement only after the outcome is
+//! committed. Reconnects after broker failures. On shutdown it stops
+//! consuming, lets in-flight executions finish until the grace period ends,
+//! then interrupts the rest (their leases are given back and their
+//! unacknowledged messages return to the queue).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::types::FieldTable;
+use llmq_shared::execution::ExecutionStatus;
+use llmq_shared::metrics as m;
+use llmq_shared::queue::{self, s, ExecutionMessage, QueueError, Topology};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::context::WorkerContext;
+use crate::pipeline::{run_execution, RunOutcome};
+
+/// Consumes until `stop` fires, then drains. `interrupt` is fired when the
+/// grace period is over, to stop what is still running.
+pub async fn run_consumer(ctx: Arc<WorkerContext>, stop: CancellationToken, interrupt: CancellationToken) {
+    let tracker = TaskTracker::new();
+    let mut delay = Duration::from_millis(200);
+    let mut connection = None;
+    while !stop.is_cancelled() {
+        match consume(&ctx, &stop, &interrupt, &tracker, &mut connection).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "consumer lost the broker; reconnecting");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    tracker.close();
+    let grace = Duration::from_secs(ctx.settings.worker.shutdown_grace_secs);
+    let in_flight = tracker.len();
+    if in_flight > 0 {
+        tracing::info!(in_flight, grace_secs = grace.as_secs(), "draining in-flight executions");
+    }
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(remaining = tracker.len(), "grace period over; interrupting the rest");
+        interrupt.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
+    }
+    if let Some(conn) = connection {
+        let conn: lapin::Connection = conn;
+        let _ = conn.close(200, s("shutdown")).await;
+    }
+}
+
+async fn consume(
+    ctx: &Arc<WorkerContext>,
+    stop: &CancellationToken,
+    interrupt: &CancellationToken,
+    tracker: &TaskTracker,
+    connection: &mut Option<lapin::Connection>,
+) -> Result<(), QueueError> {
+    let conn = queue::connect(&ctx.settings.amqp_url, &format!("llmq-worker {}", ctx.owner)).await?;
+    let channel = conn.create_channel().await?;
+    let topology = Topology::new(&ctx.settings.queue_prefix);
+    topology.declare(&channel).await?;
+    let concurrency = ctx.settings.worker.concurrency.clamp(1, u16::MAX as usize);
+    channel.basic_qos(concurrency as u16, BasicQosOptions::default()).await?;
+    let tag = format!("llmq-worker-{}", ctx.owner);
+    let mut consumer = channel
+        .basic_consume(s(&topology.executions_queue), s(&tag), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
+    *connection = Some(conn);
+    tracing::info!(queue = %topology.executions_queue, concurrency, "consuming");
+    let slots = Arc::new(Semaphore::new(concurrency));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => {
+                let _ = channel.basic_cancel(s(&tag), BasicCancelOptions::default()).await;
+                return Ok(());
+            }
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    let Ok(slot) = slots.clone().acquire_owned().await else { return Ok(()) };
+                    let ctx = ctx.clone();
+                    let interrupt = interrupt.clone();
+                    tracker.spawn(async move {
+                        handle_delivery(&ctx, delivery, &interrupt).await;
+                        drop(slot);
+                    });
+                }
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(QueueError::Unavailable("consumer stream ended".into())),
+            }
+        }
+    }
+}
+
+async fn handle_delivery(ctx: &WorkerContext, delivery: Delivery, interrupt: &CancellationToken) {
+    let message: ExecutionMessage = match serde_json::from_slice(&delivery.data) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, body = %String::from_utf8_lossy(&delivery.data[..delivery.data.len().min(200)]), "unparseable message; dead-lettering");
+            dead_letter(&delivery, "unparseable").await;
+            return;
+        }
+    };
+    let Some(_running) = ctx.start_running(message.id) else {
+        tracing::debug!(execution.id = %message.id, "duplicate delivery while running here; dropping");
+        ack(&delivery).await;
+        return;
+    };
+    let gauge = metrics::gauge!(m::EXECUTIONS_IN_FLIGHT);
+    gauge.increment(1.0);
+    let outcome = run_execution(ctx, message.id, interrupt).await;
+    gauge.decrement(1.0);
+    match outcome {
+        Ok(RunOutcome::Finished(ExecutionStatus::Failed)) => dead_letter(&delivery, "failed").await,
+        Ok(RunOutcome::Finished(_) | RunOutcome::RetryScheduled(_) | RunOutcome::Skipped(_)) => ack(&delivery).await,
+        Ok(RunOutcome::Unknown) => {
+            tracing::error!(execution.id = %message.id, "message names no execution; dead-lettering");
+            dead_letter(&delivery, "unknown_execution").await;
+        }
+        Ok(RunOutcome::Interrupted) => requeue(&delivery).await,
+        Err(e) => {
+            // Postgres trouble: keep the slot for a moment instead of
+            // spinning the message through the broker, then give it back.
+            tracing::warn!(execution.id = %message.id, error = %e, "execution could not run; requeueing");
+            tokio::select! {
+                _ = interrupt.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            requeue(&delivery).await;
+        }
+    }
+}
+
+async fn ack(delivery: &Delivery) {
+    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+        // The channel is gone: the broker redelivers, and claiming absorbs it.
+        tracing::warn!(error = %e, "ack failed");
+    }
+}
+
+async fn requeue(delivery: &Delivery) {
+    let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+}
+
+async fn dead_letter(delivery: &Delivery, reason: &'static str) {
+    metrics::counter!(m::MESSAGES_DEAD_LETTERED, "reason" => reason).increment(1);
+    let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+}

@@ -1,0 +1,57 @@
+//! What every execution task of a worker process shares.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use llmq_shared::db::Pool;
+use llmq_shared::execution::ExecutionId;
+use llmq_shared::prompt::PromptCache;
+use llmq_shared::queue::Publisher;
+use llmq_shared::Settings;
+
+use crate::provider::ProviderClient;
+
+pub struct WorkerContext {
+    pub settings: Arc<Settings>,
+    pub pool: Pool,
+    pub publisher: Arc<Publisher>,
+    pub provider: ProviderClient,
+    pub prompts: PromptCache,
+    /// This process's lease owner id: host, pid and a random suffix.
+    pub owner: String,
+    /// Executions running in this process, so a duplicate delivery to the
+    /// same process is not run twice under the same lease.
+    pub running: Mutex<HashSet<ExecutionId>>,
+}
+
+/// Marks an execution as running here for as long as it lives.
+pub struct RunningGuard<'a> {
+    ctx: &'a WorkerContext,
+    id: ExecutionId,
+}
+
+impl WorkerContext {
+    /// None when this process already runs `id`.
+    pub fn start_running(&self, id: ExecutionId) -> Option<RunningGuard<'_>> {
+        let mut running = self.running.lock().ok()?;
+        running.insert(id).then_some(RunningGuard { ctx: self, id })
+    }
+
+    pub fn running_ids(&self) -> Vec<uuid::Uuid> {
+        self.running.lock().map(|r| r.iter().map(|id| id.0).collect()).unwrap_or_default()
+    }
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut running) = self.ctx.running.lock() {
+            running.remove(&self.id);
+        }
+    }
+}
+
+pub fn lease_owner() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into());
+    let suffix = uuid::Uuid::now_v7().simple().to_string();
+    format!("{}-{}-{}", host.trim(), std::process::id(), &suffix[suffix.len() - 8..])
+}

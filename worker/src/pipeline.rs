@@ -1,0 +1,292 @@
+//! One execution's run: claim it, then `render → generate → finalize`,
+//! writing each step as it happens. Succeeded steps are checkpoints: a run
+//! that resumes a previous attempt re-renders in memory (cheap and
+//! deterministic) but never calls the model again once a `generate` step
+//! succeeded; its result is kept on the execution row. Every write is
+//! fenced by the lease, so a worker that lost its lease changes nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use llmq_shared::db::executions::{self as db, Claim, Outcome};
+use llmq_shared::db::{prompts as db_prompts, steps as db_steps, DbError};
+use llmq_shared::execution::{codes, ErrorInfo, Execution, ExecutionId, ExecutionStatus, Usage};
+use llmq_shared::mask::mask_json;
+use llmq_shared::metrics as m;
+use llmq_shared::prompt::CompiledPrompt;
+use llmq_shared::queue::ExecutionEvent;
+use llmq_shared::step::{Step, StepKind, StepStatus};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::context::WorkerContext;
+use crate::provider::{Endpoint, Generation, ProviderClient, ProviderError};
+use crate::retry::{Decision, RetryPolicy};
+
+/// How a delivery ended, which decides what happens to the message.
+#[derive(Debug, PartialEq)]
+pub enum RunOutcome {
+    /// Terminal state committed.
+    Finished(ExecutionStatus),
+    /// Given back with a delay; the relay publishes it again when due.
+    RetryScheduled(Duration),
+    /// Nothing to do: a duplicate, or someone else holds the lease.
+    Skipped(&'static str),
+    /// The message names no execution.
+    Unknown,
+    /// Stopped by shutdown before finishing; the lease was given back.
+    Interrupted,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("prompt {0} v{1} is missing from the registry")]
+    MissingPrompt(String, i32),
+}
+
+/// A step's failure as the retry decision sees it.
+struct StepFailure {
+    error: ErrorInfo,
+    retryable: bool,
+    retry_after: Option<Duration>,
+}
+
+impl From<&ProviderError> for StepFailure {
+    fn from(e: &ProviderError) -> Self {
+        Self {
+            error: ErrorInfo { code: e.code().into(), message: e.to_string() },
+            retryable: e.is_retryable(),
+            retry_after: e.retry_after(),
+        }
+    }
+}
+
+#[tracing::instrument(skip_all, fields(execution.id = %id), err(Display))]
+pub async fn run_execution(ctx: &WorkerContext, id: ExecutionId, stop: &CancellationToken) -> Result<RunOutcome, PipelineError> {
+    let client = ctx.pool.get().await.map_err(DbError::from)?;
+    let execution = match db::claim_execution(&client, id, &ctx.owner, ctx.settings.lease()).await? {
+        Claim::Claimed(e) => e,
+        Claim::NotFound => return Ok(RunOutcome::Unknown),
+        Claim::Terminal(_) => return Ok(RunOutcome::Skipped("already terminal")),
+        Claim::Leased => return Ok(RunOutcome::Skipped("leased by another worker")),
+        Claim::CancelRequested => return Ok(RunOutcome::Skipped("cancel requested")),
+    };
+    let prompt = load_prompt(ctx, &client, &execution).await?;
+    // A first attempt has no earlier steps; only a resumed run reads them.
+    let earlier = if execution.attempts > 1 {
+        db_steps::list_steps(&client, &execution.tenant_id, id).await?
+    } else {
+        Vec::new()
+    };
+    drop(client);
+    let mut run = Run { ctx, execution: &execution, prompt, next_seq: earlier.iter().map(|s| s.seq).max().unwrap_or(0) + 1 };
+    run.go(&earlier, stop).await
+}
+
+async fn load_prompt(
+    ctx: &WorkerContext,
+    client: &deadpool_postgres::Object,
+    e: &Execution,
+) -> Result<Arc<CompiledPrompt>, PipelineError> {
+    if let Some(p) = ctx.prompts.get(&e.prompt_name, e.prompt_version) {
+        return Ok(p);
+    }
+    let stored = db_prompts::get_prompt_version(client, &e.prompt_name, e.prompt_version)
+        .await?
+        .ok_or_else(|| PipelineError::MissingPrompt(e.prompt_name.clone(), e.prompt_version))?;
+    ctx.prompts
+        .get_or_compile(&e.prompt_name, e.prompt_version, || stored.definition)
+        .map_err(|_| PipelineError::MissingPrompt(e.prompt_name.clone(), e.prompt_version))
+}
+
+struct Run<'a> {
+    ctx: &'a WorkerContext,
+    execution: &'a Execution,
+    prompt: Arc<CompiledPrompt>,
+    next_seq: i32,
+}
+
+impl Run<'_> {
+    fn step(&mut self, kind: StepKind) -> Step {
+        let step = Step::start(self.execution.id, self.next_seq, kind, self.execution.attempts);
+        self.next_seq += 1;
+        step
+    }
+
+    async fn go(&mut self, earlier: &[Step], stop: &CancellationToken) -> Result<RunOutcome, PipelineError> {
+        let succeeded = |kind: &StepKind| earlier.iter().any(|s| &s.kind == kind && s.status == StepStatus::Succeeded);
+
+        // render: deterministic, so a resumed run re-renders in memory and
+        // records the step only if no earlier run did.
+        // A checkpointed render is not recorded again, so it takes no seq.
+        let render_done = succeeded(&StepKind::Render);
+        let mut render = if render_done {
+            Step::start(self.execution.id, 0, StepKind::Render, self.execution.attempts)
+        } else {
+            self.step(StepKind::Render)
+        };
+        render.input = Some(mask_json(&self.execution.input));
+        let rendered = self.prompt.render(&self.execution.input);
+        let messages = match rendered {
+            Ok(messages) => messages,
+            Err(e) => {
+                render.error = Some(ErrorInfo { code: codes::TEMPLATE_ERROR.into(), message: e.to_string() });
+                render.retryable = Some(false);
+                finish_step(&mut render, StepStatus::Failed);
+                self.record(&[&render]).await?;
+                return self.fail(render.error.clone().unwrap_or_else(internal), Usage::default()).await;
+            }
+        };
+        render.output = Some(mask_json(&json!({ "messages": messages })));
+        finish_step(&mut render, StepStatus::Succeeded);
+
+        let endpoint = Endpoint::resolve(&self.ctx.settings, &self.execution.model);
+        let params = self.execution.params.as_object().cloned().unwrap_or_default();
+        let body = ProviderClient::request_body(&endpoint, &messages, &params);
+
+        // generate: a checkpointed result is never paid for twice.
+        let (output, usage) = if succeeded(&StepKind::Generate) {
+            let usage = self.execution.usage.unwrap_or_default();
+            (self.execution.output.clone().unwrap_or(Value::Null), usage)
+        } else {
+            let mut generate = self.step(StepKind::Generate);
+            generate.model = Some(self.execution.model.clone());
+            generate.params = Some(Value::Object(params.clone()));
+            generate.input = render.output.clone();
+            let mut first_writes: Vec<&Step> = vec![&generate];
+            if !render_done {
+                first_writes.insert(0, &render);
+            }
+            if !self.record(&first_writes).await? {
+                return Ok(RunOutcome::Skipped("lease lost"));
+            }
+            let timeout = self
+                .prompt
+                .definition
+                .limits
+                .generate_timeout_secs
+                .map(Duration::from_secs)
+                .unwrap_or(Duration::from_secs(self.ctx.settings.provider.timeout_secs));
+            let call = self.ctx.provider.chat(&endpoint, &body, timeout);
+            let result = tokio::select! {
+                r = call => r,
+                _ = stop.cancelled() => {
+                    generate.error = Some(ErrorInfo { code: "interrupted".into(), message: "worker shutting down".into() });
+                    generate.retryable = Some(true);
+                    finish_step(&mut generate, StepStatus::Cancelled);
+                    self.record(&[&generate]).await?;
+                    return self.interrupt().await;
+                }
+            };
+            match result {
+                Ok(generation) => {
+                    let (output, usage) = self.output_of(&generation, &endpoint);
+                    generate.usage = Some(usage);
+                    generate.output = Some(mask_json(&output));
+                    finish_step(&mut generate, StepStatus::Succeeded);
+                    metrics::counter!(m::TOKENS, "model" => self.execution.model.clone(), "kind" => "prompt")
+                        .increment(usage.prompt_tokens.max(0) as u64);
+                    metrics::counter!(m::TOKENS, "model" => self.execution.model.clone(), "kind" => "completion")
+                        .increment(usage.completion_tokens.max(0) as u64);
+                    if !db_steps::record_steps_with_result(&self.ctx.pool.get().await.map_err(DbError::from)?, self.execution.id, &self.ctx.owner, &[&generate], &output, Some(usage)).await? {
+                        return Ok(RunOutcome::Skipped("lease lost"));
+                    }
+                    (output, usage)
+                }
+                Err(e) => {
+                    let failure = StepFailure::from(&e);
+                    generate.error = Some(failure.error.clone());
+                    generate.retryable = Some(failure.retryable);
+                    finish_step(&mut generate, StepStatus::Failed);
+                    if !self.record(&[&generate]).await? {
+                        return Ok(RunOutcome::Skipped("lease lost"));
+                    }
+                    return self.after_failure(failure).await;
+                }
+            }
+        };
+
+        // finalize: the terminal state and its step in one statement.
+        let mut finalize = self.step(StepKind::Finalize);
+        finalize.output = Some(json!({ "status": "succeeded" }));
+        finish_step(&mut finalize, StepStatus::Succeeded);
+        let outcome = Outcome { status: ExecutionStatus::Succeeded, output: Some(output), error: None, usage: Some(usage) };
+        self.finish(outcome, &finalize).await
+    }
+
+    fn output_of(&self, generation: &Generation, endpoint: &Endpoint) -> (Value, Usage) {
+        let mut usage = generation.usage;
+        usage.cost_usd = endpoint.cost(&usage);
+        let output = match self.prompt.definition.output.get("type").and_then(Value::as_str) {
+            Some("json") => serde_json::from_str(&generation.content).unwrap_or(Value::String(generation.content.clone())),
+            _ => Value::String(generation.content.clone()),
+        };
+        (output, usage)
+    }
+
+    async fn record(&self, steps: &[&Step]) -> Result<bool, PipelineError> {
+        let client = self.ctx.pool.get().await.map_err(DbError::from)?;
+        Ok(db_steps::record_steps(&client, self.execution.id, &self.ctx.owner, steps).await?)
+    }
+
+    /// After a failed step: retry later, or fail for good.
+    async fn after_failure(&mut self, failure: StepFailure) -> Result<RunOutcome, PipelineError> {
+        let policy = RetryPolicy::new(&self.ctx.settings.worker, &self.prompt.definition.limits);
+        match policy.decide(self.execution.attempts.max(1) as u32, failure.retryable, failure.retry_after) {
+            Decision::RetryAfter(delay) => {
+                let client = self.ctx.pool.get().await.map_err(DbError::from)?;
+                if !db::schedule_retry(&client, self.execution.id, &self.ctx.owner, delay, &failure.error).await? {
+                    return Ok(RunOutcome::Skipped("lease lost"));
+                }
+                metrics::counter!(m::EXECUTION_RETRIES, "code" => failure.error.code.clone()).increment(1);
+                tracing::info!(code = %failure.error.code, delay_ms = delay.as_millis() as u64, "retry scheduled");
+                Ok(RunOutcome::RetryScheduled(delay))
+            }
+            Decision::GiveUp => self.fail(failure.error, self.execution.usage.unwrap_or_default()).await,
+        }
+    }
+
+    async fn fail(&mut self, error: ErrorInfo, usage: Usage) -> Result<RunOutcome, PipelineError> {
+        let mut finalize = self.step(StepKind::Finalize);
+        finalize.output = Some(json!({ "status": "failed", "error": error }));
+        finish_step(&mut finalize, StepStatus::Succeeded);
+        let has_usage = usage.total_tokens > 0;
+        let outcome = Outcome { status: ExecutionStatus::Failed, output: None, error: Some(error), usage: has_usage.then_some(usage) };
+        self.finish(outcome, &finalize).await
+    }
+
+    async fn finish(&self, outcome: Outcome, finalize: &Step) -> Result<RunOutcome, PipelineError> {
+        let client = self.ctx.pool.get().await.map_err(DbError::from)?;
+        if !db::finish_execution(&client, self.execution.id, &self.ctx.owner, &outcome, finalize).await? {
+            return Ok(RunOutcome::Skipped("lease lost"));
+        }
+        drop(client);
+        metrics::counter!(m::EXECUTIONS_FINISHED, "status" => outcome.status.as_str()).increment(1);
+        let event = ExecutionEvent { id: self.execution.id, status: outcome.status };
+        if let Ok(body) = serde_json::to_vec(&event) {
+            // Best effort: waiters also re-read Postgres.
+            let _ = self.ctx.publisher.publish_event(&event.routing_key(), &body).await;
+        }
+        Ok(RunOutcome::Finished(outcome.status))
+    }
+
+    /// Shutdown: give the lease back so the redelivered message runs at once.
+    async fn interrupt(&self) -> Result<RunOutcome, PipelineError> {
+        let client = self.ctx.pool.get().await.map_err(DbError::from)?;
+        let republish = Duration::from_secs(self.ctx.settings.api.republish_after_secs);
+        db::release_leases(&client, &[self.execution.id.0], &self.ctx.owner, republish).await?;
+        Ok(RunOutcome::Interrupted)
+    }
+}
+
+fn internal() -> ErrorInfo {
+    ErrorInfo { code: codes::INTERNAL.into(), message: "internal error".into() }
+}
+
+fn finish_step(step: &mut Step, status: StepStatus) {
+    step.finish(status);
+    let seconds = step.latency_ms.unwrap_or(0.0) / 1000.0;
+    metrics::histogram!(m::STEP_DURATION, "kind" => step.kind.metric_label(), "status" => status.as_str()).record(seconds);
+}

@@ -1,0 +1,226 @@
+//! The model provider: OpenAI-compatible chat completions. The wire types
+//! are async-openai's; the transport is a plain reqwest client so that
+//! every call the system makes is one recorded attempt (async-openai's
+//! client retries 429 and 5xx on its own, out of sight), `Retry-After` is
+//! read, and the timeout is the step's. Errors are classified here, once.
+
+use std::time::Duration;
+
+use async_openai::types::chat::CreateChatCompletionResponse;
+use llmq_shared::config::Settings;
+use llmq_shared::execution::{codes, Usage};
+use llmq_shared::prompt::ChatMessage;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::StatusCode;
+use serde_json::{json, Map, Value};
+
+/// Why a provider call failed, and so whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("rate limited by the provider ({status}): {message}")]
+    RateLimited { status: u16, retry_after: Option<Duration>, message: String },
+    #[error("provider error {status}: {message}")]
+    Server { status: u16, message: String },
+    #[error("provider rejected the request ({status}): {message}")]
+    Rejected { status: u16, message: String },
+    #[error("no answer from the provider within {0:?}")]
+    Timeout(Duration),
+    #[error("cannot reach the provider: {0}")]
+    Connection(String),
+    #[error("malformed provider response: {0}")]
+    BadResponse(String),
+}
+
+impl ProviderError {
+    /// Retryable errors are worth another attempt; the rest are final.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, Self::Rejected { .. })
+    }
+
+    /// The delay the provider asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::RateLimited { .. } => codes::PROVIDER_RATE_LIMITED,
+            Self::Server { .. } => codes::PROVIDER_ERROR,
+            Self::Rejected { .. } => codes::PROVIDER_REJECTED,
+            Self::Timeout(_) => codes::PROVIDER_TIMEOUT,
+            Self::Connection(_) => codes::PROVIDER_UNAVAILABLE,
+            Self::BadResponse(_) => codes::PROVIDER_BAD_RESPONSE,
+        }
+    }
+}
+
+/// A model call's result.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    pub content: String,
+    pub usage: Usage,
+    pub finish_reason: Option<String>,
+    /// The model the provider says answered.
+    pub served_by: String,
+}
+
+/// Where a logical model is served.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub base_url: String,
+    pub api_key: String,
+    pub upstream_model: String,
+    pub prompt_price_per_mtok: f64,
+    pub completion_price_per_mtok: f64,
+}
+
+impl Endpoint {
+    pub fn resolve(settings: &Settings, model: &str) -> Self {
+        let m = settings.model(model);
+        Self {
+            base_url: m.base_url.unwrap_or_else(|| settings.provider.base_url.clone()),
+            api_key: m.api_key.unwrap_or_else(|| settings.provider.api_key.clone()),
+            upstream_model: m.upstream.unwrap_or_else(|| model.to_string()),
+            prompt_price_per_mtok: m.prompt_price_per_mtok,
+            completion_price_per_mtok: m.completion_price_per_mtok,
+        }
+    }
+
+    pub fn cost(&self, usage: &Usage) -> Option<f64> {
+        let cost = (usage.prompt_tokens as f64 * self.prompt_price_per_mtok
+            + usage.completion_tokens as f64 * self.completion_price_per_mtok)
+            / 1_000_000.0;
+        (self.prompt_price_per_mtok > 0.0 || self.completion_price_per_mtok > 0.0).then_some(cost)
+    }
+}
+
+/// One HTTP client (and connection pool) for every provider call.
+#[derive(Clone)]
+pub struct ProviderClient {
+    http: reqwest::Client,
+}
+
+impl ProviderClient {
+    pub fn new() -> Result<Self, ProviderError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| ProviderError::Connection(e.to_string()))?;
+        Ok(Self { http })
+    }
+
+    /// The request body: the rendered messages, then the version's (and the
+    /// request's) parameters passed through as the provider expects them.
+    pub fn request_body(endpoint: &Endpoint, messages: &[ChatMessage], params: &Map<String, Value>) -> Value {
+        let mut body = Map::new();
+        for (k, v) in params {
+            body.insert(k.clone(), v.clone());
+        }
+        body.insert("model".into(), Value::String(endpoint.upstream_model.clone()));
+        body.insert("messages".into(), json!(messages));
+        body.insert("stream".into(), Value::Bool(false));
+        Value::Object(body)
+    }
+
+    /// One chat completion, bounded by `timeout`. Never retries.
+    pub async fn chat(&self, endpoint: &Endpoint, body: &Value, timeout: Duration) -> Result<Generation, ProviderError> {
+        let url = format!("{}/chat/completions", endpoint.base_url.trim_end_matches('/'));
+        let mut request = self.http.post(url).json(body).timeout(timeout);
+        if !endpoint.api_key.is_empty() {
+            request = request.bearer_auth(&endpoint.api_key);
+        }
+        let response = request.send().await.map_err(|e| transport_error(e, timeout))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.map_err(|e| transport_error(e, timeout))?;
+        if !status.is_success() {
+            return Err(status_error(status, &headers, &bytes));
+        }
+        let parsed: CreateChatCompletionResponse = serde_json::from_slice(&bytes)
+            .map_err(|e| ProviderError::BadResponse(format!("{e} (first bytes: {:?})", snippet(&bytes))))?;
+        let choice = parsed.choices.into_iter().next().ok_or_else(|| ProviderError::BadResponse("no choices".into()))?;
+        let content = choice
+            .message
+            .content
+            .ok_or_else(|| ProviderError::BadResponse("the answer has no content".into()))?;
+        let usage = parsed
+            .usage
+            .map(|u| Usage {
+                prompt_tokens: u.prompt_tokens as i32,
+                completion_tokens: u.completion_tokens as i32,
+                total_tokens: u.total_tokens as i32,
+                cost_usd: None,
+            })
+            .unwrap_or_default();
+        Ok(Generation {
+            content,
+            usage,
+            finish_reason: choice.finish_reason.map(|r| format!("{r:?}").to_lowercase()),
+            served_by: parsed.model,
+        })
+    }
+}
+
+fn snippet(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(&bytes[..bytes.len().min(120)]).into_owned()
+}
+
+fn transport_error(e: reqwest::Error, timeout: Duration) -> ProviderError {
+    if e.is_timeout() {
+        ProviderError::Timeout(timeout)
+    } else if e.is_decode() || e.is_body() {
+        // The connection broke mid-answer: a truncated response.
+        ProviderError::BadResponse(e.to_string())
+    } else {
+        ProviderError::Connection(e.to_string())
+    }
+}
+
+fn status_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ProviderError {
+    let message = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_else(|| snippet(body));
+    let code = status.as_u16();
+    match status {
+        StatusCode::TOO_MANY_REQUESTS => ProviderError::RateLimited {
+            status: code,
+            retry_after: headers
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(Duration::from_secs_f64),
+            message,
+        },
+        // 408 (request timeout) and 409 (conflict, e.g. overloaded) are
+        // transient at OpenAI-compatible providers.
+        s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT || s == StatusCode::CONFLICT => {
+            ProviderError::Server { status: code, message }
+        }
+        _ => ProviderError::Rejected { status: code, message },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_classified_once() {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, "2".parse().unwrap());
+        let e = status_error(StatusCode::TOO_MANY_REQUESTS, &h, b"{}");
+        assert!(e.is_retryable());
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));
+        assert!(status_error(StatusCode::BAD_GATEWAY, &HeaderMap::new(), b"").is_retryable());
+        let rejected = status_error(StatusCode::BAD_REQUEST, &HeaderMap::new(), br#"{"error":{"message":"bad"}}"#);
+        assert!(!rejected.is_retryable());
+        assert_eq!(rejected.to_string(), "provider rejected the request (400): bad");
+    }
+}

@@ -1,0 +1,62 @@
+//! The outbox relay: publishes executions whose publish was never
+//! confirmed (the API's failed or unconfirmed publishes), retries whose
+//! delay has passed, and executions whose worker died (expired lease).
+//! Safe in many processes at once: rows are locked with SKIP LOCKED while
+//! published, and a duplicate message is absorbed by claiming.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use llmq_shared::db::executions as db;
+use llmq_shared::db::DbError;
+use llmq_shared::metrics as m;
+use tokio_util::sync::CancellationToken;
+
+use crate::context::WorkerContext;
+
+const BATCH: i64 = 500;
+
+pub async fn run_relay(ctx: Arc<WorkerContext>, stop: CancellationToken) {
+    let interval = Duration::from_millis(ctx.settings.worker.relay_interval_ms.max(10));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        if let Err(e) = relay_once(&ctx).await {
+            tracing::warn!(error = %e, "outbox relay pass failed");
+        }
+    }
+}
+
+/// One pass; returns how many executions were published.
+pub async fn relay_once(ctx: &WorkerContext) -> Result<usize, DbError> {
+    let mut client = ctx.pool.get().await?;
+    let reaped = db::reap_expired_leases(&client, BATCH).await?;
+    if !reaped.is_empty() {
+        tracing::warn!(count = reaped.len(), "requeued executions whose worker lease expired");
+        metrics::counter!(m::LEASES_REAPED).increment(reaped.len() as u64);
+    }
+    let mut published = 0;
+    loop {
+        let tx = client.transaction().await?;
+        let due = db::lock_due_for_publish(&tx, BATCH).await?;
+        if due.is_empty() {
+            return Ok(published);
+        }
+        let results =
+            futures::future::join_all(due.iter().map(|(id, priority)| ctx.publisher.publish_execution(*id, *priority))).await;
+        let confirmed: Vec<_> = due.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|((id, _), _)| id.0).collect();
+        db::clear_publish_due(&tx, &confirmed).await?;
+        tx.commit().await?;
+        published += confirmed.len();
+        metrics::counter!(m::OUTBOX_REPUBLISHED).increment(confirmed.len() as u64);
+        if confirmed.len() < due.len() {
+            tracing::warn!(unconfirmed = due.len() - confirmed.len(), "broker did not confirm; will try again");
+            return Ok(published);
+        }
+        if (due.len() as i64) < BATCH {
+            return Ok(published);
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Building and running a worker process: its roles, the lease renewer and
+//! the order of shutdown (stop consuming → drain → stop the rest).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use llmq_shared::db::{self, executions as db_exec};
+use llmq_shared::queue::{Publisher, Topology};
+use llmq_shared::Settings;
+use tokio_util::sync::CancellationToken;
+
+use crate::context::{lease_owner, WorkerContext};
+use crate::provider::ProviderClient;
+use crate::{consumer, relay};
+
+pub struct Worker {
+    ctx: Arc<WorkerContext>,
+    stop: CancellationToken,
+    /// Stops the publisher, relay and renewer after the drain.
+    background: CancellationToken,
+}
+
+impl Worker {
+    pub async fn build(settings: Settings, stop: CancellationToken) -> anyhow::Result<Self> {
+        let settings = Arc::new(settings);
+        if !settings.worker.metrics_addr.is_empty() {
+            let addr = settings.worker.metrics_addr.parse().context("worker.metrics_addr")?;
+            if let Err(e) = llmq_shared::metrics::install_with_listener(addr) {
+                tracing::warn!(error = %e, "metrics listener not started");
+            }
+        }
+        let pool = db::create_pool(&settings.database_url, settings.db_pool_size)?;
+        let background = CancellationToken::new();
+        let owner = lease_owner();
+        let topology = Topology::new(&settings.queue_prefix);
+        let publisher = Publisher::start(&settings.amqp_url, &format!("llmq-worker {owner} publisher"), topology, background.clone());
+        let ctx = Arc::new(WorkerContext {
+            settings,
+            pool,
+            publisher,
+            provider: ProviderClient::new()?,
+            prompts: Default::default(),
+            owner,
+            running: Mutex::new(Default::default()),
+        });
+        Ok(Self { ctx, stop, background })
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.ctx.owner
+    }
+
+    /// Runs the configured roles until the stop token fires, then drains.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let roles = &self.ctx.settings.worker.roles;
+        tracing::info!(owner = %self.ctx.owner, roles = ?roles, "llmq-worker starting");
+        let renewer = tokio::spawn(renew_leases(self.ctx.clone(), self.background.clone()));
+        let relay = roles
+            .iter()
+            .any(|r| r == "relay")
+            .then(|| tokio::spawn(relay::run_relay(self.ctx.clone(), self.background.clone())));
+        if roles.iter().any(|r| r == "executions") {
+            let interrupt = CancellationToken::new();
+            consumer::run_consumer(self.ctx.clone(), self.stop.clone(), interrupt).await;
+        } else {
+            self.stop.cancelled().await;
+        }
+        // Whatever is still marked running here was interrupted: give it back.
+        let leftovers = self.ctx.running_ids();
+        if !leftovers.is_empty() {
+            if let Ok(client) = self.ctx.pool.get().await {
+                let republish = Duration::from_secs(self.ctx.settings.api.republish_after_secs);
+                let _ = db_exec::release_leases(&client, &leftovers, &self.ctx.owner, republish).await;
+            }
+        }
+        self.background.cancel();
+        let _ = renewer.await;
+        if let Some(relay) = relay {
+            let _ = relay.await;
+        }
+        tracing::info!("llmq-worker stopped");
+        Ok(())
+    }
+}
+
+/// Renews every lease this process holds, in one statement per period.
+async fn renew_leases(ctx: Arc<WorkerContext>, stop: CancellationToken) {
+    let lease = ctx.settings.lease();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(lease / 3) => {}
+        }
+        let result = async {
+            let client = ctx.pool.get().await?;
+            db_exec::renew_leases(&client, &ctx.owner, lease).await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "lease renewal failed");
+        }
+    }
+}
