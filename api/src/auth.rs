@@ -28,7 +28,9 @@ impl FromRequest for Caller {
 }
 
 fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
-    let state = req.app_data::<web::Data<AppState>>().ok_or_else(|| ApiError::Internal("no app state".into()))?;
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .ok_or_else(|| ApiError::Internal("no app state".into()))?;
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -37,7 +39,9 @@ fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
         .map(str::trim)
         .ok_or(ApiError::Unauthorized)?;
     if constant_time_eq(presented.as_bytes(), state.settings.api.api_key.as_bytes()) {
-        Ok(Caller { tenant_id: DEFAULT_TENANT.to_string() })
+        Ok(Caller {
+            tenant_id: DEFAULT_TENANT.to_string(),
+        })
     } else {
         Err(ApiError::Unauthorized)
     }

@@ -24,7 +24,11 @@ pub enum ApiError {
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("{message}")]
-    Unprocessable { code: &'static str, message: String, details: Option<Value> },
+    Unprocessable {
+        code: &'static str,
+        message: String,
+        details: Option<Value>,
+    },
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -105,7 +109,13 @@ impl ResponseError for ApiError {
         if matches!(self, Self::Unauthorized) {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
-        response.json(ErrorBody { error: ErrorDetail { code: self.code().to_string(), message, details } })
+        response.json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_string(),
+                message,
+                details,
+            },
+        })
     }
 }
 
@@ -115,7 +125,9 @@ pub fn json_error(err: actix_web::error::JsonPayloadError, limit: usize) -> ApiE
     match err {
         E::Overflow { .. } | E::OverflowKnownLength { .. } => ApiError::PayloadTooLarge { limit },
         E::Payload(actix_web::error::PayloadError::Overflow) => ApiError::PayloadTooLarge { limit },
-        E::Deserialize(e) if e.is_data() => ApiError::BadRequest(format!("invalid request body: {e}")),
+        E::Deserialize(e) if e.is_data() => {
+            ApiError::BadRequest(format!("invalid request body: {e}"))
+        }
         E::Deserialize(e) => ApiError::BadRequest(format!("malformed JSON: {e}")),
         other => ApiError::BadRequest(format!("invalid request body: {other}")),
     }

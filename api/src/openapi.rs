@@ -4,14 +4,16 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::resources::{ExecutionResource, Links, PromptRef, StepList, StepResource, SubmitExecution, WebhookSpec};
+use crate::resources::{
+    ExecutionResource, Links, PromptRef, StepList, StepResource, SubmitExecution, WebhookSpec,
+};
 use crate::routes::{executions, health};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "llmq", description = "Durable LLM executions over HTTP."),
     paths(
-        executions::submit, executions::get, executions::steps,
+        executions::submit, executions::get, executions::steps, executions::cancel,
         health::healthz, health::readyz, health::metrics, health::openapi,
     ),
     components(schemas(
@@ -28,6 +30,9 @@ struct BearerAuth;
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
     }
 }

@@ -89,7 +89,11 @@ impl From<&Execution> for ExecutionResource {
         Self {
             id: e.id.to_string(),
             status: e.status,
-            prompt: PromptRef { name: e.prompt_name.clone(), version: e.prompt_version, label: e.prompt_label.clone() },
+            prompt: PromptRef {
+                name: e.prompt_name.clone(),
+                version: e.prompt_version,
+                label: e.prompt_label.clone(),
+            },
             model: e.model.clone(),
             input: e.input.clone(),
             output: e.output.clone(),
@@ -102,7 +106,11 @@ impl From<&Execution> for ExecutionResource {
             created_at: e.created_at,
             started_at: e.started_at,
             finished_at: e.finished_at,
-            links: Links { steps: format!("{base}/steps"), events: format!("{base}/events"), self_: base },
+            links: Links {
+                steps: format!("{base}/steps"),
+                events: format!("{base}/events"),
+                self_: base,
+            },
         }
     }
 }

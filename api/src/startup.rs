@@ -39,11 +39,21 @@ impl Application {
         sync_prompts(&settings, &pool).await?;
 
         let topology = Topology::new(&settings.queue_prefix);
-        let publisher = Publisher::start(&settings.amqp_url, "llmq-api", topology.clone(), cancel.clone());
+        let publisher = Publisher::start(
+            &settings.amqp_url,
+            "llmq-api",
+            topology.clone(),
+            cancel.clone(),
+        );
         let waiters = Arc::new(Waiters::default());
         let (confirmed, confirmed_rx) = mpsc::channel(16_384);
         let background = vec![
-            tokio::spawn(run_event_listener(settings.amqp_url.clone(), topology, waiters.clone(), cancel.clone())),
+            tokio::spawn(run_event_listener(
+                settings.amqp_url.clone(),
+                topology,
+                waiters.clone(),
+                cancel.clone(),
+            )),
             tokio::spawn(mark_confirmed_publishes(pool.clone(), confirmed_rx)),
         ];
         let state = web::Data::new(AppState {
@@ -56,7 +66,8 @@ impl Application {
             metrics: llmq_shared::metrics::install(),
         });
 
-        let listener = TcpListener::bind(&settings.api.addr).with_context(|| format!("binding {}", settings.api.addr))?;
+        let listener = TcpListener::bind(&settings.api.addr)
+            .with_context(|| format!("binding {}", settings.api.addr))?;
         let port = listener.local_addr()?.port();
         let limit = settings.api.max_body_bytes;
         let mut server = HttpServer::new(move || {
@@ -68,13 +79,20 @@ impl Application {
                         .content_type_required(false)
                         .error_handler(move |e, _| json_error(e, limit).into()),
                 )
-                .app_data(web::PathConfig::default().error_handler(|e, _| ApiError::BadRequest(e.to_string()).into()))
-                .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::BadRequest(e.to_string()).into()))
+                .app_data(
+                    web::PathConfig::default()
+                        .error_handler(|e, _| ApiError::BadRequest(e.to_string()).into()),
+                )
+                .app_data(
+                    web::QueryConfig::default()
+                        .error_handler(|e, _| ApiError::BadRequest(e.to_string()).into()),
+                )
                 .wrap(from_fn(record_http_metrics))
                 .wrap(actix_web::middleware::Compat::new(tracing_actix_request()))
                 .service(routes::executions::submit)
                 .service(routes::executions::get)
                 .service(routes::executions::steps)
+                .service(routes::executions::cancel)
                 .service(routes::health::healthz)
                 .service(routes::health::readyz)
                 .service(routes::health::metrics)
@@ -97,7 +115,11 @@ impl Application {
         let mut background = background;
         background.push(stopper);
         tracing::info!(port, "llmq-api listening");
-        Ok(Self { port, server, background })
+        Ok(Self {
+            port,
+            server,
+            background,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -158,10 +180,14 @@ async fn record_http_metrics(
     let start = Instant::now();
     let method = req.method().to_string();
     let response = next.call(req).await?;
-    let route = response.request().match_pattern().unwrap_or_else(|| "unmatched".into());
+    let route = response
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".into());
     let status = response.status().as_u16().to_string();
     metrics::counter!(llmq_shared::metrics::HTTP_REQUESTS, "method" => method, "route" => route.clone(), "status" => status)
         .increment(1);
-    metrics::histogram!(llmq_shared::metrics::HTTP_REQUEST_DURATION, "route" => route).record(start.elapsed().as_secs_f64());
+    metrics::histogram!(llmq_shared::metrics::HTTP_REQUEST_DURATION, "route" => route)
+        .record(start.elapsed().as_secs_f64());
     Ok(response)
 }

@@ -33,7 +33,11 @@ impl Waiters {
             Ok(mut map) => map.entry(id).or_default().clone(),
             Err(_) => Arc::new(Notify::new()),
         };
-        Waiter { waiters: self.clone(), id, notify }
+        Waiter {
+            waiters: self.clone(),
+            id,
+            notify,
+        }
     }
 
     pub fn wake(&self, id: ExecutionId) {
@@ -58,7 +62,12 @@ impl Drop for Waiter {
 
 /// Consumes terminal events into `waiters` until cancelled, reconnecting
 /// after broker failures.
-pub async fn run_event_listener(url: String, topology: Topology, waiters: Arc<Waiters>, cancel: CancellationToken) {
+pub async fn run_event_listener(
+    url: String,
+    topology: Topology,
+    waiters: Arc<Waiters>,
+    cancel: CancellationToken,
+) {
     let mut delay = Duration::from_millis(200);
     while !cancel.is_cancelled() {
         match listen(&url, &topology, &waiters, &cancel).await {
@@ -75,12 +84,23 @@ pub async fn run_event_listener(url: String, topology: Topology, waiters: Arc<Wa
     }
 }
 
-async fn listen(url: &str, topology: &Topology, waiters: &Waiters, cancel: &CancellationToken) -> Result<(), queue::QueueError> {
+async fn listen(
+    url: &str,
+    topology: &Topology,
+    waiters: &Waiters,
+    cancel: &CancellationToken,
+) -> Result<(), queue::QueueError> {
     let conn = queue::connect(url, "llmq-api events").await?;
     let channel = conn.create_channel().await?;
     topology.declare(&channel).await?;
-    let opts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
-    let q = channel.queue_declare(s(""), opts, FieldTable::default()).await?;
+    let opts = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let q = channel
+        .queue_declare(s(""), opts, FieldTable::default())
+        .await?;
     for status in ["succeeded", "failed", "cancelled"] {
         channel
             .queue_bind(
@@ -92,8 +112,18 @@ async fn listen(url: &str, topology: &Topology, waiters: &Waiters, cancel: &Canc
             )
             .await?;
     }
-    let consume = BasicConsumeOptions { no_ack: true, ..Default::default() };
-    let mut consumer = channel.basic_consume(q.name().clone(), s("llmq-api-events"), consume, FieldTable::default()).await?;
+    let consume = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let mut consumer = channel
+        .basic_consume(
+            q.name().clone(),
+            s("llmq-api-events"),
+            consume,
+            FieldTable::default(),
+        )
+        .await?;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => {

@@ -44,6 +44,8 @@ pub struct ApiSettings {
     /// How long an execution whose publish was not confirmed waits before
     /// the outbox relay publishes it again.
     pub republish_after_secs: u64,
+    /// How long an `Idempotency-Key` keeps returning the same execution.
+    pub idempotency_ttl_secs: u64,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -91,6 +93,8 @@ pub struct ModelSettings {
     /// USD per million prompt / completion tokens.
     pub prompt_price_per_mtok: f64,
     pub completion_price_per_mtok: f64,
+    /// Model tried once this one's retries are exhausted.
+    pub fallback: Option<String>,
 }
 
 impl Default for Settings {
@@ -118,6 +122,7 @@ impl Default for ApiSettings {
             max_wait_secs: 60,
             http_workers: 0,
             republish_after_secs: 10,
+            idempotency_ttl_secs: 24 * 3600,
         }
     }
 }
@@ -223,6 +228,9 @@ mod tests {
             redact_url("amqp://guest:secret@127.0.0.1:5672/%2f"),
             "amqp://guest:***@127.0.0.1:5672/%2f"
         );
-        assert_eq!(redact_url("postgres://127.0.0.1/llmq"), "postgres://127.0.0.1/llmq");
+        assert_eq!(
+            redact_url("postgres://127.0.0.1/llmq"),
+            "postgres://127.0.0.1/llmq"
+        );
     }
 }

@@ -148,8 +148,6 @@ pub struct NewExecution {
     pub priority: i16,
     pub stream: bool,
     pub webhook_url: Option<String>,
-    pub idempotency_key: Option<String>,
-    pub request_hash: Option<String>,
 }
 
 /// Stable error codes, shared by the API and the worker.

@@ -10,7 +10,9 @@ pub fn mask_json(v: &Value) -> Value {
     match v {
         Value::String(s) => Value::String(mask_text(s)),
         Value::Array(a) => Value::Array(a.iter().map(mask_json).collect()),
-        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), mask_json(v))).collect()),
+        Value::Object(o) => {
+            Value::Object(o.iter().map(|(k, v)| (k.clone(), mask_json(v))).collect())
+        }
         other => other.clone(),
     }
 }
@@ -44,7 +46,9 @@ fn mask_word(word: &str) -> String {
         return word.replace(trimmed, "[secret]");
     }
     let digits = word.chars().filter(char::is_ascii_digit).count();
-    let only_number_chars = word.chars().all(|c| c.is_ascii_digit() || "+-() .".contains(c));
+    let only_number_chars = word
+        .chars()
+        .all(|c| c.is_ascii_digit() || "+-() .".contains(c));
     if digits >= 9 && only_number_chars {
         return "[number]".to_string();
     }
@@ -53,14 +57,21 @@ fn mask_word(word: &str) -> String {
 
 fn is_email(w: &str) -> bool {
     match w.split_once('@') {
-        Some((local, domain)) => !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.'),
+        Some((local, domain)) => {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        }
         None => false,
     }
 }
 
 fn looks_like_secret(w: &str) -> bool {
     const PREFIXES: [&str; 5] = ["sk-", "sk_", "whsec_", "ghp_", "xoxb-"];
-    PREFIXES.iter().any(|p| w.starts_with(p) && w.len() >= p.len() + 16)
+    PREFIXES
+        .iter()
+        .any(|p| w.starts_with(p) && w.len() >= p.len() + 16)
 }
 
 #[cfg(test)]
@@ -74,7 +85,10 @@ mod tests {
         assert!(!masked.contains("4111111111111111"), "{masked}");
         assert!(!masked.contains("sk-abcdefghijklmnopqrstuv"), "{masked}");
         assert!(masked.starts_with("Write to [email],"), "{masked}");
-        assert_eq!(mask_text("Order 42 shipped in 2024."), "Order 42 shipped in 2024.");
+        assert_eq!(
+            mask_text("Order 42 shipped in 2024."),
+            "Order 42 shipped in 2024."
+        );
     }
 
     #[test]

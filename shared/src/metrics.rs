@@ -27,7 +27,9 @@ pub fn install() -> Option<PrometheusHandle> {
     if let Some(h) = HANDLE.get() {
         return Some(h.clone());
     }
-    let buckets = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+    let buckets = [
+        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ];
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
         .ok()?
@@ -44,17 +46,52 @@ pub fn install() -> Option<PrometheusHandle> {
 
 fn describe() {
     describe_counter!(HTTP_REQUESTS, "HTTP requests by method, route and status");
-    describe_histogram!(HTTP_REQUEST_DURATION, Unit::Seconds, "HTTP request latency by route");
-    describe_counter!(EXECUTIONS_SUBMITTED, "Executions accepted by the API, by prompt");
-    describe_counter!(EXECUTIONS_FINISHED, "Executions that reached a terminal status, by status");
-    describe_gauge!(EXECUTIONS_IN_FLIGHT, "Executions this worker is running now");
-    describe_counter!(EXECUTION_RETRIES, "Executions scheduled again after a retryable error, by code");
-    describe_histogram!(STEP_DURATION, Unit::Seconds, "Step latency by kind and status");
-    describe_counter!(TOKENS, "Tokens used, by model and kind (prompt, completion)");
-    describe_counter!(QUEUE_PUBLISH_FAILURES, "Publishes to RabbitMQ that were not confirmed");
-    describe_counter!(OUTBOX_REPUBLISHED, "Executions published by the outbox relay");
-    describe_counter!(LEASES_REAPED, "Executions requeued because their worker's lease expired");
-    describe_counter!(MESSAGES_DEAD_LETTERED, "Messages sent to the dead-letter queue, by reason");
+    describe_histogram!(
+        HTTP_REQUEST_DURATION,
+        Unit::Seconds,
+        "HTTP request latency by route"
+    );
+    describe_counter!(
+        EXECUTIONS_SUBMITTED,
+        "Executions accepted by the API, by prompt"
+    );
+    describe_counter!(
+        EXECUTIONS_FINISHED,
+        "Executions that reached a terminal status, by status"
+    );
+    describe_gauge!(
+        EXECUTIONS_IN_FLIGHT,
+        "Executions this worker is running now"
+    );
+    describe_counter!(
+        EXECUTION_RETRIES,
+        "Executions scheduled again after a retryable error, by code"
+    );
+    describe_histogram!(
+        STEP_DURATION,
+        Unit::Seconds,
+        "Step latency by kind and status"
+    );
+    describe_counter!(
+        TOKENS,
+        "Tokens used, by model and kind (prompt, completion)"
+    );
+    describe_counter!(
+        QUEUE_PUBLISH_FAILURES,
+        "Publishes to RabbitMQ that were not confirmed"
+    );
+    describe_counter!(
+        OUTBOX_REPUBLISHED,
+        "Executions published by the outbox relay"
+    );
+    describe_counter!(
+        LEASES_REAPED,
+        "Executions requeued because their worker's lease expired"
+    );
+    describe_counter!(
+        MESSAGES_DEAD_LETTERED,
+        "Messages sent to the dead-letter queue, by reason"
+    );
 }
 
 /// Installs the recorder with its own HTTP listener serving `/metrics`
@@ -63,7 +100,9 @@ pub fn install_with_listener(addr: std::net::SocketAddr) -> Result<(), String> {
     if HANDLE.get().is_some() {
         return Ok(());
     }
-    let buckets = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+    let buckets = [
+        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ];
     PrometheusBuilder::new()
         .with_http_listener(addr)
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)

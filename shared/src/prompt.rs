@@ -11,18 +11,24 @@ use std::sync::{Arc, RwLock};
 use minijinja::{Environment, UndefinedBehavior};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 pub const DEFAULT_LABEL: &str = "production";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PromptError {
     #[error("cannot read prompt file {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("prompt file {path} is not valid: {message}")]
     InvalidFile { path: PathBuf, message: String },
     #[error("prompt {name} v{version}: {message}")]
-    InvalidDefinition { name: String, version: i32, message: String },
+    InvalidDefinition {
+        name: String,
+        version: i32,
+        message: String,
+    },
     #[error("template cannot render: {0}")]
     Render(String),
 }
@@ -68,28 +74,7 @@ impl PromptDefinition {
     /// sha256 of the definition with object keys sorted, so the same file
     /// always hashes the same whatever map order serde used.
     pub fn content_hash(&self) -> String {
-        let value = serde_json::to_value(self).unwrap_or(Value::Null);
-        let canonical = canonical_json(&value);
-        let digest = Sha256::digest(canonical.as_bytes());
-        digest.iter().map(|b| format!("{b:02x}")).collect()
-    }
-}
-
-fn canonical_json(v: &Value) -> String {
-    match v {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            let parts: Vec<String> = keys
-                .into_iter()
-                .map(|k| format!("{}:{}", Value::String(k.clone()), canonical_json(&map[k])))
-                .collect();
-            format!("{{{}}}", parts.join(","))
-        }
-        Value::Array(items) => {
-            format!("[{}]", items.iter().map(canonical_json).collect::<Vec<_>>().join(","))
-        }
-        other => other.to_string(),
+        crate::canonical::json_sha256(&serde_json::to_value(self).unwrap_or(Value::Null))
     }
 }
 
@@ -105,7 +90,10 @@ pub struct PromptFile {
 /// Reads every `<dir>/<name>/v<N>.toml`, checking that each compiles.
 pub fn load_prompt_dir(dir: &Path) -> Result<Vec<PromptFile>> {
     fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PromptError + '_ {
-        move |source| PromptError::Io { path: path.to_path_buf(), source }
+        move |source| PromptError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io(dir))? {
@@ -113,7 +101,11 @@ pub fn load_prompt_dir(dir: &Path) -> Result<Vec<PromptFile>> {
         if !prompt_dir.is_dir() {
             continue;
         }
-        let Some(name) = prompt_dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+        let Some(name) = prompt_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+        else {
             continue;
         };
         for file in std::fs::read_dir(&prompt_dir).map_err(io(&prompt_dir))? {
@@ -121,7 +113,10 @@ pub fn load_prompt_dir(dir: &Path) -> Result<Vec<PromptFile>> {
             if path.extension().and_then(|e| e.to_str()) != Some("toml") {
                 continue;
             }
-            let invalid = |message: String| PromptError::InvalidFile { path: path.clone(), message };
+            let invalid = |message: String| PromptError::InvalidFile {
+                path: path.clone(),
+                message,
+            };
             let version = path
                 .file_stem()
                 .and_then(|s| s.to_str())
@@ -130,13 +125,19 @@ pub fn load_prompt_dir(dir: &Path) -> Result<Vec<PromptFile>> {
                 .filter(|v| *v > 0)
                 .ok_or_else(|| invalid("file name must be v<N>.toml with N > 0".into()))?;
             let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-            let definition: PromptDefinition =
-                figment::Figment::from(<figment::providers::Toml as figment::providers::Format>::string(&text))
-                    .extract()
-                    .map_err(|e| invalid(e.to_string()))?;
+            let definition: PromptDefinition = figment::Figment::from(
+                <figment::providers::Toml as figment::providers::Format>::string(&text),
+            )
+            .extract()
+            .map_err(|e| invalid(e.to_string()))?;
             validate_name(&name).map_err(invalid)?;
             CompiledPrompt::compile(&name, version, definition.clone())?;
-            files.push(PromptFile { name: name.clone(), version, definition, path });
+            files.push(PromptFile {
+                name: name.clone(),
+                version,
+                definition,
+                path,
+            });
         }
     }
     files.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
@@ -153,7 +154,9 @@ pub fn validate_name(name: &str) -> std::result::Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("{name:?} is not a valid name (a-z, 0-9, -, _, . up to 64)"))
+        Err(format!(
+            "{name:?} is not a valid name (a-z, 0-9, -, _, . up to 64)"
+        ))
     }
 }
 
@@ -201,7 +204,13 @@ impl CompiledPrompt {
         }
         let validator = jsonschema::validator_for(&definition.input_schema)
             .map_err(|e| invalid(format!("input_schema: {e}")))?;
-        Ok(Self { name: name.to_string(), version, definition, env, validator })
+        Ok(Self {
+            name: name.to_string(),
+            version,
+            definition,
+            env,
+            validator,
+        })
     }
 
     /// Every way `input` breaks the input schema; empty when it conforms.
@@ -223,9 +232,17 @@ impl CompiledPrompt {
             if name == SYSTEM && self.definition.system.is_none() {
                 continue;
             }
-            let template = self.env.get_template(name).map_err(|e| PromptError::Render(e.to_string()))?;
-            let content = template.render(input).map_err(|e| PromptError::Render(render_message(&e)))?;
-            messages.push(ChatMessage { role: role.to_string(), content });
+            let template = self
+                .env
+                .get_template(name)
+                .map_err(|e| PromptError::Render(e.to_string()))?;
+            let content = template
+                .render(input)
+                .map_err(|e| PromptError::Render(render_message(&e)))?;
+            messages.push(ChatMessage {
+                role: role.to_string(),
+                content,
+            });
         }
         Ok(messages)
     }
@@ -261,7 +278,11 @@ pub struct PromptCache {
 
 impl PromptCache {
     pub fn get(&self, name: &str, version: i32) -> Option<Arc<CompiledPrompt>> {
-        self.compiled.read().ok()?.get(&(name.to_string(), version)).cloned()
+        self.compiled
+            .read()
+            .ok()?
+            .get(&(name.to_string(), version))
+            .cloned()
     }
 
     pub fn get_or_compile(
@@ -312,14 +333,23 @@ mod tests {
         let mut d = definition();
         d.template = "{{ text }} {{ missing }}".into();
         let p = CompiledPrompt::compile("s", 1, d).unwrap();
-        assert!(matches!(p.render(&json!({"text": "a"})), Err(PromptError::Render(_))));
+        assert!(matches!(
+            p.render(&json!({"text": "a"})),
+            Err(PromptError::Render(_))
+        ));
     }
 
     #[test]
     fn renders_system_then_user() {
         let p = CompiledPrompt::compile("s", 1, definition()).unwrap();
         let m = p.render(&json!({"text": "hello"})).unwrap();
-        assert_eq!(m[0], ChatMessage { role: "system".into(), content: "Be brief.".into() });
+        assert_eq!(
+            m[0],
+            ChatMessage {
+                role: "system".into(),
+                content: "Be brief.".into()
+            }
+        );
         assert_eq!(m[1].content, "Summarize: hello");
     }
 

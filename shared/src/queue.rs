@@ -8,10 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
@@ -62,28 +65,65 @@ impl Topology {
 
     /// Declares everything; safe to call from every process at start.
     pub async fn declare(&self, channel: &Channel) -> Result<()> {
-        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
         channel
-            .exchange_declare(s(&self.executions_exchange), ExchangeKind::Direct, durable, FieldTable::default())
+            .exchange_declare(
+                s(&self.executions_exchange),
+                ExchangeKind::Direct,
+                durable,
+                FieldTable::default(),
+            )
             .await?;
         channel
-            .exchange_declare(s(&self.dead_letter_exchange), ExchangeKind::Fanout, durable, FieldTable::default())
+            .exchange_declare(
+                s(&self.dead_letter_exchange),
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
             .await?;
         channel
-            .exchange_declare(s(&self.events_exchange), ExchangeKind::Topic, durable, FieldTable::default())
+            .exchange_declare(
+                s(&self.events_exchange),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
             .await?;
-        let queue = QueueDeclareOptions { durable: true, ..Default::default() };
+        let queue = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
         let mut dead_args = FieldTable::default();
         dead_args.insert(s("x-queue-type"), AMQPValue::LongString("quorum".into()));
-        channel.queue_declare(s(&self.dead_letter_queue), queue, dead_args).await?;
         channel
-            .queue_bind(s(&self.dead_letter_queue), s(&self.dead_letter_exchange), s(""), QueueBindOptions::default(), FieldTable::default())
+            .queue_declare(s(&self.dead_letter_queue), queue, dead_args)
+            .await?;
+        channel
+            .queue_bind(
+                s(&self.dead_letter_queue),
+                s(&self.dead_letter_exchange),
+                s(""),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
         let mut args = FieldTable::default();
         args.insert(s("x-queue-type"), AMQPValue::LongString("quorum".into()));
-        args.insert(s("x-dead-letter-exchange"), AMQPValue::LongString(self.dead_letter_exchange.as_str().into()));
-        args.insert(s("x-delivery-limit"), AMQPValue::LongLongInt(DELIVERY_LIMIT));
-        channel.queue_declare(s(&self.executions_queue), queue, args).await?;
+        args.insert(
+            s("x-dead-letter-exchange"),
+            AMQPValue::LongString(self.dead_letter_exchange.as_str().into()),
+        );
+        args.insert(
+            s("x-delivery-limit"),
+            AMQPValue::LongLongInt(DELIVERY_LIMIT),
+        );
+        channel
+            .queue_declare(s(&self.executions_queue), queue, args)
+            .await?;
         channel
             .queue_bind(
                 s(&self.executions_queue),
@@ -110,7 +150,9 @@ pub struct ExecutionMessage {
 /// Opens a connection named after the process, for the broker's UI.
 pub async fn connect(url: &str, name: &str) -> Result<Connection> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url, props).await.map_err(|e| QueueError::Unavailable(e.to_string()))
+    Connection::connect(url, props)
+        .await
+        .map_err(|e| QueueError::Unavailable(e.to_string()))
 }
 
 /// A confirmed publisher over one channel, replaced when the connection dies.
@@ -126,7 +168,12 @@ pub struct Publisher {
 impl Publisher {
     /// Connects (or keeps trying in the background) and returns at once:
     /// a process must start, and answer health checks, without its broker.
-    pub fn start(url: &str, name: &str, topology: Topology, cancel: CancellationToken) -> Arc<Self> {
+    pub fn start(
+        url: &str,
+        name: &str,
+        topology: Topology,
+        cancel: CancellationToken,
+    ) -> Arc<Self> {
         let publisher = Arc::new(Self {
             url: url.to_string(),
             name: name.to_string(),
@@ -187,14 +234,18 @@ impl Publisher {
     async fn open(&self) -> Result<(Connection, Channel)> {
         let conn = connect(&self.url, &self.name).await?;
         let channel = conn.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         self.topology.declare(&channel).await?;
         Ok((conn, channel))
     }
 
     async fn channel(&self) -> Result<Channel> {
         match &*self.current.read().await {
-            Some((conn, channel)) if conn.status().connected() && channel.status().connected() => Ok(channel.clone()),
+            Some((conn, channel)) if conn.status().connected() && channel.status().connected() => {
+                Ok(channel.clone())
+            }
             _ => {
                 self.reconnect.notify_one();
                 Err(QueueError::Unavailable("no open channel".into()))
@@ -211,7 +262,12 @@ impl Publisher {
             .with_message_id(s(&id.to_string()))
             .with_priority(priority.clamp(0, 9) as u8);
         let result = self
-            .publish_confirmed(&self.topology.executions_exchange, EXECUTION_ROUTING_KEY, &body, props)
+            .publish_confirmed(
+                &self.topology.executions_exchange,
+                EXECUTION_ROUTING_KEY,
+                &body,
+                props,
+            )
             .await;
         if result.is_err() {
             metrics::counter!(crate::metrics::QUEUE_PUBLISH_FAILURES).increment(1);
@@ -219,14 +275,30 @@ impl Publisher {
         result
     }
 
-    async fn publish_confirmed(&self, exchange: &str, key: &str, body: &[u8], props: BasicProperties) -> Result<()> {
+    async fn publish_confirmed(
+        &self,
+        exchange: &str,
+        key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<()> {
         let channel = self.channel().await?;
         let confirm = async {
-            let pending = channel.basic_publish(s(exchange), s(key), BasicPublishOptions::default(), body, props).await?;
+            let pending = channel
+                .basic_publish(
+                    s(exchange),
+                    s(key),
+                    BasicPublishOptions::default(),
+                    body,
+                    props,
+                )
+                .await?;
             match pending.await? {
                 Confirmation::Ack(_) => Ok(()),
                 Confirmation::Nack(_) => Err(QueueError::Nacked),
-                Confirmation::NotRequested => Err(QueueError::Unavailable("channel without confirms".into())),
+                Confirmation::NotRequested => {
+                    Err(QueueError::Unavailable("channel without confirms".into()))
+                }
             }
         };
         match tokio::time::timeout(self.confirm_timeout, confirm).await {
@@ -248,7 +320,13 @@ impl Publisher {
         let channel = self.channel().await?;
         let props = BasicProperties::default().with_content_type(s("application/json"));
         channel
-            .basic_publish(s(&self.topology.events_exchange), s(routing_key), BasicPublishOptions::default(), body, props)
+            .basic_publish(
+                s(&self.topology.events_exchange),
+                s(routing_key),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
             .await?;
         Ok(())
     }

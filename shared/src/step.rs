@@ -150,7 +150,8 @@ impl Step {
     pub fn finish(&mut self, status: StepStatus) {
         let now = Utc::now();
         self.status = status;
-        self.latency_ms = Some((now - self.started_at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+        self.latency_ms =
+            Some((now - self.started_at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
         self.finished_at = Some(now);
     }
 }

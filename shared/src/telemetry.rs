@@ -12,10 +12,18 @@ pub fn init(service: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     let result = if std::io::stderr().is_terminal() {
-        registry.with(fmt::layer().with_writer(std::io::stderr).with_target(false)).try_init()
+        registry
+            .with(fmt::layer().with_writer(std::io::stderr).with_target(false))
+            .try_init()
     } else {
         registry
-            .with(fmt::layer().json().flatten_event(true).with_current_span(true).with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_writer(std::io::stderr),
+            )
             .try_init()
     };
     if result.is_ok() {

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicRejectOptions,
+};
 use lapin::types::FieldTable;
 use llmq_shared::execution::ExecutionStatus;
 use llmq_shared::metrics as m;
@@ -24,7 +27,11 @@ use crate::pipeline::{run_execution, RunOutcome};
 
 /// Consumes until `stop` fires, then drains. `interrupt` is fired when the
 /// grace period is over, to stop what is still running.
-pub async fn run_consumer(ctx: Arc<WorkerContext>, stop: CancellationToken, interrupt: CancellationToken) {
+pub async fn run_consumer(
+    ctx: Arc<WorkerContext>,
+    stop: CancellationToken,
+    interrupt: CancellationToken,
+) {
     let tracker = TaskTracker::new();
     let mut delay = Duration::from_millis(200);
     let mut connection = None;
@@ -45,10 +52,17 @@ pub async fn run_consumer(ctx: Arc<WorkerContext>, stop: CancellationToken, inte
     let grace = Duration::from_secs(ctx.settings.worker.shutdown_grace_secs);
     let in_flight = tracker.len();
     if in_flight > 0 {
-        tracing::info!(in_flight, grace_secs = grace.as_secs(), "draining in-flight executions");
+        tracing::info!(
+            in_flight,
+            grace_secs = grace.as_secs(),
+            "draining in-flight executions"
+        );
     }
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!(remaining = tracker.len(), "grace period over; interrupting the rest");
+        tracing::warn!(
+            remaining = tracker.len(),
+            "grace period over; interrupting the rest"
+        );
         interrupt.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
     }
@@ -65,15 +79,26 @@ async fn consume(
     tracker: &TaskTracker,
     connection: &mut Option<lapin::Connection>,
 ) -> Result<(), QueueError> {
-    let conn = queue::connect(&ctx.settings.amqp_url, &format!("llmq-worker {}", ctx.owner)).await?;
+    let conn = queue::connect(
+        &ctx.settings.amqp_url,
+        &format!("llmq-worker {}", ctx.owner),
+    )
+    .await?;
     let channel = conn.create_channel().await?;
     let topology = Topology::new(&ctx.settings.queue_prefix);
     topology.declare(&channel).await?;
     let concurrency = ctx.settings.worker.concurrency.clamp(1, u16::MAX as usize);
-    channel.basic_qos(concurrency as u16, BasicQosOptions::default()).await?;
+    channel
+        .basic_qos(concurrency as u16, BasicQosOptions::default())
+        .await?;
     let tag = format!("llmq-worker-{}", ctx.owner);
     let mut consumer = channel
-        .basic_consume(s(&topology.executions_queue), s(&tag), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            s(&topology.executions_queue),
+            s(&tag),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     *connection = Some(conn);
     tracing::info!(queue = %topology.executions_queue, concurrency, "consuming");
@@ -110,18 +135,21 @@ async fn handle_delivery(ctx: &WorkerContext, delivery: Delivery, interrupt: &Ca
             return;
         }
     };
-    let Some(_running) = ctx.start_running(message.id) else {
+    let Some(running) = ctx.start_running(message.id) else {
         tracing::debug!(execution.id = %message.id, "duplicate delivery while running here; dropping");
         ack(&delivery).await;
         return;
     };
     let gauge = metrics::gauge!(m::EXECUTIONS_IN_FLIGHT);
     gauge.increment(1.0);
-    let outcome = run_execution(ctx, message.id, interrupt).await;
+    let outcome = run_execution(ctx, message.id, interrupt, &running.cancel).await;
+    drop(running);
     gauge.decrement(1.0);
     match outcome {
         Ok(RunOutcome::Finished(ExecutionStatus::Failed)) => dead_letter(&delivery, "failed").await,
-        Ok(RunOutcome::Finished(_) | RunOutcome::RetryScheduled(_) | RunOutcome::Skipped(_)) => ack(&delivery).await,
+        Ok(RunOutcome::Finished(_) | RunOutcome::RetryScheduled(_) | RunOutcome::Skipped(_)) => {
+            ack(&delivery).await
+        }
         Ok(RunOutcome::Unknown) => {
             tracing::error!(execution.id = %message.id, "message names no execution; dead-lettering");
             dead_letter(&delivery, "unknown_execution").await;
@@ -148,10 +176,19 @@ async fn ack(delivery: &Delivery) {
 }
 
 async fn requeue(delivery: &Delivery) {
-    let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+    let _ = delivery
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await;
 }
 
 async fn dead_letter(delivery: &Delivery, reason: &'static str) {
     metrics::counter!(m::MESSAGES_DEAD_LETTERED, "reason" => reason).increment(1);
-    let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+    let _ = delivery
+        .acker
+        .reject(BasicRejectOptions { requeue: false })
+        .await;
 }

@@ -1,6 +1,6 @@
 //! What every execution task of a worker process shares.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use llmq_shared::db::Pool;
@@ -8,6 +8,8 @@ use llmq_shared::execution::ExecutionId;
 use llmq_shared::prompt::PromptCache;
 use llmq_shared::queue::Publisher;
 use llmq_shared::Settings;
+
+use tokio_util::sync::CancellationToken;
 
 use crate::provider::ProviderClient;
 
@@ -19,26 +21,51 @@ pub struct WorkerContext {
     pub prompts: PromptCache,
     /// This process's lease owner id: host, pid and a random suffix.
     pub owner: String,
-    /// Executions running in this process, so a duplicate delivery to the
-    /// same process is not run twice under the same lease.
-    pub running: Mutex<HashSet<ExecutionId>>,
+    /// Executions running in this process, with the token that cancels
+    /// each; also keeps a duplicate delivery from running twice here.
+    pub running: Mutex<HashMap<ExecutionId, CancellationToken>>,
 }
 
 /// Marks an execution as running here for as long as it lives.
 pub struct RunningGuard<'a> {
     ctx: &'a WorkerContext,
     id: ExecutionId,
+    /// Fired when the client cancels this execution.
+    pub cancel: CancellationToken,
 }
 
 impl WorkerContext {
     /// None when this process already runs `id`.
     pub fn start_running(&self, id: ExecutionId) -> Option<RunningGuard<'_>> {
         let mut running = self.running.lock().ok()?;
-        running.insert(id).then_some(RunningGuard { ctx: self, id })
+        if running.contains_key(&id) {
+            return None;
+        }
+        let cancel = CancellationToken::new();
+        running.insert(id, cancel.clone());
+        Some(RunningGuard {
+            ctx: self,
+            id,
+            cancel,
+        })
     }
 
     pub fn running_ids(&self) -> Vec<uuid::Uuid> {
-        self.running.lock().map(|r| r.iter().map(|id| id.0).collect()).unwrap_or_default()
+        self.running
+            .lock()
+            .map(|r| r.keys().map(|id| id.0).collect())
+            .unwrap_or_default()
+    }
+
+    /// Fires the cancel token of `id` if it runs here.
+    pub fn cancel_running(&self, id: ExecutionId) -> bool {
+        match self.running.lock().ok().and_then(|r| r.get(&id).cloned()) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -51,7 +78,13 @@ impl Drop for RunningGuard<'_> {
 }
 
 pub fn lease_owner() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into());
+    let host =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into());
     let suffix = uuid::Uuid::now_v7().simple().to_string();
-    format!("{}-{}-{}", host.trim(), std::process::id(), &suffix[suffix.len() - 8..])
+    format!(
+        "{}-{}-{}",
+        host.trim(),
+        std::process::id(),
+        &suffix[suffix.len() - 8..]
+    )
 }

@@ -56,7 +56,10 @@ struct StepFailure {
 impl From<&ProviderError> for StepFailure {
     fn from(e: &ProviderError) -> Self {
         Self {
-            error: ErrorInfo { code: e.code().into(), message: e.to_string() },
+            error: ErrorInfo {
+                code: e.code().into(),
+                message: e.to_string(),
+            },
             retryable: e.is_retryable(),
             retry_after: e.retry_after(),
         }
@@ -64,14 +67,27 @@ impl From<&ProviderError> for StepFailure {
 }
 
 #[tracing::instrument(skip_all, fields(execution.id = %id), err(Display))]
-pub async fn run_execution(ctx: &WorkerContext, id: ExecutionId, stop: &CancellationToken) -> Result<RunOutcome, PipelineError> {
+pub async fn run_execution(
+    ctx: &WorkerContext,
+    id: ExecutionId,
+    stop: &CancellationToken,
+    cancel: &CancellationToken,
+) -> Result<RunOutcome, PipelineError> {
     let client = ctx.pool.get().await.map_err(DbError::from)?;
-    let execution = match db::claim_execution(&client, id, &ctx.owner, ctx.settings.lease()).await? {
+    let execution = match db::claim_execution(&client, id, &ctx.owner, ctx.settings.lease()).await?
+    {
         Claim::Claimed(e) => e,
         Claim::NotFound => return Ok(RunOutcome::Unknown),
         Claim::Terminal(_) => return Ok(RunOutcome::Skipped("already terminal")),
         Claim::Leased => return Ok(RunOutcome::Skipped("leased by another worker")),
-        Claim::CancelRequested => return Ok(RunOutcome::Skipped("cancel requested")),
+        Claim::CancelRequested => {
+            if db::cancel_unclaimed(&client, id).await? {
+                metrics::counter!(m::EXECUTIONS_FINISHED, "status" => "cancelled").increment(1);
+                publish_terminal_event(ctx, id, ExecutionStatus::Cancelled).await;
+                return Ok(RunOutcome::Finished(ExecutionStatus::Cancelled));
+            }
+            return Ok(RunOutcome::Skipped("cancel requested"));
+        }
     };
     let prompt = load_prompt(ctx, &client, &execution).await?;
     // A first attempt has no earlier steps; only a resumed run reads them.
@@ -81,8 +97,13 @@ pub async fn run_execution(ctx: &WorkerContext, id: ExecutionId, stop: &Cancella
         Vec::new()
     };
     drop(client);
-    let mut run = Run { ctx, execution: &execution, prompt, next_seq: earlier.iter().map(|s| s.seq).max().unwrap_or(0) + 1 };
-    run.go(&earlier, stop).await
+    let mut run = Run {
+        ctx,
+        execution: &execution,
+        prompt,
+        next_seq: earlier.iter().map(|s| s.seq).max().unwrap_or(0) + 1,
+    };
+    run.go(&earlier, stop, cancel).await
 }
 
 async fn load_prompt(
@@ -108,119 +129,265 @@ struct Run<'a> {
     next_seq: i32,
 }
 
+/// How a generate attempt ended.
+enum Generated {
+    Done(Value, Usage),
+    Failed(StepFailure),
+    /// Cancelled, interrupted or lease lost: the run is over.
+    Over(RunOutcome),
+}
+
 impl Run<'_> {
     fn step(&mut self, kind: StepKind) -> Step {
-        let step = Step::start(self.execution.id, self.next_seq, kind, self.execution.attempts);
+        let step = Step::start(
+            self.execution.id,
+            self.next_seq,
+            kind,
+            self.execution.attempts,
+        );
         self.next_seq += 1;
         step
     }
 
-    async fn go(&mut self, earlier: &[Step], stop: &CancellationToken) -> Result<RunOutcome, PipelineError> {
-        let succeeded = |kind: &StepKind| earlier.iter().any(|s| &s.kind == kind && s.status == StepStatus::Succeeded);
+    async fn go(
+        &mut self,
+        earlier: &[Step],
+        stop: &CancellationToken,
+        cancel: &CancellationToken,
+    ) -> Result<RunOutcome, PipelineError> {
+        let succeeded = |kind: &StepKind| {
+            earlier
+                .iter()
+                .any(|s| &s.kind == kind && s.status == StepStatus::Succeeded)
+        };
 
         // render: deterministic, so a resumed run re-renders in memory and
-        // records the step only if no earlier run did.
-        // A checkpointed render is not recorded again, so it takes no seq.
+        // records the step only if no earlier run did. A checkpointed render
+        // is not recorded again, so it takes no seq.
         let render_done = succeeded(&StepKind::Render);
         let mut render = if render_done {
-            Step::start(self.execution.id, 0, StepKind::Render, self.execution.attempts)
+            Step::start(
+                self.execution.id,
+                0,
+                StepKind::Render,
+                self.execution.attempts,
+            )
         } else {
             self.step(StepKind::Render)
         };
         render.input = Some(mask_json(&self.execution.input));
-        let rendered = self.prompt.render(&self.execution.input);
-        let messages = match rendered {
+        let messages = match self.prompt.render(&self.execution.input) {
             Ok(messages) => messages,
             Err(e) => {
-                render.error = Some(ErrorInfo { code: codes::TEMPLATE_ERROR.into(), message: e.to_string() });
+                let error = ErrorInfo {
+                    code: codes::TEMPLATE_ERROR.into(),
+                    message: e.to_string(),
+                };
+                render.error = Some(error.clone());
                 render.retryable = Some(false);
                 finish_step(&mut render, StepStatus::Failed);
                 self.record(&[&render]).await?;
-                return self.fail(render.error.clone().unwrap_or_else(internal), Usage::default()).await;
+                return self.fail(error, Usage::default()).await;
             }
         };
         render.output = Some(mask_json(&json!({ "messages": messages })));
         finish_step(&mut render, StepStatus::Succeeded);
-
-        let endpoint = Endpoint::resolve(&self.ctx.settings, &self.execution.model);
-        let params = self.execution.params.as_object().cloned().unwrap_or_default();
-        let body = ProviderClient::request_body(&endpoint, &messages, &params);
+        let mut pending_render = (!render_done).then_some(render);
 
         // generate: a checkpointed result is never paid for twice.
         let (output, usage) = if succeeded(&StepKind::Generate) {
-            let usage = self.execution.usage.unwrap_or_default();
-            (self.execution.output.clone().unwrap_or(Value::Null), usage)
+            (
+                self.execution.output.clone().unwrap_or(Value::Null),
+                self.execution.usage.unwrap_or_default(),
+            )
         } else {
-            let mut generate = self.step(StepKind::Generate);
-            generate.model = Some(self.execution.model.clone());
-            generate.params = Some(Value::Object(params.clone()));
-            generate.input = render.output.clone();
-            let mut first_writes: Vec<&Step> = vec![&generate];
-            if !render_done {
-                first_writes.insert(0, &render);
-            }
-            if !self.record(&first_writes).await? {
-                return Ok(RunOutcome::Skipped("lease lost"));
-            }
-            let timeout = self
-                .prompt
-                .definition
-                .limits
-                .generate_timeout_secs
-                .map(Duration::from_secs)
-                .unwrap_or(Duration::from_secs(self.ctx.settings.provider.timeout_secs));
-            let call = self.ctx.provider.chat(&endpoint, &body, timeout);
-            let result = tokio::select! {
-                r = call => r,
-                _ = stop.cancelled() => {
-                    generate.error = Some(ErrorInfo { code: "interrupted".into(), message: "worker shutting down".into() });
-                    generate.retryable = Some(true);
-                    finish_step(&mut generate, StepStatus::Cancelled);
-                    self.record(&[&generate]).await?;
-                    return self.interrupt().await;
-                }
-            };
-            match result {
-                Ok(generation) => {
-                    let (output, usage) = self.output_of(&generation, &endpoint);
-                    generate.usage = Some(usage);
-                    generate.output = Some(mask_json(&output));
-                    finish_step(&mut generate, StepStatus::Succeeded);
-                    metrics::counter!(m::TOKENS, "model" => self.execution.model.clone(), "kind" => "prompt")
-                        .increment(usage.prompt_tokens.max(0) as u64);
-                    metrics::counter!(m::TOKENS, "model" => self.execution.model.clone(), "kind" => "completion")
-                        .increment(usage.completion_tokens.max(0) as u64);
-                    if !db_steps::record_steps_with_result(&self.ctx.pool.get().await.map_err(DbError::from)?, self.execution.id, &self.ctx.owner, &[&generate], &output, Some(usage)).await? {
-                        return Ok(RunOutcome::Skipped("lease lost"));
+            let primary = self.execution.model.clone();
+            match self
+                .generate(
+                    &primary,
+                    None,
+                    &messages,
+                    pending_render.take(),
+                    stop,
+                    cancel,
+                )
+                .await?
+            {
+                Generated::Done(output, usage) => (output, usage),
+                Generated::Over(outcome) => return Ok(outcome),
+                Generated::Failed(failure) => {
+                    let policy =
+                        RetryPolicy::new(&self.ctx.settings.worker, &self.prompt.definition.limits);
+                    let attempt = self.execution.attempts.max(1) as u32;
+                    match policy.decide(attempt, failure.retryable, failure.retry_after) {
+                        Decision::RetryAfter(delay) => {
+                            return self.retry_later(failure, delay).await
+                        }
+                        Decision::GiveUp => {
+                            match self.fallback_model().filter(|_| failure.retryable) {
+                                None => return self.fail(failure.error, Usage::default()).await,
+                                Some(fallback) => {
+                                    tracing::info!(model = %primary, fallback = %fallback, "primary exhausted; trying the fallback model");
+                                    match self
+                                        .generate(
+                                            &fallback,
+                                            Some(&primary),
+                                            &messages,
+                                            None,
+                                            stop,
+                                            cancel,
+                                        )
+                                        .await?
+                                    {
+                                        Generated::Done(output, usage) => (output, usage),
+                                        Generated::Over(outcome) => return Ok(outcome),
+                                        Generated::Failed(f) => {
+                                            return self.fail(f.error, Usage::default()).await
+                                        }
+                                    }
+                                }
+                            }
+                        }
                     }
-                    (output, usage)
-                }
-                Err(e) => {
-                    let failure = StepFailure::from(&e);
-                    generate.error = Some(failure.error.clone());
-                    generate.retryable = Some(failure.retryable);
-                    finish_step(&mut generate, StepStatus::Failed);
-                    if !self.record(&[&generate]).await? {
-                        return Ok(RunOutcome::Skipped("lease lost"));
-                    }
-                    return self.after_failure(failure).await;
                 }
             }
         };
+        if cancel.is_cancelled() {
+            return self.cancelled(usage).await;
+        }
 
         // finalize: the terminal state and its step in one statement.
         let mut finalize = self.step(StepKind::Finalize);
         finalize.output = Some(json!({ "status": "succeeded" }));
         finish_step(&mut finalize, StepStatus::Succeeded);
-        let outcome = Outcome { status: ExecutionStatus::Succeeded, output: Some(output), error: None, usage: Some(usage) };
+        let outcome = Outcome {
+            status: ExecutionStatus::Succeeded,
+            output: Some(output),
+            error: None,
+            usage: Some(usage),
+        };
         self.finish(outcome, &finalize).await
+    }
+
+    /// The fallback named by the prompt version, else by the model's config.
+    fn fallback_model(&self) -> Option<String> {
+        let from_prompt = self.prompt.definition.limits.fallback_model.clone();
+        from_prompt
+            .or_else(|| self.ctx.settings.model(&self.execution.model).fallback)
+            .filter(|m| *m != self.execution.model)
+    }
+
+    /// One generate attempt against `model`, recorded before and after the
+    /// call; `fallback_for` names the primary when this is its fallback.
+    async fn generate(
+        &mut self,
+        model: &str,
+        fallback_for: Option<&str>,
+        messages: &[llmq_shared::prompt::ChatMessage],
+        render: Option<Step>,
+        stop: &CancellationToken,
+        cancel: &CancellationToken,
+    ) -> Result<Generated, PipelineError> {
+        if cancel.is_cancelled() {
+            if let Some(render) = &render {
+                self.record(&[render]).await?;
+            }
+            return Ok(Generated::Over(self.cancelled(Usage::default()).await?));
+        }
+        let endpoint = Endpoint::resolve(&self.ctx.settings, model);
+        let params = self
+            .execution
+            .params
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let body = ProviderClient::request_body(&endpoint, messages, &params);
+        let mut generate = self.step(StepKind::Generate);
+        generate.model = Some(model.to_string());
+        let mut recorded_params = params.clone();
+        if let Some(primary) = fallback_for {
+            recorded_params.insert("fallback_for".into(), Value::String(primary.to_string()));
+        }
+        generate.params = Some(Value::Object(recorded_params));
+        generate.input = Some(mask_json(&json!({ "messages": messages })));
+        let first: Vec<&Step> = render.iter().chain(std::iter::once(&generate)).collect();
+        if !self.record(&first).await? {
+            return Ok(Generated::Over(RunOutcome::Skipped("lease lost")));
+        }
+        let timeout = self
+            .prompt
+            .definition
+            .limits
+            .generate_timeout_secs
+            .map(Duration::from_secs)
+            .unwrap_or(Duration::from_secs(self.ctx.settings.provider.timeout_secs));
+        let result = tokio::select! {
+            r = self.ctx.provider.chat(&endpoint, &body, timeout) => r,
+            _ = stop.cancelled() => {
+                generate.error = Some(ErrorInfo { code: "interrupted".into(), message: "worker shutting down".into() });
+                generate.retryable = Some(true);
+                finish_step(&mut generate, StepStatus::Cancelled);
+                self.record(&[&generate]).await?;
+                return Ok(Generated::Over(self.interrupt().await?));
+            }
+            _ = cancel.cancelled() => {
+                generate.error = Some(ErrorInfo { code: codes::CANCELLED.into(), message: "cancelled by the client; the model call was aborted".into() });
+                generate.retryable = Some(false);
+                finish_step(&mut generate, StepStatus::Cancelled);
+                self.record(&[&generate]).await?;
+                return Ok(Generated::Over(self.cancelled(Usage::default()).await?));
+            }
+        };
+        match result {
+            Ok(generation) => {
+                let (output, usage) = self.output_of(&generation, &endpoint);
+                generate.usage = Some(usage);
+                generate.output = Some(mask_json(&output));
+                finish_step(&mut generate, StepStatus::Succeeded);
+                metrics::counter!(m::TOKENS, "model" => model.to_string(), "kind" => "prompt")
+                    .increment(usage.prompt_tokens.max(0) as u64);
+                metrics::counter!(m::TOKENS, "model" => model.to_string(), "kind" => "completion")
+                    .increment(usage.completion_tokens.max(0) as u64);
+                let client = self.ctx.pool.get().await.map_err(DbError::from)?;
+                let kept = db_steps::record_steps_with_result(
+                    &client,
+                    self.execution.id,
+                    &self.ctx.owner,
+                    &[&generate],
+                    &output,
+                    Some(usage),
+                )
+                .await?;
+                if !kept {
+                    return Ok(Generated::Over(RunOutcome::Skipped("lease lost")));
+                }
+                Ok(Generated::Done(output, usage))
+            }
+            Err(e) => {
+                let failure = StepFailure::from(&e);
+                generate.error = Some(failure.error.clone());
+                generate.retryable = Some(failure.retryable);
+                finish_step(&mut generate, StepStatus::Failed);
+                if !self.record(&[&generate]).await? {
+                    return Ok(Generated::Over(RunOutcome::Skipped("lease lost")));
+                }
+                Ok(Generated::Failed(failure))
+            }
+        }
     }
 
     fn output_of(&self, generation: &Generation, endpoint: &Endpoint) -> (Value, Usage) {
         let mut usage = generation.usage;
         usage.cost_usd = endpoint.cost(&usage);
-        let output = match self.prompt.definition.output.get("type").and_then(Value::as_str) {
-            Some("json") => serde_json::from_str(&generation.content).unwrap_or(Value::String(generation.content.clone())),
+        let output = match self
+            .prompt
+            .definition
+            .output
+            .get("type")
+            .and_then(Value::as_str)
+        {
+            Some("json") => serde_json::from_str(&generation.content)
+                .unwrap_or(Value::String(generation.content.clone())),
             _ => Value::String(generation.content.clone()),
         };
         (output, usage)
@@ -231,44 +398,76 @@ impl Run<'_> {
         Ok(db_steps::record_steps(&client, self.execution.id, &self.ctx.owner, steps).await?)
     }
 
-    /// After a failed step: retry later, or fail for good.
-    async fn after_failure(&mut self, failure: StepFailure) -> Result<RunOutcome, PipelineError> {
-        let policy = RetryPolicy::new(&self.ctx.settings.worker, &self.prompt.definition.limits);
-        match policy.decide(self.execution.attempts.max(1) as u32, failure.retryable, failure.retry_after) {
-            Decision::RetryAfter(delay) => {
-                let client = self.ctx.pool.get().await.map_err(DbError::from)?;
-                if !db::schedule_retry(&client, self.execution.id, &self.ctx.owner, delay, &failure.error).await? {
-                    return Ok(RunOutcome::Skipped("lease lost"));
-                }
-                metrics::counter!(m::EXECUTION_RETRIES, "code" => failure.error.code.clone()).increment(1);
-                tracing::info!(code = %failure.error.code, delay_ms = delay.as_millis() as u64, "retry scheduled");
-                Ok(RunOutcome::RetryScheduled(delay))
-            }
-            Decision::GiveUp => self.fail(failure.error, self.execution.usage.unwrap_or_default()).await,
+    /// Gives the execution back with a delay; the relay republishes it then.
+    async fn retry_later(
+        &self,
+        failure: StepFailure,
+        delay: Duration,
+    ) -> Result<RunOutcome, PipelineError> {
+        let client = self.ctx.pool.get().await.map_err(DbError::from)?;
+        if !db::schedule_retry(
+            &client,
+            self.execution.id,
+            &self.ctx.owner,
+            delay,
+            &failure.error,
+        )
+        .await?
+        {
+            return Ok(RunOutcome::Skipped("lease lost"));
         }
+        metrics::counter!(m::EXECUTION_RETRIES, "code" => failure.error.code.clone()).increment(1);
+        tracing::info!(code = %failure.error.code, delay_ms = delay.as_millis() as u64, "retry scheduled");
+        Ok(RunOutcome::RetryScheduled(delay))
     }
 
     async fn fail(&mut self, error: ErrorInfo, usage: Usage) -> Result<RunOutcome, PipelineError> {
+        self.end(ExecutionStatus::Failed, error, usage).await
+    }
+
+    async fn cancelled(&mut self, usage: Usage) -> Result<RunOutcome, PipelineError> {
+        let error = ErrorInfo {
+            code: codes::CANCELLED.into(),
+            message: "cancelled by the client".into(),
+        };
+        self.end(ExecutionStatus::Cancelled, error, usage).await
+    }
+
+    async fn end(
+        &mut self,
+        status: ExecutionStatus,
+        error: ErrorInfo,
+        usage: Usage,
+    ) -> Result<RunOutcome, PipelineError> {
         let mut finalize = self.step(StepKind::Finalize);
-        finalize.output = Some(json!({ "status": "failed", "error": error }));
+        finalize.output = Some(json!({ "status": status, "error": error }));
         finish_step(&mut finalize, StepStatus::Succeeded);
         let has_usage = usage.total_tokens > 0;
-        let outcome = Outcome { status: ExecutionStatus::Failed, output: None, error: Some(error), usage: has_usage.then_some(usage) };
+        let outcome = Outcome {
+            status,
+            output: None,
+            error: Some(error),
+            usage: has_usage.then_some(usage),
+        };
         self.finish(outcome, &finalize).await
     }
 
     async fn finish(&self, outcome: Outcome, finalize: &Step) -> Result<RunOutcome, PipelineError> {
         let client = self.ctx.pool.get().await.map_err(DbError::from)?;
-        if !db::finish_execution(&client, self.execution.id, &self.ctx.owner, &outcome, finalize).await? {
+        if !db::finish_execution(
+            &client,
+            self.execution.id,
+            &self.ctx.owner,
+            &outcome,
+            finalize,
+        )
+        .await?
+        {
             return Ok(RunOutcome::Skipped("lease lost"));
         }
         drop(client);
         metrics::counter!(m::EXECUTIONS_FINISHED, "status" => outcome.status.as_str()).increment(1);
-        let event = ExecutionEvent { id: self.execution.id, status: outcome.status };
-        if let Ok(body) = serde_json::to_vec(&event) {
-            // Best effort: waiters also re-read Postgres.
-            let _ = self.ctx.publisher.publish_event(&event.routing_key(), &body).await;
-        }
+        publish_terminal_event(self.ctx, self.execution.id, outcome.status).await;
         Ok(RunOutcome::Finished(outcome.status))
     }
 
@@ -281,8 +480,15 @@ impl Run<'_> {
     }
 }
 
-fn internal() -> ErrorInfo {
-    ErrorInfo { code: codes::INTERNAL.into(), message: "internal error".into() }
+async fn publish_terminal_event(ctx: &WorkerContext, id: ExecutionId, status: ExecutionStatus) {
+    let event = ExecutionEvent { id, status };
+    if let Ok(body) = serde_json::to_vec(&event) {
+        // Best effort: waiters also re-read Postgres.
+        let _ = ctx
+            .publisher
+            .publish_event(&event.routing_key(), &body)
+            .await;
+    }
 }
 
 fn finish_step(step: &mut Step, status: StepStatus) {

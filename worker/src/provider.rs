@@ -18,7 +18,11 @@ use serde_json::{json, Map, Value};
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
     #[error("rate limited by the provider ({status}): {message}")]
-    RateLimited { status: u16, retry_after: Option<Duration>, message: String },
+    RateLimited {
+        status: u16,
+        retry_after: Option<Duration>,
+        message: String,
+    },
     #[error("provider error {status}: {message}")]
     Server { status: u16, message: String },
     #[error("provider rejected the request ({status}): {message}")]
@@ -81,8 +85,12 @@ impl Endpoint {
     pub fn resolve(settings: &Settings, model: &str) -> Self {
         let m = settings.model(model);
         Self {
-            base_url: m.base_url.unwrap_or_else(|| settings.provider.base_url.clone()),
-            api_key: m.api_key.unwrap_or_else(|| settings.provider.api_key.clone()),
+            base_url: m
+                .base_url
+                .unwrap_or_else(|| settings.provider.base_url.clone()),
+            api_key: m
+                .api_key
+                .unwrap_or_else(|| settings.provider.api_key.clone()),
             upstream_model: m.upstream.unwrap_or_else(|| model.to_string()),
             prompt_price_per_mtok: m.prompt_price_per_mtok,
             completion_price_per_mtok: m.completion_price_per_mtok,
@@ -116,34 +124,60 @@ impl ProviderClient {
 
     /// The request body: the rendered messages, then the version's (and the
     /// request's) parameters passed through as the provider expects them.
-    pub fn request_body(endpoint: &Endpoint, messages: &[ChatMessage], params: &Map<String, Value>) -> Value {
+    pub fn request_body(
+        endpoint: &Endpoint,
+        messages: &[ChatMessage],
+        params: &Map<String, Value>,
+    ) -> Value {
         let mut body = Map::new();
         for (k, v) in params {
             body.insert(k.clone(), v.clone());
         }
-        body.insert("model".into(), Value::String(endpoint.upstream_model.clone()));
+        body.insert(
+            "model".into(),
+            Value::String(endpoint.upstream_model.clone()),
+        );
         body.insert("messages".into(), json!(messages));
         body.insert("stream".into(), Value::Bool(false));
         Value::Object(body)
     }
 
     /// One chat completion, bounded by `timeout`. Never retries.
-    pub async fn chat(&self, endpoint: &Endpoint, body: &Value, timeout: Duration) -> Result<Generation, ProviderError> {
-        let url = format!("{}/chat/completions", endpoint.base_url.trim_end_matches('/'));
+    pub async fn chat(
+        &self,
+        endpoint: &Endpoint,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<Generation, ProviderError> {
+        let url = format!(
+            "{}/chat/completions",
+            endpoint.base_url.trim_end_matches('/')
+        );
         let mut request = self.http.post(url).json(body).timeout(timeout);
         if !endpoint.api_key.is_empty() {
             request = request.bearer_auth(&endpoint.api_key);
         }
-        let response = request.send().await.map_err(|e| transport_error(e, timeout))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| transport_error(e, timeout))?;
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = response.bytes().await.map_err(|e| transport_error(e, timeout))?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| transport_error(e, timeout))?;
         if !status.is_success() {
             return Err(status_error(status, &headers, &bytes));
         }
-        let parsed: CreateChatCompletionResponse = serde_json::from_slice(&bytes)
-            .map_err(|e| ProviderError::BadResponse(format!("{e} (first bytes: {:?})", snippet(&bytes))))?;
-        let choice = parsed.choices.into_iter().next().ok_or_else(|| ProviderError::BadResponse("no choices".into()))?;
+        let parsed: CreateChatCompletionResponse = serde_json::from_slice(&bytes).map_err(|e| {
+            ProviderError::BadResponse(format!("{e} (first bytes: {:?})", snippet(&bytes)))
+        })?;
+        let choice = parsed
+            .choices
+            .into_iter()
+            .next()
+            .ok_or_else(|| ProviderError::BadResponse("no choices".into()))?;
         let content = choice
             .message
             .content
@@ -160,7 +194,9 @@ impl ProviderClient {
         Ok(Generation {
             content,
             usage,
-            finish_reason: choice.finish_reason.map(|r| format!("{r:?}").to_lowercase()),
+            finish_reason: choice
+                .finish_reason
+                .map(|r| format!("{r:?}").to_lowercase()),
             served_by: parsed.model,
         })
     }
@@ -184,7 +220,11 @@ fn transport_error(e: reqwest::Error, timeout: Duration) -> ProviderError {
 fn status_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ProviderError {
     let message = serde_json::from_slice::<Value>(body)
         .ok()
-        .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(str::to_string))
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| snippet(body));
     let code = status.as_u16();
     match status {
@@ -200,10 +240,19 @@ fn status_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Provide
         },
         // 408 (request timeout) and 409 (conflict, e.g. overloaded) are
         // transient at OpenAI-compatible providers.
-        s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT || s == StatusCode::CONFLICT => {
-            ProviderError::Server { status: code, message }
+        s if s.is_server_error()
+            || s == StatusCode::REQUEST_TIMEOUT
+            || s == StatusCode::CONFLICT =>
+        {
+            ProviderError::Server {
+                status: code,
+                message,
+            }
         }
-        _ => ProviderError::Rejected { status: code, message },
+        _ => ProviderError::Rejected {
+            status: code,
+            message,
+        },
     }
 }
 
@@ -219,8 +268,15 @@ mod tests {
         assert!(e.is_retryable());
         assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));
         assert!(status_error(StatusCode::BAD_GATEWAY, &HeaderMap::new(), b"").is_retryable());
-        let rejected = status_error(StatusCode::BAD_REQUEST, &HeaderMap::new(), br#"{"error":{"message":"bad"}}"#);
+        let rejected = status_error(
+            StatusCode::BAD_REQUEST,
+            &HeaderMap::new(),
+            br#"{"error":{"message":"bad"}}"#,
+        );
         assert!(!rejected.is_retryable());
-        assert_eq!(rejected.to_string(), "provider rejected the request (400): bad");
+        assert_eq!(
+            rejected.to_string(),
+            "provider rejected the request (400): bad"
+        );
     }
 }

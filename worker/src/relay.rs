@@ -34,7 +34,10 @@ pub async fn relay_once(ctx: &WorkerContext) -> Result<usize, DbError> {
     let mut client = ctx.pool.get().await?;
     let reaped = db::reap_expired_leases(&client, BATCH).await?;
     if !reaped.is_empty() {
-        tracing::warn!(count = reaped.len(), "requeued executions whose worker lease expired");
+        tracing::warn!(
+            count = reaped.len(),
+            "requeued executions whose worker lease expired"
+        );
         metrics::counter!(m::LEASES_REAPED).increment(reaped.len() as u64);
     }
     let mut published = 0;
@@ -44,15 +47,26 @@ pub async fn relay_once(ctx: &WorkerContext) -> Result<usize, DbError> {
         if due.is_empty() {
             return Ok(published);
         }
-        let results =
-            futures::future::join_all(due.iter().map(|(id, priority)| ctx.publisher.publish_execution(*id, *priority))).await;
-        let confirmed: Vec<_> = due.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|((id, _), _)| id.0).collect();
+        let results = futures::future::join_all(
+            due.iter()
+                .map(|(id, priority)| ctx.publisher.publish_execution(*id, *priority)),
+        )
+        .await;
+        let confirmed: Vec<_> = due
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_ok())
+            .map(|((id, _), _)| id.0)
+            .collect();
         db::clear_publish_due(&tx, &confirmed).await?;
         tx.commit().await?;
         published += confirmed.len();
         metrics::counter!(m::OUTBOX_REPUBLISHED).increment(confirmed.len() as u64);
         if confirmed.len() < due.len() {
-            tracing::warn!(unconfirmed = due.len() - confirmed.len(), "broker did not confirm; will try again");
+            tracing::warn!(
+                unconfirmed = due.len() - confirmed.len(),
+                "broker did not confirm; will try again"
+            );
             return Ok(published);
         }
         if (due.len() as i64) < BATCH {

@@ -46,7 +46,9 @@ impl RetryPolicy {
             .build()
             .nth(attempt.saturating_sub(1) as usize)
             .unwrap_or(self.max);
-        Decision::RetryAfter(retry_after.map_or(backoff, |asked| asked.max(backoff).min(self.max.max(asked))))
+        Decision::RetryAfter(
+            retry_after.map_or(backoff, |asked| asked.max(backoff).min(self.max.max(asked))),
+        )
     }
 }
 
@@ -55,7 +57,11 @@ mod tests {
     use super::*;
 
     fn policy() -> RetryPolicy {
-        RetryPolicy { max_attempts: 4, base: Duration::from_millis(100), max: Duration::from_secs(2) }
+        RetryPolicy {
+            max_attempts: 4,
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        }
     }
 
     #[test]
@@ -67,22 +73,35 @@ mod tests {
     #[test]
     fn delays_grow_with_jitter_and_stay_under_the_cap() {
         for attempt in 1..4 {
-            let Decision::RetryAfter(d) = policy().decide(attempt, true, None) else { panic!("should retry") };
+            let Decision::RetryAfter(d) = policy().decide(attempt, true, None) else {
+                panic!("should retry")
+            };
             let floor = Duration::from_millis(100) * 2u32.pow(attempt - 1);
-            assert!(d >= floor.min(Duration::from_secs(2)), "attempt {attempt}: {d:?}");
+            assert!(
+                d >= floor.min(Duration::from_secs(2)),
+                "attempt {attempt}: {d:?}"
+            );
             assert!(d <= Duration::from_secs(4), "attempt {attempt}: {d:?}");
         }
     }
 
     #[test]
     fn retry_after_is_honoured_when_longer() {
-        let Decision::RetryAfter(d) = policy().decide(1, true, Some(Duration::from_secs(3))) else { panic!() };
+        let Decision::RetryAfter(d) = policy().decide(1, true, Some(Duration::from_secs(3))) else {
+            panic!()
+        };
         assert_eq!(d, Duration::from_secs(3));
     }
 
     #[test]
     fn prompt_limits_override_the_defaults() {
-        let limits = PromptLimits { max_attempts: Some(2), ..Default::default() };
-        assert_eq!(RetryPolicy::new(&WorkerSettings::default(), &limits).max_attempts, 2);
+        let limits = PromptLimits {
+            max_attempts: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(
+            RetryPolicy::new(&WorkerSettings::default(), &limits).max_attempts,
+            2
+        );
     }
 }

@@ -25,7 +25,11 @@ impl Worker {
     pub async fn build(settings: Settings, stop: CancellationToken) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
         if !settings.worker.metrics_addr.is_empty() {
-            let addr = settings.worker.metrics_addr.parse().context("worker.metrics_addr")?;
+            let addr = settings
+                .worker
+                .metrics_addr
+                .parse()
+                .context("worker.metrics_addr")?;
             if let Err(e) = llmq_shared::metrics::install_with_listener(addr) {
                 tracing::warn!(error = %e, "metrics listener not started");
             }
@@ -34,7 +38,12 @@ impl Worker {
         let background = CancellationToken::new();
         let owner = lease_owner();
         let topology = Topology::new(&settings.queue_prefix);
-        let publisher = Publisher::start(&settings.amqp_url, &format!("llmq-worker {owner} publisher"), topology, background.clone());
+        let publisher = Publisher::start(
+            &settings.amqp_url,
+            &format!("llmq-worker {owner} publisher"),
+            topology,
+            background.clone(),
+        );
         let ctx = Arc::new(WorkerContext {
             settings,
             pool,
@@ -44,7 +53,11 @@ impl Worker {
             owner,
             running: Mutex::new(Default::default()),
         });
-        Ok(Self { ctx, stop, background })
+        Ok(Self {
+            ctx,
+            stop,
+            background,
+        })
     }
 
     pub fn owner(&self) -> &str {
@@ -56,6 +69,10 @@ impl Worker {
         let roles = &self.ctx.settings.worker.roles;
         tracing::info!(owner = %self.ctx.owner, roles = ?roles, "llmq-worker starting");
         let renewer = tokio::spawn(renew_leases(self.ctx.clone(), self.background.clone()));
+        let canceller = tokio::spawn(watch_cancellations(
+            self.ctx.clone(),
+            self.background.clone(),
+        ));
         let relay = roles
             .iter()
             .any(|r| r == "relay")
@@ -71,16 +88,47 @@ impl Worker {
         if !leftovers.is_empty() {
             if let Ok(client) = self.ctx.pool.get().await {
                 let republish = Duration::from_secs(self.ctx.settings.api.republish_after_secs);
-                let _ = db_exec::release_leases(&client, &leftovers, &self.ctx.owner, republish).await;
+                let _ =
+                    db_exec::release_leases(&client, &leftovers, &self.ctx.owner, republish).await;
             }
         }
         self.background.cancel();
         let _ = renewer.await;
+        let _ = canceller.await;
         if let Some(relay) = relay {
             let _ = relay.await;
         }
         tracing::info!("llmq-worker stopped");
         Ok(())
+    }
+}
+
+/// Polls for cancel requests of executions running here and fires their
+/// tokens, which aborts the in-flight model call.
+async fn watch_cancellations(ctx: Arc<WorkerContext>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if ctx.running.lock().map(|r| r.is_empty()).unwrap_or(true) {
+            continue;
+        }
+        let requested = async {
+            let client = ctx.pool.get().await?;
+            db_exec::cancel_requests(&client, &ctx.owner).await
+        }
+        .await;
+        match requested {
+            Ok(ids) => {
+                for id in ids {
+                    if ctx.cancel_running(id) {
+                        tracing::info!(execution.id = %id, "cancel requested; stopping");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read cancel requests"),
+        }
     }
 }
 

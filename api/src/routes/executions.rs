@@ -3,27 +3,31 @@
 use std::time::Duration;
 
 use actix_web::http::header;
-use actix_web::{get, post, web, HttpResponse};
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use llmq_shared::execution::ExecutionId;
 use serde::Deserialize;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::resources::{ExecutionResource, StepList, StepResource, SubmitExecution};
-use crate::services::executions as service;
+use crate::services::executions::{self as service, Submitted};
 use crate::state::AppState;
 
 fn parse_id(raw: &str) -> Result<ExecutionId, ApiError> {
     // Not a UUID cannot name an execution: 404, like any unknown id.
-    raw.parse().map_err(|_| ApiError::NotFound(format!("no execution {raw}")))
+    raw.parse()
+        .map_err(|_| ApiError::NotFound(format!("no execution {raw}")))
 }
 
 /// Submit an execution.
 #[utoipa::path(
     post, path = "/v1/executions", tag = "executions",
     request_body = SubmitExecution,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body return the same execution")),
     responses(
         (status = 202, description = "Accepted and durable", body = ExecutionResource),
+        (status = 200, description = "Same Idempotency-Key and body as an earlier request: that execution", body = ExecutionResource),
+        (status = 409, description = "Idempotency-Key reused with a different body", body = ErrorBody),
         (status = 400, description = "Malformed body", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 404, description = "Unknown prompt, version or label", body = ErrorBody),
@@ -34,10 +38,52 @@ fn parse_id(raw: &str) -> Result<ExecutionId, ApiError> {
     security(("bearer" = []))
 )]
 #[post("/v1/executions")]
-pub async fn submit(state: web::Data<AppState>, caller: Caller, body: web::Json<SubmitExecution>) -> Result<HttpResponse, ApiError> {
-    let execution = service::submit_execution(&state, &caller, body.into_inner()).await?;
+pub async fn submit(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    body: web::Json<SubmitExecution>,
+) -> Result<HttpResponse, ApiError> {
+    let key = match req.headers().get("idempotency-key") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::BadRequest("Idempotency-Key must be ASCII".into()))?,
+        ),
+        None => None,
+    };
+    let (mut response, execution) =
+        match service::submit_execution(&state, &caller, body.into_inner(), key).await? {
+            Submitted::Created(e) => (HttpResponse::Accepted(), e),
+            Submitted::Existing(e) => (HttpResponse::Ok(), e),
+        };
     let resource = ExecutionResource::from(&execution);
-    Ok(HttpResponse::Accepted().insert_header((header::LOCATION, resource.links.self_.clone())).json(resource))
+    Ok(response
+        .insert_header((header::LOCATION, resource.links.self_.clone()))
+        .json(resource))
+}
+
+/// Cancel a queued or running execution.
+#[utoipa::path(
+    post, path = "/v1/executions/{id}/cancel", tag = "executions",
+    params(("id" = String, Path, description = "Execution id")),
+    responses(
+        (status = 200, description = "Cancelled, or cancellation requested for a running execution", body = ExecutionResource),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Already terminal", body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/executions/{id}/cancel")]
+pub async fn cancel(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&id)?;
+    let execution = service::cancel_execution(&state, &caller, id).await?;
+    Ok(HttpResponse::Ok().json(ExecutionResource::from(&execution)))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -59,9 +105,17 @@ pub struct WaitQuery {
     security(("bearer" = []))
 )]
 #[get("/v1/executions/{id}")]
-pub async fn get(state: web::Data<AppState>, caller: Caller, id: web::Path<String>, query: web::Query<WaitQuery>) -> Result<HttpResponse, ApiError> {
+pub async fn get(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+    query: web::Query<WaitQuery>,
+) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
-    let wait = query.wait.unwrap_or(0).min(state.settings.api.max_wait_secs);
+    let wait = query
+        .wait
+        .unwrap_or(0)
+        .min(state.settings.api.max_wait_secs);
     let execution = if wait == 0 {
         service::get_execution(&state, &caller, id).await?
     } else {
@@ -78,8 +132,15 @@ pub async fn get(state: web::Data<AppState>, caller: Caller, id: web::Path<Strin
     security(("bearer" = []))
 )]
 #[get("/v1/executions/{id}/steps")]
-pub async fn steps(state: web::Data<AppState>, caller: Caller, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn steps(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
     let steps = service::list_steps(&state, &caller, id).await?;
-    Ok(HttpResponse::Ok().json(StepList { execution_id: id.to_string(), steps: steps.iter().map(StepResource::from).collect() }))
+    Ok(HttpResponse::Ok().json(StepList {
+        execution_id: id.to_string(),
+        steps: steps.iter().map(StepResource::from).collect(),
+    }))
 }

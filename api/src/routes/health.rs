@@ -37,8 +37,14 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 #[get("/metrics")]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    let body = state.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body)
+    let body = state
+        .metrics
+        .as_ref()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(body)
 }
 
 /// This document.

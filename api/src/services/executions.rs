@@ -7,10 +7,12 @@
 
 use std::time::Duration;
 
+use llmq_shared::canonical::json_sha256;
 use llmq_shared::db::prompts::{resolve_prompt, Unresolved, VersionRef};
 use llmq_shared::db::{executions as db, steps as db_steps};
-use llmq_shared::execution::{Execution, ExecutionId, NewExecution};
+use llmq_shared::execution::{Execution, ExecutionId, ExecutionStatus, NewExecution};
 use llmq_shared::prompt::{validate_name, DEFAULT_LABEL};
+use llmq_shared::queue::ExecutionEvent;
 use llmq_shared::step::Step;
 use serde_json::Value;
 
@@ -19,22 +21,66 @@ use crate::error::ApiError;
 use crate::resources::SubmitExecution;
 use crate::state::AppState;
 
+/// What a submission produced.
+pub enum Submitted {
+    /// A new execution (202).
+    Created(Execution),
+    /// The execution an earlier request with the same idempotency key and
+    /// body created (200).
+    Existing(Execution),
+}
+
 #[tracing::instrument(skip_all, fields(prompt = %req.prompt, execution.id), err(Display))]
-pub async fn submit_execution(state: &AppState, caller: &Caller, req: SubmitExecution) -> Result<Execution, ApiError> {
+pub async fn submit_execution(
+    state: &AppState,
+    caller: &Caller,
+    req: SubmitExecution,
+    idempotency_key: Option<&str>,
+) -> Result<Submitted, ApiError> {
     check_request(&req)?;
+    let idempotency = match idempotency_key {
+        Some(key) => {
+            check_idempotency_key(key)?;
+            let hash = json_sha256(
+                &serde_json::to_value(&req).map_err(|e| ApiError::Internal(e.to_string()))?,
+            );
+            Some((key, hash))
+        }
+        None => None,
+    };
+    if let Some((key, hash)) = &idempotency {
+        let client = state
+            .pool
+            .get()
+            .await
+            .map_err(llmq_shared::db::DbError::from)?;
+        if let Some(existing) = replay(state, caller, &client, key, hash).await? {
+            return Ok(Submitted::Existing(existing));
+        }
+    }
     let version_ref = match (&req.version, &req.label) {
         (Some(v), None) => VersionRef::Number(*v),
         (None, label) => VersionRef::Label(label.as_deref().unwrap_or(DEFAULT_LABEL)),
-        (Some(_), Some(_)) => return Err(ApiError::BadRequest("give either version or label, not both".into())),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "give either version or label, not both".into(),
+            ))
+        }
     };
-    let client = state.pool.get().await.map_err(llmq_shared::db::DbError::from)?;
-    let stored = resolve_prompt(&client, &req.prompt, version_ref.clone()).await?.map_err(|why| {
-        ApiError::NotFound(match (why, &version_ref) {
-            (Unresolved::UnknownPrompt, _) => format!("no prompt named {:?}", req.prompt),
-            (_, VersionRef::Number(v)) => format!("prompt {:?} has no version {v}", req.prompt),
-            (_, VersionRef::Label(l)) => format!("prompt {:?} has no label {l:?}", req.prompt),
-        })
-    })?;
+    let mut client = state
+        .pool
+        .get()
+        .await
+        .map_err(llmq_shared::db::DbError::from)?;
+    let stored = resolve_prompt(&client, &req.prompt, version_ref.clone())
+        .await?
+        .map_err(|why| {
+            ApiError::NotFound(match (why, &version_ref) {
+                (Unresolved::UnknownPrompt, _) => format!("no prompt named {:?}", req.prompt),
+                (_, VersionRef::Number(v)) => format!("prompt {:?} has no version {v}", req.prompt),
+                (_, VersionRef::Label(l)) => format!("prompt {:?} has no label {l:?}", req.prompt),
+            })
+        })?;
     let definition = stored.definition.clone();
     let compiled = state
         .prompts
@@ -49,11 +95,13 @@ pub async fn submit_execution(state: &AppState, caller: &Caller, req: SubmitExec
             details: Some(serde_json::json!({ "violations": violations })),
         });
     }
-    compiled.render(&req.input).map_err(|e| ApiError::Unprocessable {
-        code: "template_error",
-        message: e.to_string(),
-        details: None,
-    })?;
+    compiled
+        .render(&req.input)
+        .map_err(|e| ApiError::Unprocessable {
+            code: "template_error",
+            message: e.to_string(),
+            details: None,
+        })?;
 
     let model = match &req.model {
         Some(m) if *m != compiled.definition.model && !state.settings.models.contains_key(m) => {
@@ -78,28 +126,128 @@ pub async fn submit_execution(state: &AppState, caller: &Caller, req: SubmitExec
         model,
         params: Value::Object(params),
         input: req.input,
-        metadata: req.metadata.unwrap_or_else(|| Value::Object(Default::default())),
+        metadata: req
+            .metadata
+            .unwrap_or_else(|| Value::Object(Default::default())),
         end_user: req.user,
         priority: req.priority.unwrap_or(5),
         stream: req.stream,
         webhook_url: req.webhook.map(|w| w.url),
-        idempotency_key: None,
-        request_hash: None,
     };
     tracing::Span::current().record("execution.id", tracing::field::display(new.id));
     let republish_after = Duration::from_secs(state.settings.api.republish_after_secs);
-    let execution = db::insert_execution(&client, &new, republish_after).await?;
+    let execution = match &idempotency {
+        None => db::insert_execution(&client, &new, republish_after).await?,
+        Some((key, hash)) => {
+            // The execution and its key commit together or not at all.
+            let tx = client
+                .transaction()
+                .await
+                .map_err(llmq_shared::db::DbError::from)?;
+            let execution = db::insert_execution(&tx, &new, republish_after).await?;
+            let ttl = Duration::from_secs(state.settings.api.idempotency_ttl_secs);
+            if !db::claim_idempotency_key(&tx, &caller.tenant_id, key, hash, new.id, ttl).await? {
+                drop(tx);
+                return match replay(state, caller, &client, key, hash).await? {
+                    Some(existing) => Ok(Submitted::Existing(existing)),
+                    None => Err(ApiError::Conflict(
+                        "a request with this Idempotency-Key is in progress; retry".into(),
+                    )),
+                };
+            }
+            tx.commit().await.map_err(llmq_shared::db::DbError::from)?;
+            execution
+        }
+    };
     drop(client);
 
-    match state.publisher.publish_execution(execution.id, execution.priority).await {
+    match state
+        .publisher
+        .publish_execution(execution.id, execution.priority)
+        .await
+    {
         Ok(()) => {
             // Full channel: the mark stays and the relay publishes a harmless duplicate.
             let _ = state.confirmed.try_send(execution.id.0);
         }
-        Err(e) => tracing::warn!(error = %e, "publish not confirmed; the outbox relay will publish it"),
+        Err(e) => {
+            tracing::warn!(error = %e, "publish not confirmed; the outbox relay will publish it")
+        }
     }
     metrics::counter!(llmq_shared::metrics::EXECUTIONS_SUBMITTED, "prompt" => execution.prompt_name.clone()).increment(1);
-    Ok(execution)
+    Ok(Submitted::Created(execution))
+}
+
+/// The execution a live idempotency key points at, if the body matches;
+/// 409 if the same key came with a different body.
+async fn replay(
+    state: &AppState,
+    caller: &Caller,
+    client: &deadpool_postgres::Object,
+    key: &str,
+    hash: &str,
+) -> Result<Option<Execution>, ApiError> {
+    let Some((id, stored_hash)) = db::find_idempotent(client, &caller.tenant_id, key).await? else {
+        return Ok(None);
+    };
+    if stored_hash != hash {
+        return Err(ApiError::Conflict(
+            "Idempotency-Key was already used with a different request body".into(),
+        ));
+    }
+    get_execution(state, caller, id).await.map(Some)
+}
+
+fn check_idempotency_key(key: &str) -> Result<(), ApiError> {
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::BadRequest(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Cancels a queued execution now, or asks the worker running it to stop
+/// at the next step boundary (its in-flight model call is aborted).
+#[tracing::instrument(skip_all, fields(execution.id = %id), err(Display))]
+pub async fn cancel_execution(
+    state: &AppState,
+    caller: &Caller,
+    id: ExecutionId,
+) -> Result<Execution, ApiError> {
+    let client = state
+        .pool
+        .get()
+        .await
+        .map_err(llmq_shared::db::DbError::from)?;
+    match db::request_cancel(&client, &caller.tenant_id, id).await? {
+        Some(execution) => {
+            if execution.status == ExecutionStatus::Cancelled {
+                let event = ExecutionEvent {
+                    id,
+                    status: ExecutionStatus::Cancelled,
+                };
+                if let Ok(body) = serde_json::to_vec(&event) {
+                    // Best effort: long-pollers re-read Postgres anyway.
+                    let _ = state
+                        .publisher
+                        .publish_event(&event.routing_key(), &body)
+                        .await;
+                }
+                metrics::counter!(llmq_shared::metrics::EXECUTIONS_FINISHED, "status" => "cancelled").increment(1);
+            }
+            Ok(execution)
+        }
+        None => {
+            let existing = db::get_execution(&client, &caller.tenant_id, id)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+            Err(ApiError::Conflict(format!(
+                "execution is already {}",
+                existing.status
+            )))
+        }
+    }
 }
 
 fn check_request(req: &SubmitExecution) -> Result<(), ApiError> {
@@ -109,7 +257,9 @@ fn check_request(req: &SubmitExecution) -> Result<(), ApiError> {
     }
     if let Some(p) = req.priority {
         if !(0..=9).contains(&p) {
-            return Err(ApiError::BadRequest("priority must be between 0 and 9".into()));
+            return Err(ApiError::BadRequest(
+                "priority must be between 0 and 9".into(),
+            ));
         }
     }
     if req.metadata.as_ref().is_some_and(|m| !m.is_object()) {
@@ -117,15 +267,25 @@ fn check_request(req: &SubmitExecution) -> Result<(), ApiError> {
     }
     if let Some(w) = &req.webhook {
         if !(w.url.starts_with("https://") || w.url.starts_with("http://")) {
-            return Err(ApiError::BadRequest("webhook.url must be an http(s) URL".into()));
+            return Err(ApiError::BadRequest(
+                "webhook.url must be an http(s) URL".into(),
+            ));
         }
     }
     Ok(())
 }
 
 /// An execution of the caller's tenant, or 404.
-pub async fn get_execution(state: &AppState, caller: &Caller, id: ExecutionId) -> Result<Execution, ApiError> {
-    let client = state.pool.get().await.map_err(llmq_shared::db::DbError::from)?;
+pub async fn get_execution(
+    state: &AppState,
+    caller: &Caller,
+    id: ExecutionId,
+) -> Result<Execution, ApiError> {
+    let client = state
+        .pool
+        .get()
+        .await
+        .map_err(llmq_shared::db::DbError::from)?;
     db::get_execution(&client, &caller.tenant_id, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))
@@ -134,7 +294,12 @@ pub async fn get_execution(state: &AppState, caller: &Caller, id: ExecutionId) -
 /// Reads the execution, waiting up to `wait` for it to become terminal.
 /// Registers for the wake-up before reading, so a finish between the read
 /// and the wait is not missed; re-reads every second regardless.
-pub async fn wait_for_execution(state: &AppState, caller: &Caller, id: ExecutionId, wait: Duration) -> Result<Execution, ApiError> {
+pub async fn wait_for_execution(
+    state: &AppState,
+    caller: &Caller,
+    id: ExecutionId,
+    wait: Duration,
+) -> Result<Execution, ApiError> {
     let deadline = tokio::time::Instant::now() + wait;
     let waiter = state.waiters.register(id);
     loop {
@@ -155,8 +320,16 @@ pub async fn wait_for_execution(state: &AppState, caller: &Caller, id: Execution
 }
 
 /// The step trace of an execution of the caller's tenant.
-pub async fn list_steps(state: &AppState, caller: &Caller, id: ExecutionId) -> Result<Vec<Step>, ApiError> {
-    let client = state.pool.get().await.map_err(llmq_shared::db::DbError::from)?;
+pub async fn list_steps(
+    state: &AppState,
+    caller: &Caller,
+    id: ExecutionId,
+) -> Result<Vec<Step>, ApiError> {
+    let client = state
+        .pool
+        .get()
+        .await
+        .map_err(llmq_shared::db::DbError::from)?;
     let steps = db_steps::list_steps(&client, &caller.tenant_id, id).await?;
     if steps.is_empty() {
         // Distinguish "no steps yet" from "no such execution".

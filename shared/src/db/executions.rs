@@ -22,16 +22,20 @@ macro_rules! execution_columns {
 
 const INSERT: &str = concat!(
     "INSERT INTO executions (id, tenant_id, prompt_name, prompt_version, prompt_label, model, params, input, \
-     metadata, end_user, priority, stream, webhook_url, idempotency_key, request_hash, status, publish_due_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 'queued', \
-     now() + make_interval(secs => $16)) RETURNING ",
+     metadata, end_user, priority, stream, webhook_url, status, publish_due_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'queued', \
+     now() + make_interval(secs => $14)) RETURNING ",
     execution_columns!()
 );
 
 /// Records a new queued execution. It carries an outbox mark due after
 /// `republish_after`: if the API's own publish is confirmed the mark is
 /// cleared, otherwise the relay publishes the execution when it falls due.
-pub async fn insert_execution(client: &impl GenericClient, new: &NewExecution, republish_after: Duration) -> Result<Execution> {
+pub async fn insert_execution(
+    client: &impl GenericClient,
+    new: &NewExecution,
+    republish_after: Duration,
+) -> Result<Execution> {
     let secs = republish_after.as_secs_f64();
     let row = client
         .query_one(
@@ -50,8 +54,6 @@ pub async fn insert_execution(client: &impl GenericClient, new: &NewExecution, r
                 &new.priority,
                 &new.stream,
                 &new.webhook_url,
-                &new.idempotency_key,
-                &new.request_hash,
                 &secs,
             ],
         )
@@ -59,11 +61,21 @@ pub async fn insert_execution(client: &impl GenericClient, new: &NewExecution, r
     execution_from_row(&row)
 }
 
-const GET: &str = concat!("SELECT ", execution_columns!(), " FROM executions WHERE id = $1 AND tenant_id = $2");
+const GET: &str = concat!(
+    "SELECT ",
+    execution_columns!(),
+    " FROM executions WHERE id = $1 AND tenant_id = $2"
+);
 
 /// An execution of `tenant`; another tenant's is as absent as a missing one.
-pub async fn get_execution(client: &impl GenericClient, tenant: &str, id: ExecutionId) -> Result<Option<Execution>> {
-    let row = client.query_opt(&client.prepare_cached(GET).await?, &[&id.0, &tenant]).await?;
+pub async fn get_execution(
+    client: &impl GenericClient,
+    tenant: &str,
+    id: ExecutionId,
+) -> Result<Option<Execution>> {
+    let row = client
+        .query_opt(&client.prepare_cached(GET).await?, &[&id.0, &tenant])
+        .await?;
     row.as_ref().map(execution_from_row).transpose()
 }
 
@@ -74,7 +86,9 @@ const MARK_PUBLISHED: &str =
     "UPDATE executions SET publish_due_at = NULL WHERE id = ANY($1) AND attempts = 0 AND status = 'queued'";
 
 pub async fn mark_published(client: &impl GenericClient, ids: &[Uuid]) -> Result<u64> {
-    Ok(client.execute(&client.prepare_cached(MARK_PUBLISHED).await?, &[&ids]).await?)
+    Ok(client
+        .execute(&client.prepare_cached(MARK_PUBLISHED).await?, &[&ids])
+        .await?)
 }
 
 /// What claiming found.
@@ -103,12 +117,26 @@ const CLAIM: &str = concat!(
 const CLAIM_MISS: &str = "SELECT status, cancel_requested FROM executions WHERE id = $1";
 
 /// Takes the lease on an execution so that this worker alone runs it.
-pub async fn claim_execution(client: &impl GenericClient, id: ExecutionId, owner: &str, lease: Duration) -> Result<Claim> {
+pub async fn claim_execution(
+    client: &impl GenericClient,
+    id: ExecutionId,
+    owner: &str,
+    lease: Duration,
+) -> Result<Claim> {
     let secs = lease.as_secs_f64();
-    if let Some(row) = client.query_opt(&client.prepare_cached(CLAIM).await?, &[&id.0, &owner, &secs]).await? {
+    if let Some(row) = client
+        .query_opt(
+            &client.prepare_cached(CLAIM).await?,
+            &[&id.0, &owner, &secs],
+        )
+        .await?
+    {
         return Ok(Claim::Claimed(execution_from_row(&row)?));
     }
-    let Some(row) = client.query_opt(&client.prepare_cached(CLAIM_MISS).await?, &[&id.0]).await? else {
+    let Some(row) = client
+        .query_opt(&client.prepare_cached(CLAIM_MISS).await?, &[&id.0])
+        .await?
+    else {
         return Ok(Claim::NotFound);
     };
     let status = parse_status(row.try_get("status")?)?;
@@ -125,47 +153,80 @@ const RENEW: &str = "UPDATE executions SET lease_expires_at = now() + make_inter
      WHERE lease_owner = $1 AND status = 'running'";
 
 /// Extends every lease this worker holds, in one statement.
-pub async fn renew_leases(client: &impl GenericClient, owner: &str, lease: Duration) -> Result<u64> {
-    Ok(client.execute(&client.prepare_cached(RENEW).await?, &[&owner, &lease.as_secs_f64()]).await?)
+pub async fn renew_leases(
+    client: &impl GenericClient,
+    owner: &str,
+    lease: Duration,
+) -> Result<u64> {
+    Ok(client
+        .execute(
+            &client.prepare_cached(RENEW).await?,
+            &[&owner, &lease.as_secs_f64()],
+        )
+        .await?)
 }
 
-const RELEASE: &str = "UPDATE executions SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
+const RELEASE: &str =
+    "UPDATE executions SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
      publish_due_at = now() + make_interval(secs => $3), updated_at = now() \
      WHERE id = ANY($1) AND lease_owner = $2 AND status = 'running'";
 
 /// Gives leases back (on shutdown) so the redelivered messages can be
 /// claimed at once; the outbox mark covers a message the broker lost.
-pub async fn release_leases(client: &impl GenericClient, ids: &[Uuid], owner: &str, republish_after: Duration) -> Result<u64> {
+pub async fn release_leases(
+    client: &impl GenericClient,
+    ids: &[Uuid],
+    owner: &str,
+    republish_after: Duration,
+) -> Result<u64> {
     Ok(client
-        .execute(&client.prepare_cached(RELEASE).await?, &[&ids, &owner, &republish_after.as_secs_f64()])
+        .execute(
+            &client.prepare_cached(RELEASE).await?,
+            &[&ids, &owner, &republish_after.as_secs_f64()],
+        )
         .await?)
 }
 
-const REAP: &str = "UPDATE executions SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
+const REAP: &str =
+    "UPDATE executions SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
      publish_due_at = now(), updated_at = now() \
      WHERE id IN (SELECT id FROM executions WHERE status = 'running' AND lease_expires_at < now() \
                   ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
      RETURNING id";
 
 /// Requeues executions whose worker died (lease expired) for the relay.
-pub async fn reap_expired_leases(client: &impl GenericClient, limit: i64) -> Result<Vec<ExecutionId>> {
-    let rows = client.query(&client.prepare_cached(REAP).await?, &[&limit]).await?;
+pub async fn reap_expired_leases(
+    client: &impl GenericClient,
+    limit: i64,
+) -> Result<Vec<ExecutionId>> {
+    let rows = client
+        .query(&client.prepare_cached(REAP).await?, &[&limit])
+        .await?;
     Ok(rows.iter().map(|r| ExecutionId(r.get(0))).collect())
 }
 
-const DUE: &str = "SELECT id, priority FROM executions WHERE publish_due_at <= now() AND status = 'queued' \
+const DUE: &str =
+    "SELECT id, priority FROM executions WHERE publish_due_at <= now() AND status = 'queued' \
      ORDER BY publish_due_at LIMIT $1 FOR UPDATE SKIP LOCKED";
 const CLEAR_DUE: &str = "UPDATE executions SET publish_due_at = NULL WHERE id = ANY($1)";
 
 /// Rows whose publish is due, locked for this transaction so concurrent
 /// relays never publish the same row at once.
-pub async fn lock_due_for_publish(tx: &impl GenericClient, limit: i64) -> Result<Vec<(ExecutionId, i16)>> {
+pub async fn lock_due_for_publish(
+    tx: &impl GenericClient,
+    limit: i64,
+) -> Result<Vec<(ExecutionId, i16)>> {
     let rows = tx.query(&tx.prepare_cached(DUE).await?, &[&limit]).await?;
-    Ok(rows.iter().map(|r| (ExecutionId(r.get(0)), r.get(1))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| (ExecutionId(r.get(0)), r.get(1)))
+        .collect())
 }
 
 pub async fn clear_publish_due(tx: &impl GenericClient, ids: &[Uuid]) -> Result<u64> {
-    Ok(tx.execute(&tx.prepare_cached(CLEAR_DUE).await?, &[&ids]).await?)
+    Ok(tx
+        .execute(&tx.prepare_cached(CLEAR_DUE).await?, &[&ids])
+        .await?)
 }
 
 /// How an execution ends.
@@ -245,14 +306,117 @@ pub async fn schedule_retry(
     let n = client
         .execute(
             &client.prepare_cached(SCHEDULE_RETRY).await?,
-            &[&id.0, &owner, &error.code, &error.message, &delay.as_secs_f64()],
+            &[
+                &id.0,
+                &owner,
+                &error.code,
+                &error.message,
+                &delay.as_secs_f64(),
+            ],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+const REQUEST_CANCEL: &str = concat!(
+    "UPDATE executions SET cancel_requested = true, updated_at = now(), \
+       status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END, \
+       finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END, \
+       error_code = CASE WHEN status = 'queued' THEN 'cancelled' ELSE error_code END, \
+       error_message = CASE WHEN status = 'queued' THEN 'cancelled before it started' ELSE error_message END, \
+       publish_due_at = CASE WHEN status = 'queued' THEN NULL ELSE publish_due_at END \
+     WHERE id = $1 AND tenant_id = $2 AND status IN ('queued', 'running') RETURNING ",
+    execution_columns!()
+);
+
+/// Cancels a queued execution at once, or asks its worker to stop a
+/// running one at the next step boundary. None when it is not cancellable
+/// (terminal, or not the tenant's).
+pub async fn request_cancel(
+    client: &impl GenericClient,
+    tenant: &str,
+    id: ExecutionId,
+) -> Result<Option<Execution>> {
+    let row = client
+        .query_opt(
+            &client.prepare_cached(REQUEST_CANCEL).await?,
+            &[&id.0, &tenant],
+        )
+        .await?;
+    row.as_ref().map(execution_from_row).transpose()
+}
+
+const CANCEL_UNCLAIMED: &str = "UPDATE executions SET status = 'cancelled', finished_at = now(), updated_at = now(), \
+       error_code = 'cancelled', error_message = 'cancelled', lease_owner = NULL, lease_expires_at = NULL, \
+       publish_due_at = NULL \
+     WHERE id = $1 AND cancel_requested \
+       AND (status = 'queued' OR (status = 'running' AND lease_expires_at < now()))";
+
+/// Finishes a cancel request that no live worker will act on.
+pub async fn cancel_unclaimed(client: &impl GenericClient, id: ExecutionId) -> Result<bool> {
+    Ok(client
+        .execute(&client.prepare_cached(CANCEL_UNCLAIMED).await?, &[&id.0])
+        .await?
+        == 1)
+}
+
+const CANCEL_REQUESTS: &str =
+    "SELECT id FROM executions WHERE lease_owner = $1 AND status = 'running' AND cancel_requested";
+
+/// Executions this worker runs whose cancellation was requested.
+pub async fn cancel_requests(client: &impl GenericClient, owner: &str) -> Result<Vec<ExecutionId>> {
+    let rows = client
+        .query(&client.prepare_cached(CANCEL_REQUESTS).await?, &[&owner])
+        .await?;
+    Ok(rows.iter().map(|r| ExecutionId(r.get(0))).collect())
+}
+
+const FIND_IDEMPOTENT: &str = "SELECT execution_id, request_hash FROM idempotency_keys \
+     WHERE tenant_id = $1 AND key = $2 AND expires_at > now()";
+const CLAIM_IDEMPOTENCY_KEY: &str =
+    "INSERT INTO idempotency_keys (tenant_id, key, request_hash, execution_id, expires_at) \
+     VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) \
+     ON CONFLICT (tenant_id, key) DO UPDATE SET request_hash = EXCLUDED.request_hash, \
+       execution_id = EXCLUDED.execution_id, created_at = now(), expires_at = EXCLUDED.expires_at \
+     WHERE idempotency_keys.expires_at <= now()";
+
+/// The execution an unexpired key created, with that request's hash.
+pub async fn find_idempotent(
+    client: &impl GenericClient,
+    tenant: &str,
+    key: &str,
+) -> Result<Option<(ExecutionId, String)>> {
+    let row = client
+        .query_opt(
+            &client.prepare_cached(FIND_IDEMPOTENT).await?,
+            &[&tenant, &key],
+        )
+        .await?;
+    Ok(row.map(|r| (ExecutionId(r.get(0)), r.get(1))))
+}
+
+/// Binds a key to a new execution; false when a live binding exists
+/// (another request with the same key won the race).
+pub async fn claim_idempotency_key(
+    client: &impl GenericClient,
+    tenant: &str,
+    key: &str,
+    request_hash: &str,
+    id: ExecutionId,
+    ttl: Duration,
+) -> Result<bool> {
+    let n = client
+        .execute(
+            &client.prepare_cached(CLAIM_IDEMPOTENCY_KEY).await?,
+            &[&tenant, &key, &request_hash, &id.0, &ttl.as_secs_f64()],
         )
         .await?;
     Ok(n == 1)
 }
 
 pub(crate) fn parse_status(s: String) -> Result<ExecutionStatus> {
-    s.parse().map_err(|e: crate::execution::UnknownStatus| DbError::Data(e.to_string()))
+    s.parse()
+        .map_err(|e: crate::execution::UnknownStatus| DbError::Data(e.to_string()))
 }
 
 fn execution_from_row(row: &Row) -> Result<Execution> {
@@ -260,14 +424,21 @@ fn execution_from_row(row: &Row) -> Result<Execution> {
     let usage = match prompt_tokens {
         Some(prompt_tokens) => Some(Usage {
             prompt_tokens,
-            completion_tokens: row.try_get::<_, Option<i32>>("completion_tokens")?.unwrap_or(0),
+            completion_tokens: row
+                .try_get::<_, Option<i32>>("completion_tokens")?
+                .unwrap_or(0),
             total_tokens: row.try_get::<_, Option<i32>>("total_tokens")?.unwrap_or(0),
             cost_usd: row.try_get("cost_usd")?,
         }),
         None => None,
     };
     let error = match row.try_get::<_, Option<String>>("error_code")? {
-        Some(code) => Some(ErrorInfo { code, message: row.try_get::<_, Option<String>>("error_message")?.unwrap_or_default() }),
+        Some(code) => Some(ErrorInfo {
+            code,
+            message: row
+                .try_get::<_, Option<String>>("error_message")?
+                .unwrap_or_default(),
+        }),
         None => None,
     };
     Ok(Execution {
@@ -297,5 +468,21 @@ fn execution_from_row(row: &Row) -> Result<Execution> {
 
 /// Every statement of this module, for the test that prepares them all.
 pub const ALL_SQL: &[&str] = &[
-    INSERT, GET, MARK_PUBLISHED, CLAIM, CLAIM_MISS, RENEW, RELEASE, REAP, DUE, CLEAR_DUE, FINISH, SCHEDULE_RETRY,
+    INSERT,
+    GET,
+    MARK_PUBLISHED,
+    CLAIM,
+    CLAIM_MISS,
+    RENEW,
+    RELEASE,
+    REAP,
+    DUE,
+    CLEAR_DUE,
+    FINISH,
+    SCHEDULE_RETRY,
+    REQUEST_CANCEL,
+    CANCEL_UNCLAIMED,
+    CANCEL_REQUESTS,
+    FIND_IDEMPOTENT,
+    CLAIM_IDEMPOTENCY_KEY,
 ];

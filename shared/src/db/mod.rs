@@ -79,14 +79,21 @@ impl From<deadpool_postgres::PoolError> for DbError {
 pub fn create_pool(database_url: &str, max_size: usize) -> Result<Pool> {
     let mut cfg = deadpool_postgres::Config::new();
     cfg.url = Some(database_url.to_string());
-    cfg.manager = Some(ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    cfg.manager = Some(ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    });
     let timeout = Some(Duration::from_secs(5));
     cfg.pool = Some(PoolConfig {
         max_size: max_size.max(1),
-        timeouts: Timeouts { wait: timeout, create: timeout, recycle: timeout },
+        timeouts: Timeouts {
+            wait: timeout,
+            create: timeout,
+            recycle: timeout,
+        },
         ..PoolConfig::default()
     });
-    cfg.create_pool(Some(Runtime::Tokio1), NoTls).map_err(|e| DbError::Config(e.to_string()))
+    cfg.create_pool(Some(Runtime::Tokio1), NoTls)
+        .map_err(|e| DbError::Config(e.to_string()))
 }
 
 /// Applies the embedded migrations in `migrations/`; a no-op when current.

@@ -18,7 +18,8 @@ pub struct StoredPromptVersion {
 
 const SELECT_HASH: &str =
     "SELECT content_hash FROM prompt_versions WHERE prompt_name = $1 AND version = $2";
-const INSERT_VERSION: &str = "INSERT INTO prompt_versions (prompt_name, version, definition, content_hash, source) \
+const INSERT_VERSION: &str =
+    "INSERT INTO prompt_versions (prompt_name, version, definition, content_hash, source) \
      VALUES ($1, $2, $3, $4, $5)";
 /// Sync owns a label only while nobody else has moved it.
 const SYNC_LABEL: &str = "INSERT INTO prompt_labels (prompt_name, label, version, updated_by) \
@@ -29,13 +30,21 @@ const SYNC_LOCK: &str = "SELECT pg_advisory_xact_lock(7433001)";
 
 /// Loads prompt files into the registry inside one transaction. A version
 /// already stored with different content is an error, not an overwrite.
-pub async fn sync_prompt_files(client: &mut deadpool_postgres::Object, files: &[PromptFile]) -> Result<usize> {
+pub async fn sync_prompt_files(
+    client: &mut deadpool_postgres::Object,
+    files: &[PromptFile],
+) -> Result<usize> {
     let tx = client.transaction().await?;
     tx.execute(SYNC_LOCK, &[]).await?;
     let mut inserted = 0;
     for file in files {
         let hash = file.definition.content_hash();
-        let existing = tx.query_opt(&tx.prepare_cached(SELECT_HASH).await?, &[&file.name, &file.version]).await?;
+        let existing = tx
+            .query_opt(
+                &tx.prepare_cached(SELECT_HASH).await?,
+                &[&file.name, &file.version],
+            )
+            .await?;
         match existing {
             Some(row) if row.get::<_, String>(0) == hash => {}
             Some(_) => {
@@ -64,7 +73,11 @@ pub async fn sync_prompt_files(client: &mut deadpool_postgres::Object, files: &[
         *v = (*v).max(f.version);
     }
     for (name, version) in newest {
-        tx.execute(&tx.prepare_cached(SYNC_LABEL).await?, &[&name, &DEFAULT_LABEL, &version]).await?;
+        tx.execute(
+            &tx.prepare_cached(SYNC_LABEL).await?,
+            &[&name, &DEFAULT_LABEL, &version],
+        )
+        .await?;
     }
     tx.commit().await?;
     Ok(inserted)
@@ -74,7 +87,8 @@ fn to_json(d: &PromptDefinition) -> Result<Value> {
     serde_json::to_value(d).map_err(|e| DbError::Data(e.to_string()))
 }
 
-const BY_VERSION: &str = "SELECT prompt_name, version, NULL::text AS label, definition FROM prompt_versions \
+const BY_VERSION: &str =
+    "SELECT prompt_name, version, NULL::text AS label, definition FROM prompt_versions \
      WHERE prompt_name = $1 AND version = $2";
 const BY_LABEL: &str = "SELECT v.prompt_name, v.version, l.label, v.definition \
      FROM prompt_labels l JOIN prompt_versions v USING (prompt_name, version) \
@@ -102,13 +116,24 @@ pub async fn resolve_prompt(
     version: VersionRef<'_>,
 ) -> Result<std::result::Result<StoredPromptVersion, Unresolved>> {
     let row = match version {
-        VersionRef::Number(v) => client.query_opt(&client.prepare_cached(BY_VERSION).await?, &[&name, &v]).await?,
-        VersionRef::Label(l) => client.query_opt(&client.prepare_cached(BY_LABEL).await?, &[&name, &l]).await?,
+        VersionRef::Number(v) => {
+            client
+                .query_opt(&client.prepare_cached(BY_VERSION).await?, &[&name, &v])
+                .await?
+        }
+        VersionRef::Label(l) => {
+            client
+                .query_opt(&client.prepare_cached(BY_LABEL).await?, &[&name, &l])
+                .await?
+        }
     };
     if let Some(row) = row {
         return Ok(Ok(from_row(&row)?));
     }
-    let exists: bool = client.query_one(&client.prepare_cached(PROMPT_EXISTS).await?, &[&name]).await?.get(0);
+    let exists: bool = client
+        .query_one(&client.prepare_cached(PROMPT_EXISTS).await?, &[&name])
+        .await?
+        .get(0);
     Ok(Err(match (exists, version) {
         (false, _) => Unresolved::UnknownPrompt,
         (true, VersionRef::Number(_)) => Unresolved::UnknownVersion,
@@ -117,8 +142,17 @@ pub async fn resolve_prompt(
 }
 
 /// A version by number, for the worker (the execution names it exactly).
-pub async fn get_prompt_version(client: &impl GenericClient, name: &str, version: i32) -> Result<Option<StoredPromptVersion>> {
-    let row = client.query_opt(&client.prepare_cached(BY_VERSION).await?, &[&name, &version]).await?;
+pub async fn get_prompt_version(
+    client: &impl GenericClient,
+    name: &str,
+    version: i32,
+) -> Result<Option<StoredPromptVersion>> {
+    let row = client
+        .query_opt(
+            &client.prepare_cached(BY_VERSION).await?,
+            &[&name, &version],
+        )
+        .await?;
     row.as_ref().map(from_row).transpose()
 }
 
@@ -128,9 +162,18 @@ fn from_row(row: &Row) -> Result<StoredPromptVersion> {
         name: row.try_get("prompt_name")?,
         version: row.try_get("version")?,
         label: row.try_get("label")?,
-        definition: serde_json::from_value(definition).map_err(|e| DbError::Data(format!("prompt definition: {e}")))?,
+        definition: serde_json::from_value(definition)
+            .map_err(|e| DbError::Data(format!("prompt definition: {e}")))?,
     })
 }
 
 /// Every statement of this module, for the test that prepares them all.
-pub const ALL_SQL: &[&str] = &[SELECT_HASH, INSERT_VERSION, SYNC_LABEL, SYNC_LOCK, BY_VERSION, BY_LABEL, PROMPT_EXISTS];
+pub const ALL_SQL: &[&str] = &[
+    SELECT_HASH,
+    INSERT_VERSION,
+    SYNC_LABEL,
+    SYNC_LOCK,
+    BY_VERSION,
+    BY_LABEL,
+    PROMPT_EXISTS,
+];

@@ -49,7 +49,12 @@ const RECORD_WITH_RESULT: &str = concat!(
 
 /// Writes (or updates) steps of one execution in one statement. Returns
 /// false when the writer no longer holds the lease: nothing was written.
-pub async fn record_steps(client: &impl GenericClient, id: ExecutionId, owner: &str, steps: &[&Step]) -> Result<bool> {
+pub async fn record_steps(
+    client: &impl GenericClient,
+    id: ExecutionId,
+    owner: &str,
+    steps: &[&Step],
+) -> Result<bool> {
     write_steps(client, RECORD, id, owner, steps, &[]).await
 }
 
@@ -66,7 +71,15 @@ pub async fn record_steps_with_result(
     let p = usage.map(|u| u.prompt_tokens);
     let c = usage.map(|u| u.completion_tokens);
     let t = usage.map(|u| u.total_tokens);
-    write_steps(client, RECORD_WITH_RESULT, id, owner, steps, &[output, &p, &c, &t]).await
+    write_steps(
+        client,
+        RECORD_WITH_RESULT,
+        id,
+        owner,
+        steps,
+        &[output, &p, &c, &t],
+    )
+    .await
 }
 
 async fn write_steps(
@@ -77,7 +90,12 @@ async fn write_steps(
     steps: &[&Step],
     extra: &[&(dyn ToSql + Sync)],
 ) -> Result<bool> {
-    let usage = |f: fn(&Usage) -> i32| steps.iter().map(|s| s.usage.as_ref().map(f)).collect::<Vec<_>>();
+    let usage = |f: fn(&Usage) -> i32| {
+        steps
+            .iter()
+            .map(|s| s.usage.as_ref().map(f))
+            .collect::<Vec<_>>()
+    };
     let ids: Vec<_> = steps.iter().map(|s| s.execution_id.0).collect();
     let seqs: Vec<_> = steps.iter().map(|s| s.seq).collect();
     let kinds: Vec<_> = steps.iter().map(|s| s.kind.name()).collect();
@@ -90,18 +108,46 @@ async fn write_steps(
     let params: Vec<_> = steps.iter().map(|s| s.params.as_ref()).collect();
     let inputs: Vec<_> = steps.iter().map(|s| s.input.as_ref()).collect();
     let outputs: Vec<_> = steps.iter().map(|s| s.output.as_ref()).collect();
-    let codes: Vec<_> = steps.iter().map(|s| s.error.as_ref().map(|e| e.code.as_str())).collect();
-    let messages: Vec<_> = steps.iter().map(|s| s.error.as_ref().map(|e| e.message.as_str())).collect();
+    let codes: Vec<_> = steps
+        .iter()
+        .map(|s| s.error.as_ref().map(|e| e.code.as_str()))
+        .collect();
+    let messages: Vec<_> = steps
+        .iter()
+        .map(|s| s.error.as_ref().map(|e| e.message.as_str()))
+        .collect();
     let retryable: Vec<_> = steps.iter().map(|s| s.retryable).collect();
-    let (prompt_tokens, completion_tokens, total_tokens) =
-        (usage(|u| u.prompt_tokens), usage(|u| u.completion_tokens), usage(|u| u.total_tokens));
+    let (prompt_tokens, completion_tokens, total_tokens) = (
+        usage(|u| u.prompt_tokens),
+        usage(|u| u.completion_tokens),
+        usage(|u| u.total_tokens),
+    );
     let mut all: Vec<&(dyn ToSql + Sync)> = vec![
-        &ids, &seqs, &kinds, &attempts, &statuses, &started, &finished, &latency, &models, &params,
-        &prompt_tokens, &completion_tokens, &total_tokens, &inputs, &outputs, &codes, &messages, &retryable,
-        &id.0, &owner,
+        &ids,
+        &seqs,
+        &kinds,
+        &attempts,
+        &statuses,
+        &started,
+        &finished,
+        &latency,
+        &models,
+        &params,
+        &prompt_tokens,
+        &completion_tokens,
+        &total_tokens,
+        &inputs,
+        &outputs,
+        &codes,
+        &messages,
+        &retryable,
+        &id.0,
+        &owner,
     ];
     all.extend_from_slice(extra);
-    let n = client.execute(&client.prepare_cached(sql).await?, &all).await?;
+    let n = client
+        .execute(&client.prepare_cached(sql).await?, &all)
+        .await?;
     Ok(n as usize == steps.len())
 }
 
@@ -112,8 +158,14 @@ const LIST: &str = "SELECT s.execution_id, s.seq, s.kind, s.attempt, s.status, s
      WHERE s.execution_id = $1 AND e.tenant_id = $2 ORDER BY s.seq";
 
 /// The steps of an execution of `tenant`, in order.
-pub async fn list_steps(client: &impl GenericClient, tenant: &str, id: ExecutionId) -> Result<Vec<Step>> {
-    let rows = client.query(&client.prepare_cached(LIST).await?, &[&id.0, &tenant]).await?;
+pub async fn list_steps(
+    client: &impl GenericClient,
+    tenant: &str,
+    id: ExecutionId,
+) -> Result<Vec<Step>> {
+    let rows = client
+        .query(&client.prepare_cached(LIST).await?, &[&id.0, &tenant])
+        .await?;
     rows.iter().map(step_from_row).collect()
 }
 
@@ -132,7 +184,12 @@ fn step_from_row(row: &Row) -> Result<Step> {
     let error = row
         .try_get::<_, Option<String>>("error_code")?
         .map(|code| -> Result<ErrorInfo> {
-            Ok(ErrorInfo { code, message: row.try_get::<_, Option<String>>("error_message")?.unwrap_or_default() })
+            Ok(ErrorInfo {
+                code,
+                message: row
+                    .try_get::<_, Option<String>>("error_message")?
+                    .unwrap_or_default(),
+            })
         })
         .transpose()?;
     let started_at: DateTime<Utc> = row.try_get("started_at")?;
@@ -141,7 +198,8 @@ fn step_from_row(row: &Row) -> Result<Step> {
         seq: row.try_get("seq")?,
         kind: StepKind::try_from(kind).map_err(DbError::Data)?,
         attempt: row.try_get("attempt")?,
-        status: StepStatus::parse(&status).ok_or_else(|| DbError::Data(format!("step status {status:?}")))?,
+        status: StepStatus::parse(&status)
+            .ok_or_else(|| DbError::Data(format!("step status {status:?}")))?,
         started_at,
         finished_at: row.try_get("finished_at")?,
         latency_ms: row.try_get("latency_ms")?,
