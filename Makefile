@@ -34,6 +34,7 @@ run: ## Run the whole stack locally with a small real model (Ctrl-C stops it)
 	@bash scripts/run.sh
 
 test: setup ## Run every test of the workspace (needs PostgreSQL and RabbitMQ)
+	$(CARGO) build --workspace --bins $(LOCKED)
 	RUST_LOG=$(TEST_RUST_LOG) $(CARGO) test $(TEST_SCOPE) --no-fail-fast $(LOCKED) $(TEST_ARGS)
 
 bench: ## Run the benchmarks (scripts/bench.sh)
