@@ -13,3 +13,7 @@ CREATE INDEX idempotency_keys_expires_idx ON idempotency_keys (expires_at);
 
 -- The idempotency columns on executions were never written; the table above owns them.
 ALTER TABLE executions DROP COLUMN idempotency_key, DROP COLUMN request_hash;
+
+-- A retry waits until not_before: a stray duplicate message that arrives
+-- earlier must not start it before its backoff (or Retry-After) is over.
+ALTER TABLE executions ADD COLUMN not_before timestamptz;

@@ -80,6 +80,7 @@ pub async fn run_execution(
         Claim::NotFound => return Ok(RunOutcome::Unknown),
         Claim::Terminal(_) => return Ok(RunOutcome::Skipped("already terminal")),
         Claim::Leased => return Ok(RunOutcome::Skipped("leased by another worker")),
+        Claim::NotYet => return Ok(RunOutcome::Skipped("retry delay not over")),
         Claim::CancelRequested => {
             if db::cancel_unclaimed(&client, id).await? {
                 metrics::counter!(m::EXECUTIONS_FINISHED, "status" => "cancelled").increment(1);

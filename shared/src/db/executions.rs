@@ -103,18 +103,21 @@ pub enum Claim {
     Leased,
     /// A queued execution whose cancellation was requested: it never starts.
     CancelRequested,
+    /// A retry whose delay is not over; the relay publishes it when it is.
+    NotYet,
 }
 
 const CLAIM: &str = concat!(
     "UPDATE executions SET status = 'running', attempts = attempts + 1, lease_owner = $2, \
-     lease_expires_at = now() + make_interval(secs => $3), publish_due_at = NULL, \
+     lease_expires_at = now() + make_interval(secs => $3), publish_due_at = NULL, not_before = NULL, \
      started_at = coalesce(started_at, now()), updated_at = now() \
-     WHERE id = $1 AND NOT cancel_requested \
+     WHERE id = $1 AND NOT cancel_requested AND (not_before IS NULL OR not_before <= now()) \
        AND (status = 'queued' OR (status = 'running' AND (lease_expires_at < now() OR lease_owner = $2))) \
      RETURNING ",
     execution_columns!()
 );
-const CLAIM_MISS: &str = "SELECT status, cancel_requested FROM executions WHERE id = $1";
+const CLAIM_MISS: &str =
+    "SELECT status, cancel_requested, coalesce(not_before > now(), false) AS waiting FROM executions WHERE id = $1";
 
 /// Takes the lease on an execution so that this worker alone runs it.
 pub async fn claim_execution(
@@ -144,6 +147,8 @@ pub async fn claim_execution(
         Claim::Terminal(status)
     } else if row.try_get("cancel_requested")? {
         Claim::CancelRequested
+    } else if row.try_get("waiting")? {
+        Claim::NotYet
     } else {
         Claim::Leased
     })
@@ -289,8 +294,10 @@ pub async fn finish_execution(
     Ok(!rows.is_empty())
 }
 
-const SCHEDULE_RETRY: &str = "UPDATE executions SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
-       error_code = $3, error_message = $4, publish_due_at = now() + make_interval(secs => $5), updated_at = now() \
+const SCHEDULE_RETRY: &str =
+    "UPDATE executions SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
+       error_code = $3, error_message = $4, publish_due_at = now() + make_interval(secs => $5), \
+       not_before = now() + make_interval(secs => $5), updated_at = now() \
      WHERE id = $1 AND lease_owner = $2 AND status = 'running'";
 
 /// Gives the execution back to the queue after a retryable error: the
