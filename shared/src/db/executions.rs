@@ -95,7 +95,7 @@ pub async fn mark_published(client: &impl GenericClient, ids: &[Uuid]) -> Result
 #[derive(Debug)]
 pub enum Claim {
     /// This worker now holds the lease; `attempts` counts this run.
-    Claimed(Execution),
+    Claimed(Box<Execution>),
     NotFound,
     /// Already finished; the message is a duplicate.
     Terminal(ExecutionStatus),
@@ -134,7 +134,7 @@ pub async fn claim_execution(
         )
         .await?
     {
-        return Ok(Claim::Claimed(execution_from_row(&row)?));
+        return Ok(Claim::Claimed(Box::new(execution_from_row(&row)?)));
     }
     let Some(row) = client
         .query_opt(&client.prepare_cached(CLAIM_MISS).await?, &[&id.0])
