@@ -131,7 +131,7 @@ impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
             concurrency: 512,
-            lease_secs: 30,
+            lease_secs: 15,
             shutdown_grace_secs: 30,
             relay_interval_ms: 500,
             roles: vec!["executions".into(), "relay".into()],

@@ -161,6 +161,7 @@ pub mod codes {
     pub const TEMPLATE_ERROR: &str = "template_error";
     pub const INVALID_INPUT: &str = "invalid_input";
     pub const CANCELLED: &str = "cancelled";
+    pub const WORKER_LOST: &str = "worker_lost";
     pub const INTERNAL: &str = "internal_error";
 }
 

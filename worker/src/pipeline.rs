@@ -97,6 +97,29 @@ pub async fn run_execution(
     } else {
         Vec::new()
     };
+    // Steps an earlier run left `running` died with their worker: close them
+    // so the trace says what happened to them.
+    let now = chrono::Utc::now();
+    let lost: Vec<Step> = earlier
+        .iter()
+        .filter(|s| s.status == StepStatus::Running && s.attempt < execution.attempts)
+        .map(|s| {
+            let mut s = s.clone();
+            s.status = StepStatus::Failed;
+            s.finished_at = Some(now);
+            s.latency_ms =
+                Some((now - s.started_at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+            s.error = Some(ErrorInfo {
+                code: codes::WORKER_LOST.into(),
+                message: "the worker running this step stopped".into(),
+            });
+            s.retryable = Some(true);
+            s
+        })
+        .collect();
+    if !lost.is_empty() {
+        db_steps::record_steps(&client, id, &ctx.owner, &lost.iter().collect::<Vec<_>>()).await?;
+    }
     drop(client);
     let mut run = Run {
         ctx,

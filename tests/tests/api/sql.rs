@@ -1,0 +1,26 @@
+//! tokio-postgres checks no query at compile time, so every SQL constant
+//! of every repository is prepared here against the migrated schema.
+
+use llmq_shared::db::{executions, prompts, steps};
+use llmq_tests::database::{connect, TestDatabase};
+
+#[tokio::test]
+async fn every_repository_statement_prepares_against_the_migrated_schema() {
+    let db = TestDatabase::create().await.unwrap();
+    let client = connect(&db.url).await.unwrap();
+    let all = executions::ALL_SQL
+        .iter()
+        .chain(prompts::ALL_SQL)
+        .chain(steps::ALL_SQL);
+    let mut prepared = 0;
+    for sql in all {
+        client
+            .prepare(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}\nwhile preparing:\n{sql}"));
+        prepared += 1;
+    }
+    assert!(prepared >= 20, "only {prepared} statements prepared");
+    drop(client);
+    db.drop_database().await.unwrap();
+}
