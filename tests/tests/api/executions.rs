@@ -181,3 +181,40 @@ async fn a_long_poll_on_an_unfinished_execution_returns_it_when_the_wait_ends() 
 
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_idempotency_key_can_be_used_again() {
+    let app = TestApp::builder()
+        .without_worker()
+        .configure(|s| s.api.idempotency_ttl_secs = 1)
+        .spawn()
+        .await;
+    let key = format!("expiring-{}", uuid::Uuid::now_v7().simple());
+    let submit = |text: &'static str| {
+        let app = &app;
+        let key = key.clone();
+        async move {
+            app.client
+                .post(app.url("/v1/executions"))
+                .bearer_auth(&app.api_key)
+                .header("Idempotency-Key", key)
+                .json(&serde_json::json!({"prompt": "summarize", "input": {"text": text}}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+
+    let first = submit("first body").await;
+    assert_eq!(first.status(), 202);
+    let conflict = submit("second body").await;
+    assert_eq!(conflict.status(), 409, "a live key with another body");
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let again = submit("second body").await;
+    assert_eq!(
+        again.status(),
+        202,
+        "the key expired, so this is a new execution"
+    );
+    app.cleanup().await;
+}

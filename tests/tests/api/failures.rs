@@ -157,3 +157,52 @@ async fn a_request_the_provider_rejects_fails_at_once_and_is_dead_lettered() {
 
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_whose_retries_are_exhausted_falls_back_to_its_fallback_model() {
+    let app = TestApp::builder()
+        .configure(|s| {
+            s.worker.max_attempts = 2;
+            s.worker.retry_base_ms = 50;
+            s.worker.retry_max_ms = 200;
+            s.worker.relay_interval_ms = 50;
+            // The primary is served nowhere (connection refused); its
+            // fallback by the default provider, the fake.
+            s.models.insert(
+                "gpt-4o-mini".into(),
+                llmq_shared::config::ModelSettings {
+                    base_url: Some("http://127.0.0.1:9/v1".into()),
+                    fallback: Some("backup-model".into()),
+                    ..Default::default()
+                },
+            );
+        })
+        .spawn()
+        .await;
+    let text = unique_text("fallback");
+
+    let id = app.submit_summary(&text).await;
+    let execution = app.wait_until_terminal(&id, Duration::from_secs(20)).await;
+
+    assert_eq!(execution["status"], "succeeded", "{execution:#}");
+    let steps = trace(&app, &id).await;
+    let generates: Vec<&Value> = steps.iter().filter(|s| s["kind"] == "generate").collect();
+    assert_eq!(generates.len(), 3, "{steps:#?}");
+    for primary in &generates[..2] {
+        assert_eq!(primary["model"], "gpt-4o-mini");
+        assert_eq!(primary["status"], "failed");
+        assert_eq!(primary["error"]["code"], "provider_unavailable");
+    }
+    let fallback = generates[2];
+    assert_eq!(fallback["model"], "backup-model");
+    assert_eq!(fallback["status"], "succeeded");
+    assert_eq!(fallback["params"]["fallback_for"], "gpt-4o-mini");
+    let calls = app.fake.calls_containing(&text);
+    assert_eq!(
+        calls.len(),
+        1,
+        "only the fallback reached the fake provider"
+    );
+    assert_eq!(calls[0].model, "backup-model");
+    app.cleanup().await;
+}
