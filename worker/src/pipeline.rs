@@ -155,7 +155,8 @@ struct Run<'a> {
 
 /// How a generate attempt ended.
 enum Generated {
-    Done(Value, Usage),
+    /// The result and its succeeded step, written with the outcome.
+    Done(Value, Usage, Box<Step>),
     Failed(StepFailure),
     /// Cancelled, interrupted or lease lost: the run is over.
     Over(RunOutcome),
@@ -219,10 +220,11 @@ impl Run<'_> {
         let mut pending_render = (!render_done).then_some(render);
 
         // generate: a checkpointed result is never paid for twice.
-        let (output, usage) = if succeeded(&StepKind::Generate) {
+        let (output, usage, generated) = if succeeded(&StepKind::Generate) {
             (
                 self.execution.output.clone().unwrap_or(Value::Null),
                 self.execution.usage.unwrap_or_default(),
+                None,
             )
         } else {
             let primary = self.execution.model.clone();
@@ -237,7 +239,7 @@ impl Run<'_> {
                 )
                 .await?
             {
-                Generated::Done(output, usage) => (output, usage),
+                Generated::Done(output, usage, step) => (output, usage, Some(step)),
                 Generated::Over(outcome) => return Ok(outcome),
                 Generated::Failed(failure) => {
                     let policy =
@@ -263,7 +265,9 @@ impl Run<'_> {
                                         )
                                         .await?
                                     {
-                                        Generated::Done(output, usage) => (output, usage),
+                                        Generated::Done(output, usage, step) => {
+                                            (output, usage, Some(step))
+                                        }
                                         Generated::Over(outcome) => return Ok(outcome),
                                         Generated::Failed(f) => {
                                             return self.fail(f.error, Usage::default()).await
@@ -277,10 +281,22 @@ impl Run<'_> {
             }
         };
         if cancel.is_cancelled() {
-            return self.cancelled(usage).await;
+            let error = ErrorInfo {
+                code: codes::CANCELLED.into(),
+                message: "cancelled by the client".into(),
+            };
+            return self
+                .end(
+                    ExecutionStatus::Cancelled,
+                    error,
+                    usage,
+                    generated.as_deref(),
+                )
+                .await;
         }
 
-        // finalize: the terminal state and its step in one statement.
+        // finalize: the terminal state, the generate result and the
+        // finalize step in one statement.
         let mut finalize = self.step(StepKind::Finalize);
         finalize.output = Some(json!({ "status": "succeeded" }));
         finish_step(&mut finalize, StepStatus::Succeeded);
@@ -290,7 +306,12 @@ impl Run<'_> {
             error: None,
             usage: Some(usage),
         };
-        self.finish(outcome, &finalize).await
+        let steps: Vec<&Step> = generated
+            .as_deref()
+            .into_iter()
+            .chain(std::iter::once(&finalize))
+            .collect();
+        self.finish(outcome, &steps).await
     }
 
     /// The fallback named by the prompt version, else by the model's config.
@@ -372,20 +393,7 @@ impl Run<'_> {
                     .increment(usage.prompt_tokens.max(0) as u64);
                 metrics::counter!(m::TOKENS, "model" => model.to_string(), "kind" => "completion")
                     .increment(usage.completion_tokens.max(0) as u64);
-                let client = self.ctx.pool.get().await.map_err(DbError::from)?;
-                let kept = db_steps::record_steps_with_result(
-                    &client,
-                    self.execution.id,
-                    &self.ctx.owner,
-                    &[&generate],
-                    &output,
-                    Some(usage),
-                )
-                .await?;
-                if !kept {
-                    return Ok(Generated::Over(RunOutcome::Skipped("lease lost")));
-                }
-                Ok(Generated::Done(output, usage))
+                Ok(Generated::Done(output, usage, Box::new(generate)))
             }
             Err(e) => {
                 let failure = StepFailure::from(&e);
@@ -446,7 +454,7 @@ impl Run<'_> {
     }
 
     async fn fail(&mut self, error: ErrorInfo, usage: Usage) -> Result<RunOutcome, PipelineError> {
-        self.end(ExecutionStatus::Failed, error, usage).await
+        self.end(ExecutionStatus::Failed, error, usage, None).await
     }
 
     async fn cancelled(&mut self, usage: Usage) -> Result<RunOutcome, PipelineError> {
@@ -454,7 +462,8 @@ impl Run<'_> {
             code: codes::CANCELLED.into(),
             message: "cancelled by the client".into(),
         };
-        self.end(ExecutionStatus::Cancelled, error, usage).await
+        self.end(ExecutionStatus::Cancelled, error, usage, None)
+            .await
     }
 
     async fn end(
@@ -462,6 +471,7 @@ impl Run<'_> {
         status: ExecutionStatus,
         error: ErrorInfo,
         usage: Usage,
+        before: Option<&Step>,
     ) -> Result<RunOutcome, PipelineError> {
         let mut finalize = self.step(StepKind::Finalize);
         finalize.output = Some(json!({ "status": status, "error": error }));
@@ -473,19 +483,17 @@ impl Run<'_> {
             error: Some(error),
             usage: has_usage.then_some(usage),
         };
-        self.finish(outcome, &finalize).await
+        let steps: Vec<&Step> = before
+            .into_iter()
+            .chain(std::iter::once(&finalize))
+            .collect();
+        self.finish(outcome, &steps).await
     }
 
-    async fn finish(&self, outcome: Outcome, finalize: &Step) -> Result<RunOutcome, PipelineError> {
+    async fn finish(&self, outcome: Outcome, steps: &[&Step]) -> Result<RunOutcome, PipelineError> {
         let client = self.ctx.pool.get().await.map_err(DbError::from)?;
-        if !db::finish_execution(
-            &client,
-            self.execution.id,
-            &self.ctx.owner,
-            &outcome,
-            finalize,
-        )
-        .await?
+        if !db::finish_execution(&client, self.execution.id, &self.ctx.owner, &outcome, steps)
+            .await?
         {
             return Ok(RunOutcome::Skipped("lease lost"));
         }

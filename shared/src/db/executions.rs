@@ -243,55 +243,49 @@ pub struct Outcome {
     pub usage: Option<Usage>,
 }
 
-const FINISH: &str = "WITH done AS ( \
-       UPDATE executions SET status = $3, output = $4, error_code = $5, error_message = $6, \
-         prompt_tokens = $7, completion_tokens = $8, total_tokens = $9, cost_usd = $10, \
+/// The terminal transition and the steps that lead to it (the last
+/// generate, the finalize) in one statement: a generate result is never
+/// committed without its outcome, nor the outcome without its trace.
+const FINISH: &str = concat!(
+    "WITH done AS ( \
+       UPDATE executions SET status = $21, output = $22, error_code = $23, error_message = $24, \
+         prompt_tokens = $25, completion_tokens = $26, total_tokens = $27, cost_usd = $28, \
          finished_at = now(), updated_at = now(), lease_owner = NULL, lease_expires_at = NULL, \
          publish_due_at = NULL \
-       WHERE id = $1 AND lease_owner = $2 AND status = 'running' RETURNING id) \
-     INSERT INTO execution_steps (execution_id, seq, kind, attempt, status, started_at, finished_at, latency_ms, \
-       input, output) \
-     SELECT id, $11, $12, $13, $14, $15, $16, $17, $18, $19 FROM done RETURNING execution_id";
+       WHERE id = $19 AND lease_owner = $20 AND status = 'running' RETURNING id) ",
+    record_columns!(),
+    "WHERE EXISTS (SELECT 1 FROM done)",
+    on_conflict!()
+);
 
-/// Writes the terminal state and the `finalize` step in one statement.
-/// Returns false when the lease was lost (someone else owns the outcome).
+/// Writes the terminal state with its last steps. Returns false when the
+/// lease was lost (someone else owns the outcome): nothing was written.
 pub async fn finish_execution(
     client: &impl GenericClient,
     id: ExecutionId,
     owner: &str,
     outcome: &Outcome,
-    finalize: &Step,
+    steps: &[&Step],
 ) -> Result<bool> {
-    let usage = outcome.usage.unwrap_or_default();
-    let has_usage = outcome.usage.is_some();
-    let tokens = |v: i32| has_usage.then_some(v);
-    let rows = client
-        .query(
-            &client.prepare_cached(FINISH).await?,
-            &[
-                &id.0,
-                &owner,
-                &outcome.status.as_str(),
-                &outcome.output,
-                &outcome.error.as_ref().map(|e| e.code.as_str()),
-                &outcome.error.as_ref().map(|e| e.message.as_str()),
-                &tokens(usage.prompt_tokens),
-                &tokens(usage.completion_tokens),
-                &tokens(usage.total_tokens),
-                &usage.cost_usd,
-                &finalize.seq,
-                &finalize.kind.name(),
-                &finalize.attempt,
-                &finalize.status.as_str(),
-                &finalize.started_at,
-                &finalize.finished_at,
-                &finalize.latency_ms,
-                &finalize.input,
-                &finalize.output,
-            ],
-        )
-        .await?;
-    Ok(!rows.is_empty())
+    let usage = outcome.usage;
+    let status = outcome.status.as_str();
+    let code = outcome.error.as_ref().map(|e| e.code.as_str());
+    let message = outcome.error.as_ref().map(|e| e.message.as_str());
+    let (p, c, t) = (
+        usage.map(|u| u.prompt_tokens),
+        usage.map(|u| u.completion_tokens),
+        usage.map(|u| u.total_tokens),
+    );
+    let cost = usage.and_then(|u| u.cost_usd);
+    super::steps::write_steps(
+        client,
+        FINISH,
+        id,
+        owner,
+        steps,
+        &[&status, &outcome.output, &code, &message, &p, &c, &t, &cost],
+    )
+    .await
 }
 
 const SCHEDULE_RETRY: &str =

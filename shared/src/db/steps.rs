@@ -10,40 +10,9 @@ use super::{DbError, GenericClient, Result};
 use crate::execution::{ErrorInfo, ExecutionId, Usage};
 use crate::step::{Step, StepKind, StepStatus};
 
-macro_rules! record_columns {
-    () => {
-        "INSERT INTO execution_steps (execution_id, seq, kind, attempt, status, started_at, finished_at, \
-           latency_ms, model, params, prompt_tokens, completion_tokens, total_tokens, input, output, error_code, \
-           error_message, retryable) \
-         SELECT s.* FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::int[], $5::text[], $6::timestamptz[], \
-           $7::timestamptz[], $8::float8[], $9::text[], $10::jsonb[], $11::int[], $12::int[], $13::int[], \
-           $14::jsonb[], $15::jsonb[], $16::text[], $17::text[], $18::bool[]) AS s "
-    };
-}
-macro_rules! on_conflict {
-    () => {
-        " ON CONFLICT (execution_id, seq) DO UPDATE SET status = EXCLUDED.status, finished_at = EXCLUDED.finished_at, \
-           latency_ms = EXCLUDED.latency_ms, model = EXCLUDED.model, params = EXCLUDED.params, \
-           prompt_tokens = EXCLUDED.prompt_tokens, completion_tokens = EXCLUDED.completion_tokens, \
-           total_tokens = EXCLUDED.total_tokens, input = EXCLUDED.input, output = EXCLUDED.output, \
-           error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message, retryable = EXCLUDED.retryable"
-    };
-}
-
 const RECORD: &str = concat!(
     record_columns!(),
     "WHERE EXISTS (SELECT 1 FROM executions e WHERE e.id = $19 AND e.lease_owner = $20 AND e.status = 'running')",
-    on_conflict!()
-);
-
-/// Also keeps the step's unmasked result on the execution row, in the same
-/// statement: the checkpoint a resumed run continues from.
-const RECORD_WITH_RESULT: &str = concat!(
-    "WITH e AS (UPDATE executions SET output = $21, prompt_tokens = $22, completion_tokens = $23, \
-       total_tokens = $24, updated_at = now() \
-     WHERE id = $19 AND lease_owner = $20 AND status = 'running' RETURNING id) ",
-    record_columns!(),
-    "WHERE EXISTS (SELECT 1 FROM e)",
     on_conflict!()
 );
 
@@ -58,31 +27,7 @@ pub async fn record_steps(
     write_steps(client, RECORD, id, owner, steps, &[]).await
 }
 
-/// Like `record_steps`, and stores `output` and `usage` on the execution as
-/// the checkpoint of a succeeded generate step.
-pub async fn record_steps_with_result(
-    client: &impl GenericClient,
-    id: ExecutionId,
-    owner: &str,
-    steps: &[&Step],
-    output: &serde_json::Value,
-    usage: Option<Usage>,
-) -> Result<bool> {
-    let p = usage.map(|u| u.prompt_tokens);
-    let c = usage.map(|u| u.completion_tokens);
-    let t = usage.map(|u| u.total_tokens);
-    write_steps(
-        client,
-        RECORD_WITH_RESULT,
-        id,
-        owner,
-        steps,
-        &[output, &p, &c, &t],
-    )
-    .await
-}
-
-async fn write_steps(
+pub(crate) async fn write_steps(
     client: &impl GenericClient,
     sql: &str,
     id: ExecutionId,
@@ -214,4 +159,4 @@ fn step_from_row(row: &Row) -> Result<Step> {
 }
 
 /// Every statement of this module, for the test that prepares them all.
-pub const ALL_SQL: &[&str] = &[RECORD, RECORD_WITH_RESULT, LIST];
+pub const ALL_SQL: &[&str] = &[RECORD, LIST];
