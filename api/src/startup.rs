@@ -1,6 +1,7 @@
 //! Building and running the API: pools, publisher, prompt sync, background
 //! tasks and the HTTP server, all stopped by one cancellation token.
 
+use std::collections::VecDeque;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,7 +55,13 @@ impl Application {
                 waiters.clone(),
                 cancel.clone(),
             )),
-            tokio::spawn(mark_confirmed_publishes(pool.clone(), confirmed_rx)),
+            tokio::spawn(mark_confirmed_publishes(
+                pool.clone(),
+                confirmed_rx,
+                // Well before the relay would republish the row.
+                Duration::from_secs(settings.api.republish_after_secs).min(Duration::from_secs(2))
+                    / 2,
+            )),
         ];
         let state = web::Data::new(AppState {
             settings: settings.clone(),
@@ -155,21 +162,45 @@ pub async fn sync_prompts(settings: &Settings, pool: &Pool) -> anyhow::Result<()
 }
 
 /// Clears the outbox marks of confirmed publishes in batches: one UPDATE
-/// for many executions keeps the submit path at one commit each.
-async fn mark_confirmed_publishes(pool: Pool, mut rx: mpsc::Receiver<Uuid>) {
-    let mut batch = Vec::with_capacity(1024);
-    while rx.recv_many(&mut batch, 1024).await > 0 {
+/// for many executions keeps the submit path at one commit each. Ids are
+/// held for `hold` first: a worker that claims an execution clears its mark
+/// itself, so by then most rows need no write at all (the UPDATE's WHERE
+/// skips them), and only executions still waiting in the queue are touched.
+async fn mark_confirmed_publishes(pool: Pool, mut rx: mpsc::Receiver<Uuid>, hold: Duration) {
+    let mut pending: VecDeque<(Instant, Uuid)> = VecDeque::new();
+    let mut received = Vec::with_capacity(1024);
+    let mut open = true;
+    while open || !pending.is_empty() {
+        tokio::select! {
+            n = rx.recv_many(&mut received, 4096), if open => {
+                open = n > 0;
+                let now = Instant::now();
+                pending.extend(received.drain(..).map(|id| (now, id)));
+            }
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        let now = Instant::now();
+        let mut due = Vec::new();
+        while pending
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) >= hold)
+        {
+            if let Some((_, id)) = pending.pop_front() {
+                due.push(id);
+            }
+        }
+        if due.is_empty() {
+            continue;
+        }
         let result = async {
             let client = pool.get().await?;
-            db::executions::mark_published(&client, &batch).await
+            db::executions::mark_published(&client, &due).await
         }
         .await;
         if let Err(e) = result {
             // The marks stay; the relay publishes duplicates, which claiming absorbs.
-            tracing::warn!(error = %e, count = batch.len(), "could not clear outbox marks");
+            tracing::warn!(error = %e, count = due.len(), "could not clear outbox marks");
         }
-        batch.clear();
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
