@@ -23,3 +23,10 @@ pub struct AppState {
     pub confirmed: mpsc::Sender<Uuid>,
     pub metrics: Option<PrometheusHandle>,
 }
+
+impl AppState {
+    /// The deadline of one request's database and broker work.
+    pub fn deadline(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.settings.api.request_timeout_secs.max(1))
+    }
+}

@@ -46,6 +46,9 @@ pub struct ApiSettings {
     pub republish_after_secs: u64,
     /// How long an `Idempotency-Key` keeps returning the same execution.
     pub idempotency_ttl_secs: u64,
+    /// Deadline of one request's database and broker work; past it the
+    /// answer is 503 rather than a hung request.
+    pub request_timeout_secs: u64,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -123,6 +126,7 @@ impl Default for ApiSettings {
             http_workers: 0,
             republish_after_secs: 10,
             idempotency_ttl_secs: 24 * 3600,
+            request_timeout_secs: 10,
         }
     }
 }

@@ -142,7 +142,23 @@ async fn handle_delivery(ctx: &WorkerContext, delivery: Delivery, interrupt: &Ca
     };
     let gauge = metrics::gauge!(m::EXECUTIONS_IN_FLIGHT);
     gauge.increment(1.0);
-    let outcome = run_execution(ctx, message.id, interrupt, &running.cancel).await;
+    // While Postgres is out of reach the delivery stays unacked and the run
+    // is tried again here with backoff: requeueing would count deliveries
+    // until the broker dead-letters an execution that is still queued.
+    let mut delay = Duration::from_secs(1);
+    let outcome = loop {
+        match run_execution(ctx, message.id, interrupt, &running.cancel).await {
+            Err(e) if e.is_unavailable() => {
+                tracing::warn!(execution.id = %message.id, error = %e, retry_in_ms = delay.as_millis() as u64, "database unavailable; will retry");
+                tokio::select! {
+                    _ = interrupt.cancelled() => break Ok(RunOutcome::Interrupted),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            other => break other,
+        }
+    };
     drop(running);
     gauge.decrement(1.0);
     match outcome {
@@ -156,9 +172,10 @@ async fn handle_delivery(ctx: &WorkerContext, delivery: Delivery, interrupt: &Ca
         }
         Ok(RunOutcome::Interrupted) => requeue(&delivery).await,
         Err(e) => {
-            // Postgres trouble: keep the slot for a moment instead of
-            // spinning the message through the broker, then give it back.
-            tracing::warn!(execution.id = %message.id, error = %e, "execution could not run; requeueing");
+            // Not an outage (e.g. a prompt missing from the registry): keep
+            // the slot for a moment instead of spinning, then give it back;
+            // the broker's delivery limit dead-letters what never succeeds.
+            tracing::error!(execution.id = %message.id, error = %e, "execution could not run; requeueing");
             tokio::select! {
                 _ = interrupt.cancelled() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}

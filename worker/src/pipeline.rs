@@ -46,6 +46,13 @@ pub enum PipelineError {
     MissingPrompt(String, i32),
 }
 
+impl PipelineError {
+    /// Postgres is (temporarily) out of reach: the run can be tried again.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Db(e) if e.is_unavailable())
+    }
+}
+
 /// A step's failure as the retry decision sees it.
 struct StepFailure {
     error: ErrorInfo,

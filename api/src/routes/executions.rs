@@ -11,6 +11,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::resources::{ExecutionResource, StepList, StepResource, SubmitExecution};
 use crate::services::executions::{self as service, Submitted};
+use crate::services::within;
 use crate::state::AppState;
 
 fn parse_id(raw: &str) -> Result<ExecutionId, ApiError> {
@@ -51,11 +52,11 @@ pub async fn submit(
         ),
         None => None,
     };
-    let (mut response, execution) =
-        match service::submit_execution(&state, &caller, body.into_inner(), key).await? {
-            Submitted::Created(e) => (HttpResponse::Accepted(), e),
-            Submitted::Existing(e) => (HttpResponse::Ok(), e),
-        };
+    let work = service::submit_execution(&state, &caller, body.into_inner(), key);
+    let (mut response, execution) = match within(state.deadline(), work).await? {
+        Submitted::Created(e) => (HttpResponse::Accepted(), e),
+        Submitted::Existing(e) => (HttpResponse::Ok(), e),
+    };
     let resource = ExecutionResource::from(&execution);
     Ok(response
         .insert_header((header::LOCATION, resource.links.self_.clone()))
@@ -82,7 +83,11 @@ pub async fn cancel(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
-    let execution = service::cancel_execution(&state, &caller, id).await?;
+    let execution = within(
+        state.deadline(),
+        service::cancel_execution(&state, &caller, id),
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(ExecutionResource::from(&execution)))
 }
 
@@ -117,7 +122,11 @@ pub async fn get(
         .unwrap_or(0)
         .min(state.settings.api.max_wait_secs);
     let execution = if wait == 0 {
-        service::get_execution(&state, &caller, id).await?
+        within(
+            state.deadline(),
+            service::get_execution(&state, &caller, id),
+        )
+        .await?
     } else {
         service::wait_for_execution(&state, &caller, id, Duration::from_secs(wait)).await?
     };
@@ -138,7 +147,7 @@ pub async fn steps(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
-    let steps = service::list_steps(&state, &caller, id).await?;
+    let steps = within(state.deadline(), service::list_steps(&state, &caller, id)).await?;
     Ok(HttpResponse::Ok().json(StepList {
         execution_id: id.to_string(),
         steps: steps.iter().map(StepResource::from).collect(),

@@ -54,7 +54,7 @@ pub async fn submit_execution(
             .get()
             .await
             .map_err(llmq_shared::db::DbError::from)?;
-        if let Some(existing) = replay(state, caller, &client, key, hash).await? {
+        if let Some(existing) = replay(caller, &client, key, hash).await? {
             return Ok(Submitted::Existing(existing));
         }
     }
@@ -148,7 +148,7 @@ pub async fn submit_execution(
             let ttl = Duration::from_secs(state.settings.api.idempotency_ttl_secs);
             if !db::claim_idempotency_key(&tx, &caller.tenant_id, key, hash, new.id, ttl).await? {
                 drop(tx);
-                return match replay(state, caller, &client, key, hash).await? {
+                return match replay(caller, &client, key, hash).await? {
                     Some(existing) => Ok(Submitted::Existing(existing)),
                     None => Err(ApiError::Conflict(
                         "a request with this Idempotency-Key is in progress; retry".into(),
@@ -181,7 +181,6 @@ pub async fn submit_execution(
 /// The execution a live idempotency key points at, if the body matches;
 /// 409 if the same key came with a different body.
 async fn replay(
-    state: &AppState,
     caller: &Caller,
     client: &deadpool_postgres::Object,
     key: &str,
@@ -195,7 +194,12 @@ async fn replay(
             "Idempotency-Key was already used with a different request body".into(),
         ));
     }
-    get_execution(state, caller, id).await.map(Some)
+    // On the connection already held: taking a second one here would let a
+    // burst of retries hold every connection while waiting for another.
+    db::get_execution(client, &caller.tenant_id, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))
+        .map(Some)
 }
 
 fn check_idempotency_key(key: &str) -> Result<(), ApiError> {
@@ -306,7 +310,7 @@ pub async fn wait_for_execution(
         let notified = waiter.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let execution = get_execution(state, caller, id).await?;
+        let execution = super::within(state.deadline(), get_execution(state, caller, id)).await?;
         let now = tokio::time::Instant::now();
         if execution.status.is_terminal() || now >= deadline {
             return Ok(execution);

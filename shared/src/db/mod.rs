@@ -32,7 +32,7 @@ pub mod steps;
 use std::time::Duration;
 
 pub use deadpool_postgres::{GenericClient, Pool};
-use deadpool_postgres::{ManagerConfig, PoolConfig, RecyclingMethod, Runtime, Timeouts};
+use deadpool_postgres::{ManagerConfig, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
@@ -97,24 +97,37 @@ impl From<deadpool_postgres::PoolError> for DbError {
 }
 
 /// A pool whose waits are bounded, so an unreachable database turns into
-/// `Unavailable` quickly instead of hanging requests.
+/// `Unavailable` quickly instead of hanging requests: bounded waits for a
+/// connection, connect timeouts, TCP keepalives and a user timeout so a
+/// vanished host is noticed, and a server-side statement timeout.
 pub fn create_pool(database_url: &str, max_size: usize) -> Result<Pool> {
-    let mut cfg = deadpool_postgres::Config::new();
-    cfg.url = Some(database_url.to_string());
-    cfg.manager = Some(ManagerConfig {
-        recycling_method: RecyclingMethod::Fast,
-    });
-    let timeout = Some(Duration::from_secs(5));
-    cfg.pool = Some(PoolConfig {
-        max_size: max_size.max(1),
-        timeouts: Timeouts {
-            wait: timeout,
-            create: timeout,
-            recycle: timeout,
+    let mut pg: tokio_postgres::Config = database_url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| DbError::Config(e.to_string()))?;
+    pg.connect_timeout(Duration::from_secs(5))
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(15));
+    if pg.get_options().is_none() {
+        pg.options("-c statement_timeout=30000");
+    }
+    let manager = deadpool_postgres::Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
         },
-        ..PoolConfig::default()
-    });
-    cfg.create_pool(Some(Runtime::Tokio1), NoTls)
+    );
+    let timeout = Some(Duration::from_secs(5));
+    Pool::builder(manager)
+        .max_size(max_size.max(1))
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(timeout)
+        .create_timeout(timeout)
+        .recycle_timeout(timeout)
+        .build()
         .map_err(|e| DbError::Config(e.to_string()))
 }
 
