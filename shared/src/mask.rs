@@ -45,12 +45,12 @@ fn mask_word(word: &str) -> String {
     if looks_like_secret(trimmed) {
         return word.replace(trimmed, "[secret]");
     }
-    let digits = word.chars().filter(char::is_ascii_digit).count();
-    let only_number_chars = word
+    let digits = trimmed.chars().filter(char::is_ascii_digit).count();
+    let only_number_chars = trimmed
         .chars()
         .all(|c| c.is_ascii_digit() || "+-() .".contains(c));
     if digits >= 9 && only_number_chars {
-        return "[number]".to_string();
+        return word.replace(trimmed, "[number]");
     }
     word.to_string()
 }

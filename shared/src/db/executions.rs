@@ -2,6 +2,12 @@
 //! makes one worker the only runner, the outbox relay's queries and the
 //! terminal transition. Every write a worker makes is fenced by its lease:
 //! a worker that lost its lease changes nothing.
+//!
+//! Invariant: `lease_owner` is set exactly while the status is `running`
+//! (claiming sets it; every transition out of `running` clears it). The
+//! single-row fences therefore test `id` and `lease_owner` only: adding
+//! `status = 'running'` would let the planner pick a partial index over all
+//! running rows instead of the primary key.
 
 use std::time::Duration;
 
@@ -174,7 +180,7 @@ pub async fn renew_leases(
 const RELEASE: &str =
     "UPDATE executions SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
      publish_due_at = now() + make_interval(secs => $3), updated_at = now() \
-     WHERE id = ANY($1) AND lease_owner = $2 AND status = 'running'";
+     WHERE id = ANY($1) AND lease_owner = $2";
 
 /// Gives leases back (on shutdown) so the redelivered messages can be
 /// claimed at once; the outbox mark covers a message the broker lost.
@@ -252,7 +258,7 @@ const FINISH: &str = concat!(
          prompt_tokens = $25, completion_tokens = $26, total_tokens = $27, cost_usd = $28, \
          finished_at = now(), updated_at = now(), lease_owner = NULL, lease_expires_at = NULL, \
          publish_due_at = NULL \
-       WHERE id = $19 AND lease_owner = $20 AND status = 'running' RETURNING id) ",
+       WHERE id = $19 AND lease_owner = $20 RETURNING id) ",
     record_columns!(),
     "WHERE EXISTS (SELECT 1 FROM done)",
     on_conflict!()
@@ -292,7 +298,7 @@ const SCHEDULE_RETRY: &str =
     "UPDATE executions SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
        error_code = $3, error_message = $4, publish_due_at = now() + make_interval(secs => $5), \
        not_before = now() + make_interval(secs => $5), updated_at = now() \
-     WHERE id = $1 AND lease_owner = $2 AND status = 'running'";
+     WHERE id = $1 AND lease_owner = $2";
 
 /// Gives the execution back to the queue after a retryable error: the
 /// relay publishes it again once `delay` has passed, so no worker slot is

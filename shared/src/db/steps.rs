@@ -12,7 +12,8 @@ use crate::step::{Step, StepKind, StepStatus};
 
 const RECORD: &str = concat!(
     record_columns!(),
-    "WHERE EXISTS (SELECT 1 FROM executions e WHERE e.id = $19 AND e.lease_owner = $20 AND e.status = 'running')",
+    // The lease fence; see the invariant in `executions`.
+    "WHERE EXISTS (SELECT 1 FROM executions e WHERE e.id = $19 AND e.lease_owner = $20)",
     on_conflict!()
 );
 
