@@ -1,0 +1,267 @@
+#!/usr/bin/env bash
+# `make bench`: load-test llmq on this machine and compare with the targets.
+#
+# Two settings, each on a fresh database and a fresh queue prefix, with the
+# fake provider, the API and one worker started here:
+#   (a) provider latency 0 ms, worker concurrency 1024 — orchestration overhead
+#   (b) provider latency 2000 ms, worker concurrency 4096 — how many slow calls
+#       one worker holds
+# The load generator (tests/bench, `llmq-bench`) submits the executions over
+# HTTP, waits for them via Postgres and prints its figures; a summary with the
+# targets comes last. Targets are reported, not enforced: the script exits 0
+# unless something broke.
+#
+# Env:
+#   BENCH_N            executions per setting (default 20000)
+#   BENCH_CONCURRENCY  submits in flight (default 64)
+#   BENCH_RATE         open-loop submits per second (default 0: closed loop,
+#                      BENCH_CONCURRENCY submits always in flight)
+#   BENCH_WARMUP       warm-up executions per setting (default 200)
+#   BENCH_TIMEOUT      seconds to wait for a setting's executions (default 240)
+#   BENCH_SETTINGS     "LATENCY_MS:WORKER_CONCURRENCY ..." (default "0:1024 2000:4096")
+#   BENCH_DB           database name, dropped and recreated (default llmq_bench)
+#   BENCH_API_PORT / BENCH_PROVIDER_PORT / BENCH_METRICS_PORT (18080 / 18081 / 19464)
+#   AMQP_URL           broker (default amqp://guest:guest@127.0.0.1:5672/%2f)
+#   BENCH_AFTER_MIGRATE_SQL  SQL run on the fresh database after the migrations
+#                      (experiments, e.g. "ANALYZE executions" or an index change)
+# Logs and results: .run/bench-*.log, .run/bench-*.json. The database is kept
+# after the run for inspection (the next run drops it).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+BENCH_N=${BENCH_N:-20000}
+BENCH_CONCURRENCY=${BENCH_CONCURRENCY:-64}
+BENCH_RATE=${BENCH_RATE:-0}
+BENCH_WARMUP=${BENCH_WARMUP:-200}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-240}
+BENCH_SETTINGS=${BENCH_SETTINGS:-"0:1024 2000:4096"}
+BENCH_DB=${BENCH_DB:-llmq_bench}
+API_PORT=${BENCH_API_PORT:-18080}
+PROVIDER_PORT=${BENCH_PROVIDER_PORT:-18081}
+METRICS_PORT=${BENCH_METRICS_PORT:-19464}
+AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+PG_HOST=127.0.0.1
+PG_PORT=5432
+PG_USER=postgres
+DB_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$BENCH_DB"
+API_KEY=bench-key
+RUN_DIR=.run
+BIN=target/release
+
+LOCKED=""
+if [ "${CI:-}" = true ] && [ -f Cargo.lock ]; then LOCKED=--locked; fi
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
+
+mkdir -p "$RUN_DIR"
+
+# ---------------------------------------------------------------- processes
+
+PIDS=()          # started by this script, stopped in reverse order
+QUEUE_PREFIX=""  # queues of the current setting, deleted on stop
+
+start() { # start NAME LOGFILE CMD... (env assignments via `env`); sets STARTED_PID
+    local name=$1 logfile=$2
+    shift 2
+    "$@" >"$logfile" 2>&1 &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+    log "started $name (pid $STARTED_PID, log $logfile)"
+}
+
+stop_pid() { # stop_pid PID: TERM, wait up to 15 s, then KILL
+    local pid=$1 i
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 150; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "pid $pid did not stop within 15 s; killing it"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+delete_queues() {
+    [ -n "$QUEUE_PREFIX" ] || return 0
+    local q
+    for q in "$QUEUE_PREFIX.executions" "$QUEUE_PREFIX.executions.dead"; do
+        timeout 30 rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
+    done
+    QUEUE_PREFIX=""
+}
+
+stop_all() {
+    local i
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        stop_pid "${PIDS[$i]}"
+    done
+    PIDS=()
+    delete_queues
+}
+trap stop_all EXIT
+trap 'exit 130' INT TERM
+
+wait_http() { # wait_http URL PID SECONDS
+    local url=$1 pid=$2 deadline=$((SECONDS + $3))
+    until curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; do
+        kill -0 "$pid" 2>/dev/null || return 1
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 0.2
+    done
+}
+
+wait_tcp() { # wait_tcp PORT PID SECONDS
+    local port=$1 pid=$2 deadline=$((SECONDS + $3))
+    # shellcheck disable=SC2016  # expanded by the inner bash
+    until timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0"' "$port" 2>/dev/null; do
+        kill -0 "$pid" 2>/dev/null || return 1
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 0.2
+    done
+}
+
+port_free() { # true when nothing listens on 127.0.0.1:PORT
+    # shellcheck disable=SC2016
+    ! timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0"' "$1" 2>/dev/null
+}
+
+vm_hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || true; }
+
+psql_admin() {
+    PGCONNECT_TIMEOUT=5 psql -w -X -q -v ON_ERROR_STOP=1 -At -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres "$@"
+}
+
+# ---------------------------------------------------------------- one setting
+
+# Called plainly (not in a condition) so that `set -e` stays in force inside;
+# a run that did not complete sets failed=1.
+run_setting() { # run_setting LATENCY_MS WORKER_CONCURRENCY
+    local latency=$1 concurrency=$2 name="${1}ms" ts rc=0 hwm rabbit_pid
+    local out="$RUN_DIR/bench-$name.out" json="$RUN_DIR/bench-$name.json"
+    rm -f "$json" "$out"
+    log "=== setting $name: provider latency $latency ms, worker concurrency $concurrency, $BENCH_N executions"
+
+    # Everything shares 2 cores: other work skews the figures, so say so.
+    local busy
+    busy=$(pgrep -d, -x 'cargo|rustc|clippy-driver|cc|ld' 2>/dev/null || true)
+    log "load average: $(cut -d' ' -f1-3 /proc/loadavg)${busy:+; other builds running (pids $busy): figures will be lower}"
+
+    for port in "$API_PORT" "$PROVIDER_PORT" "$METRICS_PORT"; do
+        port_free "$port" || die "port $port is in use (left over from an earlier run? see $RUN_DIR/bench-*.log)"
+    done
+
+    psql_admin -c "DROP DATABASE IF EXISTS \"$BENCH_DB\" WITH (FORCE)" >/dev/null || die "cannot drop database $BENCH_DB"
+    psql_admin -c "CREATE DATABASE \"$BENCH_DB\"" >/dev/null || die "cannot create database $BENCH_DB"
+    DATABASE_URL=$DB_URL LLMQ_PROMPTS_DIR=prompts RUST_LOG=warn "$BIN/llmq-api" migrate \
+        >"$RUN_DIR/bench-migrate.log" 2>&1 || die "migrate failed (see $RUN_DIR/bench-migrate.log)"
+    if [ -n "${BENCH_AFTER_MIGRATE_SQL:-}" ]; then
+        log "running BENCH_AFTER_MIGRATE_SQL: $BENCH_AFTER_MIGRATE_SQL"
+        PGCONNECT_TIMEOUT=5 psql -w -X -q -v ON_ERROR_STOP=1 -d "$DB_URL" -c "$BENCH_AFTER_MIGRATE_SQL" >/dev/null ||
+            die "BENCH_AFTER_MIGRATE_SQL failed"
+    fi
+
+    ts=$(date +%Y%m%d%H%M%S)
+    QUEUE_PREFIX="bench.$ts.$name"
+    local common=(
+        "DATABASE_URL=$DB_URL" "AMQP_URL=$AMQP_URL" "LLMQ_QUEUE_PREFIX=$QUEUE_PREFIX"
+        "LLMQ_PROMPTS_DIR=prompts" "LLMQ_API__ADDR=127.0.0.1:$API_PORT" "LLMQ_API__API_KEY=$API_KEY"
+        "RUST_LOG=warn"
+    )
+
+    start fake-provider "$RUN_DIR/bench-fake-provider-$name.log" \
+        env RUST_LOG=warn "$BIN/fake-provider" --port "$PROVIDER_PORT" --latency-ms "$latency"
+    local provider_pid=$STARTED_PID
+    wait_tcp "$PROVIDER_PORT" "$provider_pid" 30 || die "fake provider did not listen on $PROVIDER_PORT"
+
+    start llmq-api "$RUN_DIR/bench-api-$name.log" env "${common[@]}" "$BIN/llmq-api" serve
+    local api_pid=$STARTED_PID
+    wait_http "http://127.0.0.1:$API_PORT/readyz" "$api_pid" 60 ||
+        die "llmq-api not ready on $API_PORT within 60 s (see $RUN_DIR/bench-api-$name.log)"
+
+    start llmq-worker "$RUN_DIR/bench-worker-$name.log" env "${common[@]}" \
+        "LLMQ_PROVIDER__BASE_URL=http://127.0.0.1:$PROVIDER_PORT/v1" \
+        "LLMQ_WORKER__CONCURRENCY=$concurrency" \
+        "LLMQ_WORKER__METRICS_ADDR=127.0.0.1:$METRICS_PORT" \
+        "LLMQ_WORKER__SHUTDOWN_GRACE_SECS=5" \
+        "LLMQ_DB_POOL_SIZE=32" \
+        "$BIN/llmq-worker"
+    local worker_pid=$STARTED_PID
+    sleep 1
+    kill -0 "$worker_pid" 2>/dev/null || die "llmq-worker exited at start (see $RUN_DIR/bench-worker-$name.log)"
+
+    local watch=(--watch "worker=$worker_pid" --watch "api=$api_pid" --watch "fake-provider=$provider_pid")
+    rabbit_pid=$(pgrep -o -x beam.smp 2>/dev/null || true)
+    [ -n "$rabbit_pid" ] && watch+=(--watch "rabbitmq=$rabbit_pid")
+
+    "$BIN/llmq-bench" \
+        --api "http://127.0.0.1:$API_PORT" --api-key "$API_KEY" --database-url "$DB_URL" \
+        -n "$BENCH_N" -c "$BENCH_CONCURRENCY" --rate "$BENCH_RATE" --warmup "$BENCH_WARMUP" \
+        --timeout-secs "$BENCH_TIMEOUT" --warmup-timeout-secs 60 \
+        --label "$name" --provider-latency-ms "$latency" --worker-concurrency "$concurrency" \
+        "${watch[@]}" --json-out "$json" | tee "$out" || rc=$?
+
+    hwm=$(vm_hwm_kb "$worker_pid")
+    if kill -0 "$worker_pid" 2>/dev/null; then
+        log "worker peak RSS (VmHWM) before stop: ${hwm:-?} kB ($((${hwm:-0} / 1024)) MB)"
+    else
+        log "worker (pid $worker_pid) is no longer running (see $RUN_DIR/bench-worker-$name.log)"
+        rc=1
+    fi
+    printf '%s %s\n' "$name" "${hwm:-}" >>"$RUN_DIR/bench-hwm.txt"
+
+    stop_all
+    for f in api worker fake-provider; do
+        if grep -qiE 'panick|ERROR' "$RUN_DIR/bench-$f-$name.log"; then
+            log "$f log has errors ($(grep -ciE 'panick|ERROR' "$RUN_DIR/bench-$f-$name.log") lines), first:"
+            grep -iE 'panick|ERROR' "$RUN_DIR/bench-$f-$name.log" | head -n 3 | cut -c1-300 >&2
+        fi
+    done
+    if [ "$rc" != 0 ]; then
+        log "setting $name: did not complete (exit $rc)"
+        failed=1
+    fi
+}
+
+# ---------------------------------------------------------------- main
+
+started=$SECONDS
+log "setup (PostgreSQL, RabbitMQ)"
+DATABASE_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$BENCH_DB" AMQP_URL=$AMQP_URL bash scripts/setup.sh
+
+if [ "$(psql_admin -c 'show autovacuum' 2>/dev/null || true)" = off ]; then
+    log "note: PostgreSQL runs with autovacuum = off: the fresh database has no planner statistics"
+fi
+
+log "building release binaries"
+cargo build --release $LOCKED -p llmq-api -p llmq-worker -p llmq-fake-provider -p llmq-bench
+
+: >"$RUN_DIR/bench-hwm.txt"
+failed=0
+results=()
+for setting in $BENCH_SETTINGS; do
+    latency=${setting%%:*}
+    concurrency=${setting#*:}
+    run_setting "$latency" "$concurrency"
+    [ -f "$RUN_DIR/bench-${latency}ms.json" ] && results+=("$RUN_DIR/bench-${latency}ms.json")
+done
+
+printf '\n== llmq bench summary (%s executions per setting, %s in-flight submits, %d s in all)\n' \
+    "$BENCH_N" "$BENCH_CONCURRENCY" "$((SECONDS - started))"
+printf '   machine: %s cores, %s; everything (Postgres, RabbitMQ, API, worker, fake provider, load generator) on it\n\n' \
+    "$(nproc)" "$(awk '/MemTotal/ {printf "%.0f GB RAM", $2/1048576}' /proc/meminfo)"
+if [ "${#results[@]}" -gt 0 ]; then
+    "$BIN/llmq-bench" summary "${results[@]}"
+fi
+printf '\n'
+while read -r name hwm; do
+    [ -n "$name" ] && printf '   worker VmHWM (read by bench.sh before stopping it), %s: %s kB\n' "$name" "${hwm:-n/a}"
+done <"$RUN_DIR/bench-hwm.txt"
+printf '   logs and results: %s/bench-*.log, %s/bench-*.json\n' "$RUN_DIR" "$RUN_DIR"
+
+[ "$failed" = 0 ] || die "at least one setting did not complete (see above)"
