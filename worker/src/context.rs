@@ -16,6 +16,8 @@ use crate::provider::ProviderClient;
 pub struct WorkerContext {
     pub settings: Arc<Settings>,
     pub pool: Pool,
+    /// Asynchronous-commit connections for "step started" trace rows only.
+    pub trace_pool: Pool,
     pub publisher: Arc<Publisher>,
     pub provider: ProviderClient,
     pub prompts: PromptCache,

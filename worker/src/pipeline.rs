@@ -224,6 +224,16 @@ impl Run<'_> {
         };
         render.output = Some(mask_json(&json!({ "messages": messages })));
         finish_step(&mut render, StepStatus::Succeeded);
+        let render_seq = if render_done {
+            earlier
+                .iter()
+                .filter(|s| s.kind == StepKind::Render && s.status == StepStatus::Succeeded)
+                .map(|s| s.seq)
+                .max()
+                .unwrap_or(0)
+        } else {
+            render.seq
+        };
         let mut pending_render = (!render_done).then_some(render);
 
         // generate: a checkpointed result is never paid for twice.
@@ -240,6 +250,7 @@ impl Run<'_> {
                     &primary,
                     None,
                     &messages,
+                    render_seq,
                     pending_render.take(),
                     stop,
                     cancel,
@@ -266,6 +277,7 @@ impl Run<'_> {
                                             &fallback,
                                             Some(&primary),
                                             &messages,
+                                            render_seq,
                                             None,
                                             stop,
                                             cancel,
@@ -336,6 +348,7 @@ impl Run<'_> {
         model: &str,
         fallback_for: Option<&str>,
         messages: &[llmq_shared::prompt::ChatMessage],
+        render_seq: i32,
         render: Option<Step>,
         stop: &CancellationToken,
         cancel: &CancellationToken,
@@ -361,9 +374,11 @@ impl Run<'_> {
             recorded_params.insert("fallback_for".into(), Value::String(primary.to_string()));
         }
         generate.params = Some(Value::Object(recorded_params));
-        generate.input = Some(mask_json(&json!({ "messages": messages })));
+        // The messages are in the render step's output; not stored twice.
+        generate.input =
+            Some(json!({ "messages_from_step": render_seq, "message_count": messages.len() }));
         let first: Vec<&Step> = render.iter().chain(std::iter::once(&generate)).collect();
-        if !self.record(&first).await? {
+        if !self.record_started(&first).await? {
             return Ok(Generated::Over(RunOutcome::Skipped("lease lost")));
         }
         let timeout = self
@@ -434,6 +449,13 @@ impl Run<'_> {
 
     async fn record(&self, steps: &[&Step]) -> Result<bool, PipelineError> {
         let client = self.ctx.pool.get().await.map_err(DbError::from)?;
+        Ok(db_steps::record_steps(&client, self.execution.id, &self.ctx.owner, steps).await?)
+    }
+
+    /// Records steps that have only started (see `create_trace_pool`):
+    /// their finished form is written again, synchronously, later.
+    async fn record_started(&self, steps: &[&Step]) -> Result<bool, PipelineError> {
+        let client = self.ctx.trace_pool.get().await.map_err(DbError::from)?;
         Ok(db_steps::record_steps(&client, self.execution.id, &self.ctx.owner, steps).await?)
     }
 

@@ -35,6 +35,8 @@ impl Worker {
             }
         }
         let pool = db::create_pool(&settings.database_url, settings.db_pool_size)?;
+        let trace_pool =
+            db::create_trace_pool(&settings.database_url, (settings.db_pool_size / 2).max(2))?;
         let background = CancellationToken::new();
         let owner = lease_owner();
         let topology = Topology::new(&settings.queue_prefix);
@@ -47,6 +49,7 @@ impl Worker {
         let ctx = Arc::new(WorkerContext {
             settings,
             pool,
+            trace_pool,
             publisher,
             provider: ProviderClient::new()?,
             prompts: Default::default(),

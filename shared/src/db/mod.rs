@@ -101,6 +101,22 @@ impl From<deadpool_postgres::PoolError> for DbError {
 /// connection, connect timeouts, TCP keepalives and a user timeout so a
 /// vanished host is noticed, and a server-side statement timeout.
 pub fn create_pool(database_url: &str, max_size: usize) -> Result<Pool> {
+    build_pool(database_url, max_size, "-c statement_timeout=30000")
+}
+
+/// A pool for trace writes that no guarantee depends on (a step that
+/// *started*): they commit without waiting for the WAL flush, so a database
+/// crash can lose the last few of them, and nothing else. Claims, retries
+/// and outcomes never go through it.
+pub fn create_trace_pool(database_url: &str, max_size: usize) -> Result<Pool> {
+    build_pool(
+        database_url,
+        max_size,
+        "-c statement_timeout=30000 -c synchronous_commit=off",
+    )
+}
+
+fn build_pool(database_url: &str, max_size: usize, options: &str) -> Result<Pool> {
     let mut pg: tokio_postgres::Config = database_url
         .parse()
         .map_err(|e: tokio_postgres::Error| DbError::Config(e.to_string()))?;
@@ -111,7 +127,7 @@ pub fn create_pool(database_url: &str, max_size: usize) -> Result<Pool> {
         .keepalives_retries(3)
         .tcp_user_timeout(Duration::from_secs(15));
     if pg.get_options().is_none() {
-        pg.options("-c statement_timeout=30000");
+        pg.options(options);
     }
     let manager = deadpool_postgres::Manager::from_config(
         pg,
