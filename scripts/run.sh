@@ -195,7 +195,7 @@ export LLMQ_CONFIG
 # ------------------------------------------------------------ llmq
 
 log "migrating the database"
-"$API_BIN" migrate
+RUST_LOG=${RUST_LOG:-warn} "$API_BIN" migrate
 
 # setsid: Ctrl-C reaches only this script, which then stops the processes
 # in order (worker first, with its shutdown grace).
