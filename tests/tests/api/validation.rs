@@ -307,3 +307,55 @@ async fn an_unknown_or_malformed_execution_id_is_not_found() {
 
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_that_cannot_render_the_input_is_unprocessable_at_submit() {
+    // A version whose template uses a variable its schema does not require:
+    // strict rendering refuses the input at submit, not later in a worker.
+    let dir = std::env::temp_dir().join(format!("llmq-prompts-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(dir.join("greet")).unwrap();
+    std::fs::write(
+        dir.join("greet/v1.toml"),
+        r#"model = "gpt-4o-mini"
+template = "Hello {{ name }} from {{ place }}"
+[input_schema]
+type = "object"
+required = ["name"]
+[input_schema.properties.name]
+type = "string"
+[input_schema.properties.place]
+type = "string"
+"#,
+    )
+    .unwrap();
+    let prompts = dir.clone();
+    let app = TestApp::builder()
+        .without_worker()
+        .configure(move |s| s.prompts_dir = prompts)
+        .spawn()
+        .await;
+
+    let refused = app
+        .submit(&json!({"prompt": "greet", "input": {"name": "Ada"}}))
+        .await;
+    let body = assert_error(refused, StatusCode::UNPROCESSABLE_ENTITY, "template_error").await;
+    assert!(
+        body["message"].as_str().unwrap().contains("undefined"),
+        "{body:#}"
+    );
+    let accepted = app
+        .submit(&json!({"prompt": "greet", "input": {"name": "Ada", "place": "London"}}))
+        .await;
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    let rows: i64 = app
+        .db()
+        .await
+        .query_one("SELECT count(*) FROM executions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1, "the refused submission left no row");
+
+    app.cleanup().await;
+    std::fs::remove_dir_all(dir).ok();
+}
