@@ -25,6 +25,15 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// A pooled connection; an unreachable database is a 503.
+    pub async fn db(&self) -> Result<deadpool_postgres::Object, crate::error::ApiError> {
+        Ok(self
+            .pool
+            .get()
+            .await
+            .map_err(llmq_shared::db::DbError::from)?)
+    }
+
     /// The deadline of one request's database and broker work.
     pub fn deadline(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.settings.api.request_timeout_secs.max(1))

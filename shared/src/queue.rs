@@ -314,6 +314,21 @@ impl Publisher {
         }
     }
 
+    /// Announces that an execution reached a terminal status. Best effort:
+    /// long-pollers re-read Postgres anyway.
+    pub async fn publish_terminal_event(
+        &self,
+        id: ExecutionId,
+        status: crate::execution::ExecutionStatus,
+    ) {
+        let event = ExecutionEvent { id, status };
+        if let Ok(body) = serde_json::to_vec(&event) {
+            if let Err(e) = self.publish_event(&event.routing_key(), &body).await {
+                tracing::debug!(execution.id = %id, error = %e, "terminal event not published");
+            }
+        }
+    }
+
     /// Publishes a lifecycle event. Best effort: events are hints for
     /// waiters, who also read Postgres, so no confirm is awaited.
     pub async fn publish_event(&self, routing_key: &str, body: &[u8]) -> Result<()> {

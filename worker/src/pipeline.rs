@@ -14,7 +14,6 @@ use llmq_shared::execution::{codes, ErrorInfo, Execution, ExecutionId, Execution
 use llmq_shared::mask::mask_json;
 use llmq_shared::metrics as m;
 use llmq_shared::prompt::CompiledPrompt;
-use llmq_shared::queue::ExecutionEvent;
 use llmq_shared::step::{Step, StepKind, StepStatus};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -91,7 +90,9 @@ pub async fn run_execution(
         Claim::CancelRequested => {
             if db::cancel_unclaimed(&client, id).await? {
                 metrics::counter!(m::EXECUTIONS_FINISHED, "status" => "cancelled").increment(1);
-                publish_terminal_event(ctx, id, ExecutionStatus::Cancelled).await;
+                ctx.publisher
+                    .publish_terminal_event(id, ExecutionStatus::Cancelled)
+                    .await;
                 return Ok(RunOutcome::Finished(ExecutionStatus::Cancelled));
             }
             return Ok(RunOutcome::Skipped("cancel requested"));
@@ -528,7 +529,10 @@ impl Run<'_> {
         }
         drop(client);
         metrics::counter!(m::EXECUTIONS_FINISHED, "status" => outcome.status.as_str()).increment(1);
-        publish_terminal_event(self.ctx, self.execution.id, outcome.status).await;
+        self.ctx
+            .publisher
+            .publish_terminal_event(self.execution.id, outcome.status)
+            .await;
         Ok(RunOutcome::Finished(outcome.status))
     }
 
@@ -538,17 +542,6 @@ impl Run<'_> {
         let republish = Duration::from_secs(self.ctx.settings.api.republish_after_secs);
         db::release_leases(&client, &[self.execution.id.0], &self.ctx.owner, republish).await?;
         Ok(RunOutcome::Interrupted)
-    }
-}
-
-async fn publish_terminal_event(ctx: &WorkerContext, id: ExecutionId, status: ExecutionStatus) {
-    let event = ExecutionEvent { id, status };
-    if let Ok(body) = serde_json::to_vec(&event) {
-        // Best effort: waiters also re-read Postgres.
-        let _ = ctx
-            .publisher
-            .publish_event(&event.routing_key(), &body)
-            .await;
     }
 }
 

@@ -12,7 +12,6 @@ use llmq_shared::db::prompts::{resolve_prompt, Unresolved, VersionRef};
 use llmq_shared::db::{executions as db, steps as db_steps};
 use llmq_shared::execution::{Execution, ExecutionId, ExecutionStatus, NewExecution};
 use llmq_shared::prompt::{validate_name, DEFAULT_LABEL};
-use llmq_shared::queue::ExecutionEvent;
 use llmq_shared::step::Step;
 use serde_json::Value;
 
@@ -49,11 +48,7 @@ pub async fn submit_execution(
         None => None,
     };
     if let Some((key, hash)) = &idempotency {
-        let client = state
-            .pool
-            .get()
-            .await
-            .map_err(llmq_shared::db::DbError::from)?;
+        let client = state.db().await?;
         if let Some(existing) = replay(caller, &client, key, hash).await? {
             return Ok(Submitted::Existing(existing));
         }
@@ -67,11 +62,7 @@ pub async fn submit_execution(
             ))
         }
     };
-    let mut client = state
-        .pool
-        .get()
-        .await
-        .map_err(llmq_shared::db::DbError::from)?;
+    let mut client = state.db().await?;
     let stored = resolve_prompt(&client, &req.prompt, version_ref.clone())
         .await?
         .map_err(|why| {
@@ -198,7 +189,7 @@ async fn replay(
     // burst of retries hold every connection while waiting for another.
     db::get_execution(client, &caller.tenant_id, id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))
+        .ok_or_else(|| not_found(id))
         .map(Some)
 }
 
@@ -219,25 +210,14 @@ pub async fn cancel_execution(
     caller: &Caller,
     id: ExecutionId,
 ) -> Result<Execution, ApiError> {
-    let client = state
-        .pool
-        .get()
-        .await
-        .map_err(llmq_shared::db::DbError::from)?;
+    let client = state.db().await?;
     match db::request_cancel(&client, &caller.tenant_id, id).await? {
         Some(execution) => {
             if execution.status == ExecutionStatus::Cancelled {
-                let event = ExecutionEvent {
-                    id,
-                    status: ExecutionStatus::Cancelled,
-                };
-                if let Ok(body) = serde_json::to_vec(&event) {
-                    // Best effort: long-pollers re-read Postgres anyway.
-                    let _ = state
-                        .publisher
-                        .publish_event(&event.routing_key(), &body)
-                        .await;
-                }
+                state
+                    .publisher
+                    .publish_terminal_event(id, ExecutionStatus::Cancelled)
+                    .await;
                 metrics::counter!(llmq_shared::metrics::EXECUTIONS_FINISHED, "status" => "cancelled").increment(1);
             }
             Ok(execution)
@@ -245,7 +225,7 @@ pub async fn cancel_execution(
         None => {
             let existing = db::get_execution(&client, &caller.tenant_id, id)
                 .await?
-                .ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+                .ok_or_else(|| not_found(id))?;
             Err(ApiError::Conflict(format!(
                 "execution is already {}",
                 existing.status
@@ -285,14 +265,10 @@ pub async fn get_execution(
     caller: &Caller,
     id: ExecutionId,
 ) -> Result<Execution, ApiError> {
-    let client = state
-        .pool
-        .get()
-        .await
-        .map_err(llmq_shared::db::DbError::from)?;
+    let client = state.db().await?;
     db::get_execution(&client, &caller.tenant_id, id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))
+        .ok_or_else(|| not_found(id))
 }
 
 /// Reads the execution, waiting up to `wait` for it to become terminal.
@@ -329,17 +305,17 @@ pub async fn list_steps(
     caller: &Caller,
     id: ExecutionId,
 ) -> Result<Vec<Step>, ApiError> {
-    let client = state
-        .pool
-        .get()
-        .await
-        .map_err(llmq_shared::db::DbError::from)?;
+    let client = state.db().await?;
     let steps = db_steps::list_steps(&client, &caller.tenant_id, id).await?;
     if steps.is_empty() {
         // Distinguish "no steps yet" from "no such execution".
         db::get_execution(&client, &caller.tenant_id, id)
             .await?
-            .ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+            .ok_or_else(|| not_found(id))?;
     }
     Ok(steps)
+}
+
+fn not_found(id: ExecutionId) -> ApiError {
+    ApiError::NotFound(format!("no execution {id}"))
 }
