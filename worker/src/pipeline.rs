@@ -154,6 +154,13 @@ async fn load_prompt(
         .map_err(|_| PipelineError::MissingPrompt(e.prompt_name.clone(), e.prompt_version))
 }
 
+/// The rendered messages and the seq of the render step that records them.
+#[derive(Clone, Copy)]
+struct Rendered<'a> {
+    messages: &'a [llmq_shared::prompt::ChatMessage],
+    seq: i32,
+}
+
 struct Run<'a> {
     ctx: &'a WorkerContext,
     execution: &'a Execution,
@@ -250,8 +257,10 @@ impl Run<'_> {
                 .generate(
                     &primary,
                     None,
-                    &messages,
-                    render_seq,
+                    Rendered {
+                        messages: &messages,
+                        seq: render_seq,
+                    },
                     pending_render.take(),
                     stop,
                     cancel,
@@ -277,8 +286,10 @@ impl Run<'_> {
                                         .generate(
                                             &fallback,
                                             Some(&primary),
-                                            &messages,
-                                            render_seq,
+                                            Rendered {
+                                                messages: &messages,
+                                                seq: render_seq,
+                                            },
                                             None,
                                             stop,
                                             cancel,
@@ -348,8 +359,7 @@ impl Run<'_> {
         &mut self,
         model: &str,
         fallback_for: Option<&str>,
-        messages: &[llmq_shared::prompt::ChatMessage],
-        render_seq: i32,
+        rendered: Rendered<'_>,
         render: Option<Step>,
         stop: &CancellationToken,
         cancel: &CancellationToken,
@@ -367,7 +377,7 @@ impl Run<'_> {
             .as_object()
             .cloned()
             .unwrap_or_default();
-        let body = ProviderClient::request_body(&endpoint, messages, &params);
+        let body = ProviderClient::request_body(&endpoint, rendered.messages, &params);
         let mut generate = self.step(StepKind::Generate);
         generate.model = Some(model.to_string());
         let mut recorded_params = params.clone();
@@ -376,8 +386,9 @@ impl Run<'_> {
         }
         generate.params = Some(Value::Object(recorded_params));
         // The messages are in the render step's output; not stored twice.
-        generate.input =
-            Some(json!({ "messages_from_step": render_seq, "message_count": messages.len() }));
+        generate.input = Some(
+            json!({ "messages_from_step": rendered.seq, "message_count": rendered.messages.len() }),
+        );
         let first: Vec<&Step> = render.iter().chain(std::iter::once(&generate)).collect();
         if !self.record_started(&first).await? {
             return Ok(Generated::Over(RunOutcome::Skipped("lease lost")));
