@@ -35,7 +35,7 @@ run: ## Run the whole stack locally with a small real model (Ctrl-C stops it)
 
 test: setup ## Run every test of the workspace (needs PostgreSQL and RabbitMQ)
 	$(CARGO) build --workspace --bins $(LOCKED)
-	RUST_LOG=$(TEST_RUST_LOG) $(CARGO) test $(TEST_SCOPE) --no-fail-fast $(LOCKED) $(TEST_ARGS)
+	RUST_LOG=$(TEST_RUST_LOG) CARGO=$(CARGO) bash scripts/test.sh $(TEST_SCOPE) --no-fail-fast $(LOCKED) $(TEST_ARGS)
 
 bench: ## Run the benchmarks (scripts/bench.sh)
 	@bash scripts/bench.sh
