@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
+use llmq_shared::backoff::Backoff;
 use llmq_shared::execution::ExecutionId;
 use llmq_shared::queue::{self, s, ExecutionEvent, Topology};
 use tokio::sync::Notify;
@@ -68,7 +69,7 @@ pub async fn run_event_listener(
     waiters: Arc<Waiters>,
     cancel: CancellationToken,
 ) {
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     while !cancel.is_cancelled() {
         match listen(&url, &topology, &waiters, &cancel).await {
             Ok(()) => break,
@@ -76,9 +77,8 @@ pub async fn run_event_listener(
                 tracing::warn!(error = %e, "event listener lost the broker; reconnecting");
                 tokio::select! {
                     _ = cancel.cancelled() => break,
-                    _ = tokio::time::sleep(delay) => {}
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }

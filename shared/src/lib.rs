@@ -3,6 +3,7 @@
 //!
 //! This file only declares and re-exports; each concept lives in its module.
 
+pub mod backoff;
 pub mod canonical;
 pub mod config;
 pub mod db;

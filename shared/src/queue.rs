@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::execution::ExecutionId;
 
 #[derive(Debug, thiserror::Error)]
@@ -200,22 +201,22 @@ impl Publisher {
     }
 
     async fn maintain(self: Arc<Self>, cancel: CancellationToken) {
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             if !self.is_connected().await {
                 match self.open().await {
                     Ok(pair) => {
                         *self.current.write().await = Some(pair);
-                        delay = Duration::from_millis(100);
+                        backoff.reset();
                         tracing::info!(broker.connection = %self.name, "publisher connected");
                     }
                     Err(e) => {
+                        let delay = backoff.next_delay();
                         tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "publisher cannot connect");
                         tokio::select! {
                             _ = cancel.cancelled() => break,
                             _ = tokio::time::sleep(delay) => {}
                         }
-                        delay = (delay * 2).min(Duration::from_secs(5));
                         continue;
                     }
                 }

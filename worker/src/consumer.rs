@@ -15,6 +15,7 @@ use lapin::options::{
     BasicRejectOptions,
 };
 use lapin::types::FieldTable;
+use llmq_shared::backoff::Backoff;
 use llmq_shared::execution::ExecutionStatus;
 use llmq_shared::metrics as m;
 use llmq_shared::queue::{self, s, ExecutionMessage, QueueError, Topology};
@@ -33,18 +34,18 @@ pub async fn run_consumer(
     interrupt: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut connection = None;
     while !stop.is_cancelled() {
         match consume(&ctx, &stop, &interrupt, &tracker, &mut connection).await {
             Ok(()) => break,
             Err(e) => {
+                let delay = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "consumer lost the broker; reconnecting");
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(delay) => {}
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }
@@ -145,16 +146,16 @@ async fn handle_delivery(ctx: &WorkerContext, delivery: Delivery, interrupt: &Ca
     // While Postgres is out of reach the delivery stays unacked and the run
     // is tried again here with backoff: requeueing would count deliveries
     // until the broker dead-letters an execution that is still queued.
-    let mut delay = Duration::from_secs(1);
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
     let outcome = loop {
         match run_execution(ctx, message.id, interrupt, &running.cancel).await {
             Err(e) if e.is_unavailable() => {
+                let delay = backoff.next_delay();
                 tracing::warn!(execution.id = %message.id, error = %e, retry_in_ms = delay.as_millis() as u64, "database unavailable; will retry");
                 tokio::select! {
                     _ = interrupt.cancelled() => break Ok(RunOutcome::Interrupted),
                     _ = tokio::time::sleep(delay) => {}
                 }
-                delay = (delay * 2).min(Duration::from_secs(10));
             }
             other => break other,
         }
