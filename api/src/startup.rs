@@ -95,7 +95,7 @@ impl Application {
                         .error_handler(|e, _| ApiError::BadRequest(e.to_string()).into()),
                 )
                 .wrap(from_fn(record_http_metrics))
-                .wrap(actix_web::middleware::Compat::new(tracing_actix_request()))
+                .wrap(actix_web::middleware::Compat::new(access_log()))
                 .service(routes::executions::submit)
                 .service(routes::executions::get)
                 .service(routes::executions::steps)
@@ -143,7 +143,8 @@ impl Application {
     }
 }
 
-fn tracing_actix_request() -> actix_web::middleware::Logger {
+/// One line per request (method, path, status, duration) at info level.
+fn access_log() -> actix_web::middleware::Logger {
     actix_web::middleware::Logger::new("%r %s %Dms").log_target("llmq_api::http")
 }
 

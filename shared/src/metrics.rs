@@ -27,13 +27,7 @@ pub fn install() -> Option<PrometheusHandle> {
     if let Some(h) = HANDLE.get() {
         return Some(h.clone());
     }
-    let buckets = [
-        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    ];
-    let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
-        .ok()?
-        .build_recorder();
+    let recorder = builder().ok()?.build_recorder();
     let handle = recorder.handle();
     if metrics::set_global_recorder(recorder).is_err() {
         // Another recorder won the race (tests): keep whichever is stored.
@@ -42,6 +36,14 @@ pub fn install() -> Option<PrometheusHandle> {
     describe();
     let _ = HANDLE.set(handle.clone());
     Some(handle)
+}
+
+/// Latency histograms (`*_seconds`) share buckets from 1 ms to a minute.
+fn builder() -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildError> {
+    let buckets = [
+        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ];
+    PrometheusBuilder::new().set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
 }
 
 fn describe() {
@@ -100,13 +102,9 @@ pub fn install_with_listener(addr: std::net::SocketAddr) -> Result<(), String> {
     if HANDLE.get().is_some() {
         return Ok(());
     }
-    let buckets = [
-        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    ];
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+    builder()
         .map_err(|e| e.to_string())?
+        .with_http_listener(addr)
         .install()
         .map_err(|e| e.to_string())?;
     describe();

@@ -188,10 +188,6 @@ impl Publisher {
         publisher
     }
 
-    pub fn topology(&self) -> &Topology {
-        &self.topology
-    }
-
     /// True while a channel is open.
     pub async fn is_connected(&self) -> bool {
         match &*self.current.read().await {

@@ -107,16 +107,12 @@ pub async fn run_execution(
     };
     // Steps an earlier run left `running` died with their worker: close them
     // so the trace says what happened to them.
-    let now = chrono::Utc::now();
     let lost: Vec<Step> = earlier
         .iter()
         .filter(|s| s.status == StepStatus::Running && s.attempt < execution.attempts)
         .map(|s| {
             let mut s = s.clone();
-            s.status = StepStatus::Failed;
-            s.finished_at = Some(now);
-            s.latency_ms =
-                Some((now - s.started_at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+            s.finish(StepStatus::Failed);
             s.error = Some(ErrorInfo {
                 code: codes::WORKER_LOST.into(),
                 message: "the worker running this step stopped".into(),

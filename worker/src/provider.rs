@@ -66,9 +66,6 @@ impl ProviderError {
 pub struct Generation {
     pub content: String,
     pub usage: Usage,
-    pub finish_reason: Option<String>,
-    /// The model the provider says answered.
-    pub served_by: String,
 }
 
 /// Where a logical model is served.
@@ -191,14 +188,7 @@ impl ProviderClient {
                 cost_usd: None,
             })
             .unwrap_or_default();
-        Ok(Generation {
-            content,
-            usage,
-            finish_reason: choice
-                .finish_reason
-                .map(|r| format!("{r:?}").to_lowercase()),
-            served_by: parsed.model,
-        })
+        Ok(Generation { content, usage })
     }
 }
 

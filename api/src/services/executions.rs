@@ -10,7 +10,7 @@ use std::time::Duration;
 use llmq_shared::canonical::json_sha256;
 use llmq_shared::db::prompts::{resolve_prompt, Unresolved, VersionRef};
 use llmq_shared::db::{executions as db, steps as db_steps};
-use llmq_shared::execution::{Execution, ExecutionId, ExecutionStatus, NewExecution};
+use llmq_shared::execution::{codes, Execution, ExecutionId, ExecutionStatus, NewExecution};
 use llmq_shared::prompt::{validate_name, DEFAULT_LABEL};
 use llmq_shared::step::Step;
 use serde_json::Value;
@@ -81,7 +81,7 @@ pub async fn submit_execution(
     let violations = compiled.validate_input(&req.input);
     if let Some(first) = violations.first() {
         return Err(ApiError::Unprocessable {
-            code: "invalid_input",
+            code: codes::INVALID_INPUT,
             message: format!("{}: {}", first.path, first.message),
             details: Some(serde_json::json!({ "violations": violations })),
         });
@@ -89,7 +89,7 @@ pub async fn submit_execution(
     compiled
         .render(&req.input)
         .map_err(|e| ApiError::Unprocessable {
-            code: "template_error",
+            code: codes::TEMPLATE_ERROR,
             message: e.to_string(),
             details: None,
         })?;
