@@ -63,3 +63,62 @@ async fn metrics_count_http_requests_in_the_prometheus_format() {
 
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_serves_execution_step_and_token_metrics() {
+    let app = TestApp::builder().without_worker().spawn().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut settings = app.settings.clone();
+    settings.worker.metrics_addr = format!("127.0.0.1:{port}");
+    let mut worker = llmq_tests::WorkerProcess::spawn(&settings, "metrics");
+
+    let id = app.submit_summary("measure me").await;
+    let execution = app
+        .wait_until_terminal(&id, std::time::Duration::from_secs(20))
+        .await;
+    assert_eq!(execution["status"], "succeeded", "{execution:#}");
+
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let has = |prefix: &str, labels: &[&str]| {
+        text.lines()
+            .any(|l| l.starts_with(prefix) && labels.iter().all(|want| l.contains(want)))
+    };
+    assert!(
+        has("llmq_executions_finished_total{", &["status=\"succeeded\""]),
+        "{text}"
+    );
+    for kind in ["render", "generate", "finalize"] {
+        assert!(
+            has(
+                "llmq_step_duration_seconds_bucket{",
+                &[&format!("kind=\"{kind}\""), "status=\"succeeded\""]
+            ),
+            "no {kind} latency histogram in:\n{text}"
+        );
+    }
+    for kind in ["prompt", "completion"] {
+        assert!(
+            has(
+                "llmq_tokens_total{",
+                &["model=\"gpt-4o-mini\"", &format!("kind=\"{kind}\"")]
+            ),
+            "no {kind} tokens in:\n{text}"
+        );
+    }
+
+    worker.sigterm();
+    assert!(worker
+        .wait(std::time::Duration::from_secs(20))
+        .await
+        .is_some_and(|s| s.success()));
+    app.cleanup().await;
+}
