@@ -4,6 +4,7 @@
 //! This file only declares and re-exports; each concept lives in its module.
 
 pub mod backoff;
+pub mod batch;
 pub mod canonical;
 pub mod config;
 pub mod db;

@@ -18,6 +18,7 @@ pub const QUEUE_PUBLISH_FAILURES: &str = "llmq_queue_publish_failures_total";
 pub const OUTBOX_REPUBLISHED: &str = "llmq_outbox_republished_total";
 pub const LEASES_REAPED: &str = "llmq_leases_reaped_total";
 pub const MESSAGES_DEAD_LETTERED: &str = "llmq_messages_dead_lettered_total";
+pub const DB_BATCH_SIZE: &str = "llmq_db_batch_size";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -43,7 +44,10 @@ fn builder() -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildErro
     let buckets = [
         0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
     ];
-    PrometheusBuilder::new().set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+    let sizes = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)?
+        .set_buckets_for_metric(Matcher::Full(DB_BATCH_SIZE.into()), &sizes)
 }
 
 fn describe() {
@@ -93,6 +97,11 @@ fn describe() {
     describe_counter!(
         MESSAGES_DEAD_LETTERED,
         "Messages sent to the dead-letter queue, by reason"
+    );
+    describe_histogram!(
+        DB_BATCH_SIZE,
+        Unit::Count,
+        "Items written per group-committed statement, by batch kind"
     );
 }
 

@@ -12,7 +12,9 @@ macro_rules! record_columns {
            error_message, retryable) \
          SELECT s.* FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::int[], $5::text[], $6::timestamptz[], \
            $7::timestamptz[], $8::float8[], $9::text[], $10::jsonb[], $11::int[], $12::int[], $13::int[], \
-           $14::jsonb[], $15::jsonb[], $16::text[], $17::text[], $18::bool[]) AS s "
+           $14::jsonb[], $15::jsonb[], $16::text[], $17::text[], $18::bool[]) \
+           AS s(execution_id, seq, kind, attempt, status, started_at, finished_at, latency_ms, model, params, \
+             prompt_tokens, completion_tokens, total_tokens, input, output, error_code, error_message, retryable) "
     };
 }
 macro_rules! on_conflict {
@@ -45,7 +47,7 @@ pub enum DbError {
     /// The database cannot be reached or is shutting down: retry later.
     #[error("database unavailable: {0}")]
     Unavailable(String),
-    #[error("database error: {0}")]
+    #[error("database error: {}", query_error_text(.0))]
     Query(#[source] tokio_postgres::Error),
     /// A row broke an invariant the code relies on.
     #[error("unexpected data: {0}")]
@@ -57,13 +59,29 @@ pub enum DbError {
     Migration(#[from] refinery::Error),
     #[error("bad database configuration: {0}")]
     Config(String),
+    /// The failure of a group-committed batch, handed to each of its items.
+    #[error(transparent)]
+    Shared(std::sync::Arc<DbError>),
+}
+
+/// The server's message and code when there is one: tokio-postgres's own
+/// `Display` says only "db error".
+fn query_error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
 
 impl DbError {
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
+        match self {
+            Self::Unavailable(_) => true,
+            Self::Shared(e) => e.is_unavailable(),
+            _ => false,
+        }
     }
 }
 
@@ -104,6 +122,18 @@ pub fn create_pool(database_url: &str, max_size: usize) -> Result<Pool> {
     build_pool(database_url, max_size, "-c statement_timeout=30000")
 }
 
+/// Connections for group-committed statements (see `crate::batch`) that
+/// join an array of rows against `executions`. They plan every execution
+/// afresh: a plan cached while the table was small (a fresh database) is a
+/// sequential scan that stays cached as the table grows, and a batch of a
+/// hundred rows well repays its planning.
+const BATCH_OPTIONS: &str = "-c statement_timeout=30000 -c plan_cache_mode=force_custom_plan";
+
+/// The worker's pool: like `create_pool`, planned for batches.
+pub fn create_batch_pool(database_url: &str, max_size: usize) -> Result<Pool> {
+    build_pool(database_url, max_size, BATCH_OPTIONS)
+}
+
 /// A pool for trace writes that no guarantee depends on (a step that
 /// *started*): they commit without waiting for the WAL flush, so a database
 /// crash can lose the last few of them, and nothing else. Claims, retries
@@ -112,7 +142,7 @@ pub fn create_trace_pool(database_url: &str, max_size: usize) -> Result<Pool> {
     build_pool(
         database_url,
         max_size,
-        "-c statement_timeout=30000 -c synchronous_commit=off",
+        &format!("{BATCH_OPTIONS} -c synchronous_commit=off"),
     )
 }
 
@@ -145,6 +175,43 @@ fn build_pool(database_url: &str, max_size: usize, options: &str) -> Result<Pool
         .recycle_timeout(timeout)
         .build()
         .map_err(|e| DbError::Config(e.to_string()))
+}
+
+/// Runs one group-committed batch (see `crate::batch`) on a connection of
+/// `pool`: `write` gets every item and answers with one output per item.
+/// When the batch fails for a reason other than an outage (one bad row, a
+/// deadlock), each item is tried alone, so one item's fault is its own.
+pub async fn run_batch<I, O>(
+    pool: &Pool,
+    items: &[I],
+    write: impl for<'a> Fn(
+        &'a deadpool_postgres::Object,
+        &'a [I],
+    ) -> futures::future::BoxFuture<'a, Result<Vec<O>>>,
+) -> Vec<Result<O>> {
+    let client = match pool.get().await {
+        Ok(client) => client,
+        Err(e) => return shared_error(e.into(), items.len()),
+    };
+    match write(&client, items).await {
+        Ok(outputs) => outputs.into_iter().map(Ok).collect(),
+        Err(e) if e.is_unavailable() || items.len() == 1 => shared_error(e, items.len()),
+        Err(e) => {
+            tracing::warn!(error = %e, items = items.len(), "batch failed; writing its items one by one");
+            let mut outputs = Vec::with_capacity(items.len());
+            for item in items {
+                outputs.push(write(&client, std::slice::from_ref(item)).await.and_then(
+                    |mut one| one.pop().ok_or_else(|| DbError::Data("no output".into())),
+                ));
+            }
+            outputs
+        }
+    }
+}
+
+fn shared_error<O>(e: DbError, n: usize) -> Vec<Result<O>> {
+    let e = std::sync::Arc::new(e);
+    (0..n).map(|_| Err(DbError::Shared(e.clone()))).collect()
 }
 
 /// Applies the embedded migrations in `migrations/`; a no-op when current.

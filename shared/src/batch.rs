@@ -1,0 +1,136 @@
+//! Group commit: many concurrent callers' writes coalesced into one
+//! statement. Each caller submits an item and awaits its own answer; a
+//! background task takes whatever has queued up (up to `max_batch`) as soon
+//! as one of `max_in_flight` slots is free and runs it as one batch.
+//!
+//! There is no timer: an idle system runs a lone item at once, and under
+//! load items gather while earlier batches run, so batches grow with the
+//! load and the statement count per item falls. This is the batching that
+//! bounds the commits an execution costs; see `db::batches` for the
+//! statements it runs.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// The batcher's task is gone (the process is shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the {0} batcher has stopped")]
+pub struct Stopped(pub &'static str);
+
+type Job<I, O> = (I, oneshot::Sender<O>);
+
+/// Coalesces items of type `I` into batches; every item gets its own `O`.
+pub struct Batcher<I, O> {
+    name: &'static str,
+    tx: mpsc::UnboundedSender<Job<I, O>>,
+}
+
+impl<I, O> Clone for Batcher<I, O> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name,
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
+    /// Starts the batching task. `run` receives a batch and must answer
+    /// with exactly one output per item, in order. The task ends when every
+    /// `Batcher` handle is dropped, after running what was submitted.
+    pub fn spawn<F, Fut>(name: &'static str, max_batch: usize, max_in_flight: usize, run: F) -> Self
+    where
+        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<O>> + Send + 'static,
+    {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job<I, O>>();
+        let run = Arc::new(run);
+        let slots = Arc::new(Semaphore::new(max_in_flight.max(1)));
+        let max_batch = max_batch.max(1);
+        tokio::spawn(async move {
+            let mut jobs = Vec::with_capacity(max_batch);
+            loop {
+                // Wait for a free slot first: whatever queues up meanwhile
+                // goes into this batch.
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                if rx.recv_many(&mut jobs, max_batch).await == 0 {
+                    return;
+                }
+                let (items, answers): (Vec<I>, Vec<oneshot::Sender<O>>) = jobs.drain(..).unzip();
+                metrics::histogram!(crate::metrics::DB_BATCH_SIZE, "batch" => name)
+                    .record(items.len() as f64);
+                let run = run.clone();
+                tokio::spawn(async move {
+                    let outputs = run(items).await;
+                    debug_assert_eq!(outputs.len(), answers.len(), "{name}: one output per item");
+                    for (answer, output) in answers.into_iter().zip(outputs) {
+                        // The caller may have gone away (cancelled); fine.
+                        let _ = answer.send(output);
+                    }
+                    drop(slot);
+                });
+            }
+        });
+        Self { name, tx }
+    }
+
+    /// Queues `item` for the next batch and waits for its output. Dropping
+    /// the future does not withdraw the item: it still runs.
+    pub async fn submit(&self, item: I) -> Result<O, Stopped> {
+        let (answer, output) = oneshot::channel();
+        self.tx
+            .send((item, answer))
+            .map_err(|_| Stopped(self.name))?;
+        output.await.map_err(|_| Stopped(self.name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn every_item_gets_its_own_output_and_batches_form_under_load() {
+        let batches = Arc::new(AtomicUsize::new(0));
+        let counted = batches.clone();
+        let batcher = Batcher::spawn("test", 64, 1, move |items: Vec<u32>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                items.into_iter().map(|i| i * 2).collect::<Vec<_>>()
+            }
+        });
+        let calls: Vec<_> = (0..200u32)
+            .map(|i| {
+                let b = batcher.clone();
+                tokio::spawn(async move { (i, b.submit(i).await.unwrap()) })
+            })
+            .collect();
+        for call in calls {
+            let (i, out) = call.await.unwrap();
+            assert_eq!(out, i * 2);
+        }
+        let n = batches.load(Ordering::SeqCst);
+        assert!(
+            (4..=20).contains(&n),
+            "200 concurrent items at most 64 per batch, one batch at a time: {n} batches"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lone_item_runs_without_waiting_for_company() {
+        let batcher = Batcher::spawn("test", 64, 2, |items: Vec<u32>| async move { items });
+        let out = tokio::time::timeout(Duration::from_secs(1), batcher.submit(7))
+            .await
+            .expect("a single item is not held back")
+            .unwrap();
+        assert_eq!(out, 7);
+    }
+}
