@@ -11,8 +11,11 @@ use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use anyhow::Context;
+use futures::FutureExt;
+use llmq_shared::batch::Batcher;
 use llmq_shared::db::{self, Pool};
-use llmq_shared::prompt::{load_prompt_dir, PromptCache};
+use llmq_shared::execution::{Execution, ExecutionId, NewExecution};
+use llmq_shared::prompt::{load_prompt_dir, LabelCache, PromptCache};
 use llmq_shared::queue::{Publisher, Topology};
 use llmq_shared::Settings;
 use tokio::sync::mpsc;
@@ -48,12 +51,18 @@ impl Application {
         );
         let waiters = Arc::new(Waiters::default());
         let (confirmed, confirmed_rx) = mpsc::channel(16_384);
+        let (to_publish, to_publish_rx) = mpsc::channel(PUBLISH_BACKLOG);
         let background = vec![
             tokio::spawn(run_event_listener(
                 settings.amqp_url.clone(),
                 topology,
                 waiters.clone(),
                 cancel.clone(),
+            )),
+            tokio::spawn(publish_accepted(
+                publisher.clone(),
+                to_publish_rx,
+                confirmed,
             )),
             tokio::spawn(mark_confirmed_publishes(
                 pool.clone(),
@@ -63,13 +72,19 @@ impl Application {
                     / 2,
             )),
         ];
+        let inserts = insert_batcher(
+            pool.clone(),
+            Duration::from_secs(settings.api.republish_after_secs),
+        );
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             pool,
             publisher,
             prompts: PromptCache::default(),
+            labels: LabelCache::new(Duration::from_millis(settings.api.label_cache_ms)),
+            inserts,
             waiters,
-            confirmed,
+            to_publish,
             metrics: llmq_shared::metrics::install(),
         });
 
@@ -160,6 +175,60 @@ pub async fn sync_prompts(settings: &Settings, pool: &Pool) -> anyhow::Result<()
     let inserted = db::prompts::sync_prompt_files(&mut client, &files).await?;
     tracing::info!(files = files.len(), inserted, "prompt files synced");
     Ok(())
+}
+
+/// Inserts concurrent submissions' executions many per statement: under
+/// load one commit carries dozens of them, and a lone one runs at once.
+fn insert_batcher(
+    pool: Pool,
+    republish_after: Duration,
+) -> Batcher<NewExecution, Result<Execution, db::DbError>> {
+    Batcher::spawn("insert", 128, 3, move |new: Vec<NewExecution>| {
+        let pool = pool.clone();
+        async move {
+            db::run_batch(&pool, &new, |client, new| {
+                async move {
+                    let refs: Vec<&NewExecution> = new.iter().collect();
+                    db::executions::insert_executions(client, &refs, republish_after).await
+                }
+                .boxed()
+            })
+            .await
+        }
+    })
+}
+
+/// Accepted executions waiting for their publish; past this the relay
+/// publishes them (a broker outage fills it in seconds).
+const PUBLISH_BACKLOG: usize = 16_384;
+/// Publishes awaiting their confirms at once.
+const PUBLISHES_IN_FLIGHT: usize = 4096;
+
+/// Publishes accepted executions, many confirms outstanding at once, and
+/// hands the confirmed ones on so their outbox marks are cleared. A publish
+/// that fails leaves its mark: the relay publishes it when it falls due.
+async fn publish_accepted(
+    publisher: Arc<Publisher>,
+    mut rx: mpsc::Receiver<(ExecutionId, i16)>,
+    confirmed: mpsc::Sender<Uuid>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(PUBLISHES_IN_FLIGHT));
+    while let Some((id, priority)) = rx.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (publisher, confirmed) = (publisher.clone(), confirmed.clone());
+        tokio::spawn(async move {
+            match publisher.publish_execution(id, priority).await {
+                // Full channel: the mark stays and the relay publishes a harmless duplicate.
+                Ok(()) => drop(confirmed.try_send(id.0)),
+                Err(e) => {
+                    tracing::warn!(execution.id = %id, error = %e, "publish not confirmed; the outbox relay will publish it")
+                }
+            }
+            drop(slot);
+        });
+    }
 }
 
 /// Clears the outbox marks of confirmed publishes in batches: one UPDATE

@@ -3,13 +3,14 @@
 
 use std::sync::Arc;
 
-use llmq_shared::db::Pool;
-use llmq_shared::prompt::PromptCache;
+use llmq_shared::batch::Batcher;
+use llmq_shared::db::{DbError, Pool};
+use llmq_shared::execution::{Execution, ExecutionId, NewExecution};
+use llmq_shared::prompt::{LabelCache, PromptCache};
 use llmq_shared::queue::Publisher;
 use llmq_shared::Settings;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::mpsc;
-use uuid::Uuid;
 
 use crate::waiters::Waiters;
 
@@ -18,9 +19,12 @@ pub struct AppState {
     pub pool: Pool,
     pub publisher: Arc<Publisher>,
     pub prompts: PromptCache,
+    pub labels: LabelCache,
+    /// New executions, inserted many per statement (group commit).
+    pub inserts: Batcher<NewExecution, Result<Execution, DbError>>,
     pub waiters: Arc<Waiters>,
-    /// Ids whose publish the broker confirmed, batched into one UPDATE.
-    pub confirmed: mpsc::Sender<Uuid>,
+    /// Accepted executions to publish (with a confirm) in the background.
+    pub to_publish: mpsc::Sender<(ExecutionId, i16)>,
     pub metrics: Option<PrometheusHandle>,
 }
 

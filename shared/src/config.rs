@@ -49,6 +49,10 @@ pub struct ApiSettings {
     /// Deadline of one request's database and broker work; past it the
     /// answer is 503 rather than a hung request.
     pub request_timeout_secs: u64,
+    /// How long a replica trusts its memory of where a label points; a
+    /// label move reaches every replica within this. Versions themselves
+    /// are immutable and cached for good.
+    pub label_cache_ms: u64,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -127,6 +131,7 @@ impl Default for ApiSettings {
             republish_after_secs: 10,
             idempotency_ttl_secs: 24 * 3600,
             request_timeout_secs: 10,
+            label_cache_ms: 1000,
         }
     }
 }

@@ -12,12 +12,13 @@ use llmq_shared::Settings;
 use tokio_util::sync::CancellationToken;
 
 use crate::provider::ProviderClient;
+use crate::writer::Writer;
 
 pub struct WorkerContext {
     pub settings: Arc<Settings>,
     pub pool: Pool,
-    /// Asynchronous-commit connections for "step started" trace rows only.
-    pub trace_pool: Pool,
+    /// Claims, step rows and outcomes, group-committed across executions.
+    pub writer: Writer,
     pub publisher: Arc<Publisher>,
     pub provider: ProviderClient,
     pub prompts: PromptCache,

@@ -9,5 +9,6 @@ pub mod provider;
 pub mod relay;
 pub mod retry;
 pub mod startup;
+pub mod writer;
 
 pub use startup::Worker;

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use llmq_shared::db::executions::{self as db, Claim, Outcome};
+use llmq_shared::db::executions::{self as db, Claim, Finish, Outcome};
 use llmq_shared::db::{prompts as db_prompts, steps as db_steps, DbError};
 use llmq_shared::execution::{codes, ErrorInfo, Execution, ExecutionId, ExecutionStatus, Usage};
 use llmq_shared::mask::mask_json;
@@ -79,15 +79,14 @@ pub async fn run_execution(
     stop: &CancellationToken,
     cancel: &CancellationToken,
 ) -> Result<RunOutcome, PipelineError> {
-    let client = ctx.pool.get().await.map_err(DbError::from)?;
-    let execution = match db::claim_execution(&client, id, &ctx.owner, ctx.settings.lease()).await?
-    {
+    let execution = match ctx.writer.claim(id).await? {
         Claim::Claimed(e) => e,
         Claim::NotFound => return Ok(RunOutcome::Unknown),
         Claim::Terminal(_) => return Ok(RunOutcome::Skipped("already terminal")),
         Claim::Leased => return Ok(RunOutcome::Skipped("leased by another worker")),
         Claim::NotYet => return Ok(RunOutcome::Skipped("retry delay not over")),
         Claim::CancelRequested => {
+            let client = ctx.pool.get().await.map_err(DbError::from)?;
             if db::cancel_unclaimed(&client, id).await? {
                 metrics::counter!(m::EXECUTIONS_FINISHED, "status" => "cancelled").increment(1);
                 ctx.publisher
@@ -98,9 +97,10 @@ pub async fn run_execution(
             return Ok(RunOutcome::Skipped("cancel requested"));
         }
     };
-    let prompt = load_prompt(ctx, &client, &execution).await?;
+    let prompt = load_prompt(ctx, &execution).await?;
     // A first attempt has no earlier steps; only a resumed run reads them.
     let earlier = if execution.attempts > 1 {
+        let client = ctx.pool.get().await.map_err(DbError::from)?;
         db_steps::list_steps(&client, &execution.tenant_id, id).await?
     } else {
         Vec::new()
@@ -121,10 +121,9 @@ pub async fn run_execution(
             s
         })
         .collect();
-    if !lost.is_empty() {
-        db_steps::record_steps(&client, id, &ctx.owner, &lost.iter().collect::<Vec<_>>()).await?;
+    if !lost.is_empty() && !ctx.writer.record(lost).await? {
+        return Ok(RunOutcome::Skipped("lease lost"));
     }
-    drop(client);
     let mut run = Run {
         ctx,
         execution: &execution,
@@ -136,13 +135,13 @@ pub async fn run_execution(
 
 async fn load_prompt(
     ctx: &WorkerContext,
-    client: &deadpool_postgres::Object,
     e: &Execution,
 ) -> Result<Arc<CompiledPrompt>, PipelineError> {
     if let Some(p) = ctx.prompts.get(&e.prompt_name, e.prompt_version) {
         return Ok(p);
     }
-    let stored = db_prompts::get_prompt_version(client, &e.prompt_name, e.prompt_version)
+    let client = ctx.pool.get().await.map_err(DbError::from)?;
+    let stored = db_prompts::get_prompt_version(&client, &e.prompt_name, e.prompt_version)
         .await?
         .ok_or_else(|| PipelineError::MissingPrompt(e.prompt_name.clone(), e.prompt_version))?;
     ctx.prompts
@@ -456,15 +455,15 @@ impl Run<'_> {
     }
 
     async fn record(&self, steps: &[&Step]) -> Result<bool, PipelineError> {
-        let client = self.ctx.pool.get().await.map_err(DbError::from)?;
-        Ok(db_steps::record_steps(&client, self.execution.id, &self.ctx.owner, steps).await?)
+        let steps = steps.iter().map(|s| (*s).clone()).collect();
+        Ok(self.ctx.writer.record(steps).await?)
     }
 
-    /// Records steps that have only started (see `create_trace_pool`):
-    /// their finished form is written again, synchronously, later.
+    /// Records steps that have only started (asynchronous commit): their
+    /// finished form is written again, synchronously, later.
     async fn record_started(&self, steps: &[&Step]) -> Result<bool, PipelineError> {
-        let client = self.ctx.trace_pool.get().await.map_err(DbError::from)?;
-        Ok(db_steps::record_steps(&client, self.execution.id, &self.ctx.owner, steps).await?)
+        let steps = steps.iter().map(|s| (*s).clone()).collect();
+        Ok(self.ctx.writer.record_started(steps).await?)
     }
 
     /// Gives the execution back with a delay; the relay republishes it then.
@@ -528,19 +527,21 @@ impl Run<'_> {
     }
 
     async fn finish(&self, outcome: Outcome, steps: &[&Step]) -> Result<RunOutcome, PipelineError> {
-        let client = self.ctx.pool.get().await.map_err(DbError::from)?;
-        if !db::finish_execution(&client, self.execution.id, &self.ctx.owner, &outcome, steps)
-            .await?
-        {
+        let status = outcome.status;
+        let finish = Finish {
+            id: self.execution.id,
+            outcome,
+            steps: steps.iter().map(|s| (*s).clone()).collect(),
+        };
+        if !self.ctx.writer.finish(finish).await? {
             return Ok(RunOutcome::Skipped("lease lost"));
         }
-        drop(client);
-        metrics::counter!(m::EXECUTIONS_FINISHED, "status" => outcome.status.as_str()).increment(1);
+        metrics::counter!(m::EXECUTIONS_FINISHED, "status" => status.as_str()).increment(1);
         self.ctx
             .publisher
-            .publish_terminal_event(self.execution.id, outcome.status)
+            .publish_terminal_event(self.execution.id, status)
             .await;
-        Ok(RunOutcome::Finished(outcome.status))
+        Ok(RunOutcome::Finished(status))
     }
 
     /// Shutdown: give the lease back so the redelivered message runs at once.

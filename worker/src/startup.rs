@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::{lease_owner, WorkerContext};
 use crate::provider::ProviderClient;
+use crate::writer::Writer;
 use crate::{consumer, relay};
 
 pub struct Worker {
@@ -34,9 +35,9 @@ impl Worker {
                 tracing::warn!(error = %e, "metrics listener not started");
             }
         }
-        let pool = db::create_pool(&settings.database_url, settings.db_pool_size)?;
-        let trace_pool =
-            db::create_trace_pool(&settings.database_url, (settings.db_pool_size / 2).max(2))?;
+        let pool = db::create_batch_pool(&settings.database_url, settings.db_pool_size)?;
+        // Only the "started" step batches use it: a few connections.
+        let trace_pool = db::create_trace_pool(&settings.database_url, 4)?;
         let background = CancellationToken::new();
         let owner = lease_owner();
         let topology = Topology::new(&settings.queue_prefix);
@@ -46,10 +47,11 @@ impl Worker {
             topology,
             background.clone(),
         );
+        let writer = Writer::start(pool.clone(), trace_pool, &owner, settings.lease());
         let ctx = Arc::new(WorkerContext {
             settings,
             pool,
-            trace_pool,
+            writer,
             publisher,
             provider: ProviderClient::new()?,
             prompts: Default::default(),

@@ -1,17 +1,18 @@
 //! Submitting and reading executions. Submission is: resolve the prompt
 //! label, validate and render the input (so template errors surface as
-//! 422 now, not in the worker), commit the row, publish it with a confirm.
-//! The row is committed before the answer; a publish the broker did not
-//! confirm is left to the outbox relay, so an accepted execution is never
-//! lost and the client still gets its 202.
+//! 422 now, not in the worker), commit the row, answer 202, and publish it
+//! with a confirm in the background. The row (with its outbox mark) is
+//! committed before the answer; a publish the broker did not confirm is
+//! left to the outbox relay, so an accepted execution is never lost.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use llmq_shared::canonical::json_sha256;
 use llmq_shared::db::prompts::{resolve_prompt, Unresolved, VersionRef};
 use llmq_shared::db::{executions as db, steps as db_steps};
 use llmq_shared::execution::{codes, Execution, ExecutionId, ExecutionStatus, NewExecution};
-use llmq_shared::prompt::{validate_name, DEFAULT_LABEL};
+use llmq_shared::prompt::{validate_name, CompiledPrompt, DEFAULT_LABEL};
 use llmq_shared::step::Step;
 use serde_json::Value;
 
@@ -62,21 +63,7 @@ pub async fn submit_execution(
             ))
         }
     };
-    let mut client = state.db().await?;
-    let stored = resolve_prompt(&client, &req.prompt, version_ref.clone())
-        .await?
-        .map_err(|why| {
-            ApiError::NotFound(match (why, &version_ref) {
-                (Unresolved::UnknownPrompt, _) => format!("no prompt named {:?}", req.prompt),
-                (_, VersionRef::Number(v)) => format!("prompt {:?} has no version {v}", req.prompt),
-                (_, VersionRef::Label(l)) => format!("prompt {:?} has no label {l:?}", req.prompt),
-            })
-        })?;
-    let definition = stored.definition.clone();
-    let compiled = state
-        .prompts
-        .get_or_compile(&stored.name, stored.version, || definition)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (compiled, label) = resolve(state, &req.prompt, version_ref).await?;
 
     let violations = compiled.validate_input(&req.input);
     if let Some(first) = violations.first() {
@@ -111,9 +98,9 @@ pub async fn submit_execution(
     let new = NewExecution {
         id: ExecutionId::new(),
         tenant_id: caller.tenant_id.clone(),
-        prompt_name: stored.name.clone(),
-        prompt_version: stored.version,
-        prompt_label: stored.label.clone(),
+        prompt_name: compiled.name.clone(),
+        prompt_version: compiled.version,
+        prompt_label: label,
         model,
         params: Value::Object(params),
         input: req.input,
@@ -128,14 +115,23 @@ pub async fn submit_execution(
     tracing::Span::current().record("execution.id", tracing::field::display(new.id));
     let republish_after = Duration::from_secs(state.settings.api.republish_after_secs);
     let execution = match &idempotency {
-        None => db::insert_execution(&client, &new, republish_after).await?,
+        // Group-committed with concurrent submits: one statement for many.
+        None => {
+            state.inserts.submit(new).await.map_err(|e| {
+                ApiError::from(llmq_shared::db::DbError::Unavailable(e.to_string()))
+            })??
+        }
         Some((key, hash)) => {
             // The execution and its key commit together or not at all.
+            let mut client = state.db().await?;
             let tx = client
                 .transaction()
                 .await
                 .map_err(llmq_shared::db::DbError::from)?;
-            let execution = db::insert_execution(&tx, &new, republish_after).await?;
+            let execution = db::insert_executions(&tx, &[&new], republish_after)
+                .await?
+                .pop()
+                .ok_or_else(|| ApiError::Internal("insert answered no row".into()))?;
             let ttl = Duration::from_secs(state.settings.api.idempotency_ttl_secs);
             if !db::claim_idempotency_key(&tx, &caller.tenant_id, key, hash, new.id, ttl).await? {
                 drop(tx);
@@ -150,23 +146,59 @@ pub async fn submit_execution(
             execution
         }
     };
-    drop(client);
 
-    match state
-        .publisher
-        .publish_execution(execution.id, execution.priority)
-        .await
+    // The row is durable now: that is what 202 promises. The publish is
+    // confirmed in the background; until it is, the row's outbox mark
+    // stands and the relay publishes it if the broker never confirms.
+    if state
+        .to_publish
+        .try_send((execution.id, execution.priority))
+        .is_err()
     {
-        Ok(()) => {
-            // Full channel: the mark stays and the relay publishes a harmless duplicate.
-            let _ = state.confirmed.try_send(execution.id.0);
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "publish not confirmed; the outbox relay will publish it")
-        }
+        tracing::warn!("publish backlog full; the outbox relay will publish it");
     }
     metrics::counter!(llmq_shared::metrics::EXECUTIONS_SUBMITTED, "prompt" => execution.prompt_name.clone()).increment(1);
     Ok(Submitted::Created(execution))
+}
+
+/// The compiled prompt version a request names, with the label it was
+/// reached through. Versions are immutable, so a compiled one is reused
+/// for good; a label is trusted for `api.label_cache_ms` after it was read.
+async fn resolve(
+    state: &AppState,
+    name: &str,
+    version_ref: VersionRef<'_>,
+) -> Result<(Arc<CompiledPrompt>, Option<String>), ApiError> {
+    let cached = match &version_ref {
+        VersionRef::Number(v) => state.prompts.get(name, *v).map(|p| (p, None)),
+        VersionRef::Label(l) => state
+            .labels
+            .get(name, l)
+            .and_then(|v| state.prompts.get(name, v))
+            .map(|p| (p, Some(l.to_string()))),
+    };
+    if let Some(found) = cached {
+        return Ok(found);
+    }
+    let client = state.db().await?;
+    let stored = resolve_prompt(&client, name, version_ref.clone())
+        .await?
+        .map_err(|why| {
+            ApiError::NotFound(match (why, &version_ref) {
+                (Unresolved::UnknownPrompt, _) => format!("no prompt named {name:?}"),
+                (_, VersionRef::Number(v)) => format!("prompt {name:?} has no version {v}"),
+                (_, VersionRef::Label(l)) => format!("prompt {name:?} has no label {l:?}"),
+            })
+        })?;
+    drop(client);
+    let compiled = state
+        .prompts
+        .get_or_compile(&stored.name, stored.version, || stored.definition)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if let Some(label) = &stored.label {
+        state.labels.put(&stored.name, label, stored.version);
+    }
+    Ok((compiled, stored.label))
 }
 
 /// The execution a live idempotency key points at, if the body matches;

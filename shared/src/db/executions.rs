@@ -29,42 +29,73 @@ macro_rules! execution_columns {
 const INSERT: &str = concat!(
     "INSERT INTO executions (id, tenant_id, prompt_name, prompt_version, prompt_label, model, params, input, \
      metadata, end_user, priority, stream, webhook_url, status, publish_due_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'queued', \
-     now() + make_interval(secs => $14)) RETURNING ",
+     SELECT n.*, 'queued', now() + make_interval(secs => $14) \
+     FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::jsonb[], \
+       $8::jsonb[], $9::jsonb[], $10::text[], $11::int2[], $12::bool[], $13::text[]) AS n \
+     RETURNING ",
     execution_columns!()
 );
 
-/// Records a new queued execution. It carries an outbox mark due after
-/// `republish_after`: if the API's own publish is confirmed the mark is
-/// cleared, otherwise the relay publishes the execution when it falls due.
-pub async fn insert_execution(
+/// Records new queued executions in one statement, answering them in the
+/// order given. Each carries an outbox mark due after `republish_after`: if
+/// the API's own publish is confirmed the mark is cleared, otherwise the
+/// relay publishes the execution when it falls due.
+pub async fn insert_executions(
     client: &impl GenericClient,
-    new: &NewExecution,
+    new: &[&NewExecution],
     republish_after: Duration,
-) -> Result<Execution> {
+) -> Result<Vec<Execution>> {
     let secs = republish_after.as_secs_f64();
-    let row = client
-        .query_one(
+    let order: Vec<ExecutionId> = new.iter().map(|n| n.id).collect();
+    // Key order, so concurrent batches never wait on each other in a cycle.
+    let mut new = new.to_vec();
+    new.sort_by_key(|n| n.id.0);
+    let ids: Vec<_> = new.iter().map(|n| n.id.0).collect();
+    let tenants: Vec<_> = new.iter().map(|n| n.tenant_id.as_str()).collect();
+    let names: Vec<_> = new.iter().map(|n| n.prompt_name.as_str()).collect();
+    let versions: Vec<_> = new.iter().map(|n| n.prompt_version).collect();
+    let labels: Vec<_> = new.iter().map(|n| n.prompt_label.as_deref()).collect();
+    let models: Vec<_> = new.iter().map(|n| n.model.as_str()).collect();
+    let params: Vec<_> = new.iter().map(|n| &n.params).collect();
+    let inputs: Vec<_> = new.iter().map(|n| &n.input).collect();
+    let metadata: Vec<_> = new.iter().map(|n| &n.metadata).collect();
+    let users: Vec<_> = new.iter().map(|n| n.end_user.as_deref()).collect();
+    let priorities: Vec<_> = new.iter().map(|n| n.priority).collect();
+    let streams: Vec<_> = new.iter().map(|n| n.stream).collect();
+    let webhooks: Vec<_> = new.iter().map(|n| n.webhook_url.as_deref()).collect();
+    let rows = client
+        .query(
             &client.prepare_cached(INSERT).await?,
             &[
-                &new.id.0,
-                &new.tenant_id,
-                &new.prompt_name,
-                &new.prompt_version,
-                &new.prompt_label,
-                &new.model,
-                &new.params,
-                &new.input,
-                &new.metadata,
-                &new.end_user,
-                &new.priority,
-                &new.stream,
-                &new.webhook_url,
+                &ids,
+                &tenants,
+                &names,
+                &versions,
+                &labels,
+                &models,
+                &params,
+                &inputs,
+                &metadata,
+                &users,
+                &priorities,
+                &streams,
+                &webhooks,
                 &secs,
             ],
         )
         .await?;
-    execution_from_row(&row)
+    let mut by_id = rows
+        .iter()
+        .map(|r| execution_from_row(r).map(|e| (e.id, e)))
+        .collect::<Result<std::collections::HashMap<_, _>>>()?;
+    order
+        .iter()
+        .map(|id| {
+            by_id
+                .remove(id)
+                .ok_or_else(|| DbError::Data(format!("execution {id} was not inserted")))
+        })
+        .collect()
 }
 
 const GET: &str = concat!(
@@ -117,47 +148,64 @@ const CLAIM: &str = concat!(
     "UPDATE executions SET status = 'running', attempts = attempts + 1, lease_owner = $2, \
      lease_expires_at = now() + make_interval(secs => $3), publish_due_at = NULL, not_before = NULL, \
      started_at = coalesce(started_at, now()), updated_at = now() \
-     WHERE id = $1 AND NOT cancel_requested AND (not_before IS NULL OR not_before <= now()) \
+     WHERE id = ANY($1) AND NOT cancel_requested AND (not_before IS NULL OR not_before <= now()) \
        AND (status = 'queued' OR (status = 'running' AND (lease_expires_at < now() OR lease_owner = $2))) \
      RETURNING ",
     execution_columns!()
 );
 const CLAIM_MISS: &str =
-    "SELECT status, cancel_requested, coalesce(not_before > now(), false) AS waiting FROM executions WHERE id = $1";
+    "SELECT id, status, cancel_requested, coalesce(not_before > now(), false) AS waiting \
+     FROM executions WHERE id = ANY($1)";
 
-/// Takes the lease on an execution so that this worker alone runs it.
-pub async fn claim_execution(
+/// Takes the lease on executions so that this worker alone runs them, in
+/// one statement; answers what claiming found for each, in the order given.
+pub async fn claim_executions(
     client: &impl GenericClient,
-    id: ExecutionId,
+    ids: &[ExecutionId],
     owner: &str,
     lease: Duration,
-) -> Result<Claim> {
+) -> Result<Vec<Claim>> {
     let secs = lease.as_secs_f64();
-    if let Some(row) = client
-        .query_opt(
+    let mut sorted: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+    sorted.sort();
+    sorted.dedup();
+    let rows = client
+        .query(
             &client.prepare_cached(CLAIM).await?,
-            &[&id.0, &owner, &secs],
+            &[&sorted, &owner, &secs],
         )
-        .await?
-    {
-        return Ok(Claim::Claimed(Box::new(execution_from_row(&row)?)));
+        .await?;
+    let mut claims = std::collections::HashMap::with_capacity(ids.len());
+    for row in &rows {
+        let execution = execution_from_row(row)?;
+        claims.insert(execution.id, Claim::Claimed(Box::new(execution)));
     }
-    let Some(row) = client
-        .query_opt(&client.prepare_cached(CLAIM_MISS).await?, &[&id.0])
-        .await?
-    else {
-        return Ok(Claim::NotFound);
-    };
-    let status = parse_status(row.try_get("status")?)?;
-    Ok(if status.is_terminal() {
-        Claim::Terminal(status)
-    } else if row.try_get("cancel_requested")? {
-        Claim::CancelRequested
-    } else if row.try_get("waiting")? {
-        Claim::NotYet
-    } else {
-        Claim::Leased
-    })
+    let missed: Vec<Uuid> = sorted
+        .into_iter()
+        .filter(|id| !claims.contains_key(&ExecutionId(*id)))
+        .collect();
+    if !missed.is_empty() {
+        let rows = client
+            .query(&client.prepare_cached(CLAIM_MISS).await?, &[&missed])
+            .await?;
+        for row in &rows {
+            let status = parse_status(row.try_get("status")?)?;
+            let claim = if status.is_terminal() {
+                Claim::Terminal(status)
+            } else if row.try_get("cancel_requested")? {
+                Claim::CancelRequested
+            } else if row.try_get("waiting")? {
+                Claim::NotYet
+            } else {
+                Claim::Leased
+            };
+            claims.insert(ExecutionId(row.try_get("id")?), claim);
+        }
+    }
+    Ok(ids
+        .iter()
+        .map(|id| claims.remove(id).unwrap_or(Claim::NotFound))
+        .collect())
 }
 
 const RENEW: &str = "UPDATE executions SET lease_expires_at = now() + make_interval(secs => $2) \
@@ -249,47 +297,82 @@ pub struct Outcome {
     pub usage: Option<Usage>,
 }
 
-/// The terminal transition and the steps that lead to it (the last
+/// Terminal transitions and the steps that lead to them (the last
 /// generate, the finalize) in one statement: a generate result is never
-/// committed without its outcome, nor the outcome without its trace.
+/// committed without its outcome, nor an outcome without its trace.
 const FINISH: &str = concat!(
-    "WITH done AS ( \
-       UPDATE executions SET status = $21, output = $22, error_code = $23, error_message = $24, \
-         prompt_tokens = $25, completion_tokens = $26, total_tokens = $27, cost_usd = $28, \
+    "WITH o AS ( \
+       SELECT * FROM UNNEST($20::uuid[], $21::text[], $22::jsonb[], $23::text[], $24::text[], $25::int[], \
+         $26::int[], $27::int[], $28::float8[]) \
+         AS o(id, status, output, error_code, error_message, prompt_tokens, completion_tokens, total_tokens, cost_usd)), \
+     done AS ( \
+       UPDATE executions e SET status = o.status, output = o.output, error_code = o.error_code, \
+         error_message = o.error_message, prompt_tokens = o.prompt_tokens, \
+         completion_tokens = o.completion_tokens, total_tokens = o.total_tokens, cost_usd = o.cost_usd, \
          finished_at = now(), updated_at = now(), lease_owner = NULL, lease_expires_at = NULL, \
          publish_due_at = NULL \
-       WHERE id = $19 AND lease_owner = $20 RETURNING id) ",
+       FROM o WHERE e.id = o.id AND e.lease_owner = $19 RETURNING e.id), \
+     written AS (",
     record_columns!(),
-    "WHERE EXISTS (SELECT 1 FROM done)",
-    on_conflict!()
+    "WHERE s.execution_id IN (SELECT id FROM done)",
+    on_conflict!(),
+    ") SELECT id FROM done"
 );
 
-/// Writes the terminal state with its last steps. Returns false when the
-/// lease was lost (someone else owns the outcome): nothing was written.
-pub async fn finish_execution(
+/// One execution's end: its outcome and the steps written with it.
+#[derive(Clone, Debug)]
+pub struct Finish {
+    pub id: ExecutionId,
+    pub outcome: Outcome,
+    pub steps: Vec<Step>,
+}
+
+/// Writes terminal states with their last steps, fenced by `owner`'s
+/// leases. Answers the executions finished; one missing from the set had
+/// lost its lease (someone else owns its outcome) and nothing of it was
+/// written.
+pub async fn finish_executions(
     client: &impl GenericClient,
-    id: ExecutionId,
     owner: &str,
-    outcome: &Outcome,
-    steps: &[&Step],
-) -> Result<bool> {
-    let usage = outcome.usage;
-    let status = outcome.status.as_str();
-    let code = outcome.error.as_ref().map(|e| e.code.as_str());
-    let message = outcome.error.as_ref().map(|e| e.message.as_str());
+    finishes: &[&Finish],
+) -> Result<std::collections::HashSet<Uuid>> {
+    let mut finishes = finishes.to_vec();
+    finishes.sort_by_key(|f| f.id.0);
+    let ids: Vec<_> = finishes.iter().map(|f| f.id.0).collect();
+    let statuses: Vec<_> = finishes.iter().map(|f| f.outcome.status.as_str()).collect();
+    let outputs: Vec<_> = finishes.iter().map(|f| f.outcome.output.as_ref()).collect();
+    let codes: Vec<_> = finishes
+        .iter()
+        .map(|f| f.outcome.error.as_ref().map(|e| e.code.as_str()))
+        .collect();
+    let messages: Vec<_> = finishes
+        .iter()
+        .map(|f| f.outcome.error.as_ref().map(|e| e.message.as_str()))
+        .collect();
+    let usage = |f: fn(&Usage) -> i32| {
+        finishes
+            .iter()
+            .map(|x| x.outcome.usage.as_ref().map(f))
+            .collect::<Vec<_>>()
+    };
     let (p, c, t) = (
-        usage.map(|u| u.prompt_tokens),
-        usage.map(|u| u.completion_tokens),
-        usage.map(|u| u.total_tokens),
+        usage(|u| u.prompt_tokens),
+        usage(|u| u.completion_tokens),
+        usage(|u| u.total_tokens),
     );
-    let cost = usage.and_then(|u| u.cost_usd);
+    let costs: Vec<_> = finishes
+        .iter()
+        .map(|f| f.outcome.usage.and_then(|u| u.cost_usd))
+        .collect();
+    let steps: Vec<&Step> = finishes.iter().flat_map(|f| f.steps.iter()).collect();
     super::steps::write_steps(
         client,
         FINISH,
-        id,
         owner,
-        steps,
-        &[&status, &outcome.output, &code, &message, &p, &c, &t, &cost],
+        &steps,
+        &[
+            &ids, &statuses, &outputs, &codes, &messages, &p, &c, &t, &costs,
+        ],
     )
     .await
 }

@@ -2,9 +2,12 @@
 //! (execution, seq), so a step is first written running and then finished,
 //! and they are fenced by the writer's lease.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
+use uuid::Uuid;
 
 use super::{DbError, GenericClient, Result};
 use crate::execution::{ErrorInfo, ExecutionId, Usage};
@@ -12,30 +15,36 @@ use crate::step::{Step, StepKind, StepStatus};
 
 const RECORD: &str = concat!(
     record_columns!(),
-    // The lease fence; see the invariant in `executions`.
-    "WHERE EXISTS (SELECT 1 FROM executions e WHERE e.id = $19 AND e.lease_owner = $20)",
-    on_conflict!()
+    // The lease fence, per execution; see the invariant in `executions`.
+    "WHERE EXISTS (SELECT 1 FROM executions e WHERE e.id = s.execution_id AND e.lease_owner = $19)",
+    on_conflict!(),
+    " RETURNING execution_id"
 );
 
-/// Writes (or updates) steps of one execution in one statement. Returns
-/// false when the writer no longer holds the lease: nothing was written.
+/// Writes (or updates) steps of any number of executions in one statement,
+/// each execution's fenced by `owner`'s lease on it. Answers the
+/// executions whose steps were written: one missing from the set had lost
+/// its lease, and none of its steps were written.
 pub async fn record_steps(
     client: &impl GenericClient,
-    id: ExecutionId,
     owner: &str,
     steps: &[&Step],
-) -> Result<bool> {
-    write_steps(client, RECORD, id, owner, steps, &[]).await
+) -> Result<HashSet<Uuid>> {
+    write_steps(client, RECORD, owner, steps, &[]).await
 }
 
+/// Runs `sql`, which takes the step columns as arrays ($1..$18), the lease
+/// owner ($19) and `extra`, and answers execution ids. Rows go in in key
+/// order, so concurrent batches lock rows in the same order.
 pub(crate) async fn write_steps(
     client: &impl GenericClient,
     sql: &str,
-    id: ExecutionId,
     owner: &str,
     steps: &[&Step],
     extra: &[&(dyn ToSql + Sync)],
-) -> Result<bool> {
+) -> Result<HashSet<Uuid>> {
+    let mut steps = steps.to_vec();
+    steps.sort_by_key(|s| (s.execution_id.0, s.seq));
     let usage = |f: fn(&Usage) -> i32| {
         steps
             .iter()
@@ -87,14 +96,13 @@ pub(crate) async fn write_steps(
         &codes,
         &messages,
         &retryable,
-        &id.0,
         &owner,
     ];
     all.extend_from_slice(extra);
-    let n = client
-        .execute(&client.prepare_cached(sql).await?, &all)
+    let rows = client
+        .query(&client.prepare_cached(sql).await?, &all)
         .await?;
-    Ok(n as usize == steps.len())
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 const LIST: &str = "SELECT s.execution_id, s.seq, s.kind, s.attempt, s.status, s.started_at, s.finished_at, \
