@@ -75,6 +75,7 @@ impl Application {
         let inserts = insert_batcher(
             pool.clone(),
             Duration::from_secs(settings.api.republish_after_secs),
+            Duration::from_millis(settings.api.batch_linger_ms),
         );
         let state = web::Data::new(AppState {
             settings: settings.clone(),
@@ -182,8 +183,9 @@ pub async fn sync_prompts(settings: &Settings, pool: &Pool) -> anyhow::Result<()
 fn insert_batcher(
     pool: Pool,
     republish_after: Duration,
+    linger: Duration,
 ) -> Batcher<NewExecution, Result<Execution, db::DbError>> {
-    Batcher::spawn("insert", 128, 3, move |new: Vec<NewExecution>| {
+    Batcher::spawn("insert", 128, 2, linger, move |new: Vec<NewExecution>| {
         let pool = pool.clone();
         async move {
             db::run_batch(&pool, &new, |client, new| {

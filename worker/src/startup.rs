@@ -47,7 +47,13 @@ impl Worker {
             topology,
             background.clone(),
         );
-        let writer = Writer::start(pool.clone(), trace_pool, &owner, settings.lease());
+        let writer = Writer::start(
+            pool.clone(),
+            trace_pool,
+            &owner,
+            settings.lease(),
+            Duration::from_millis(settings.worker.batch_linger_ms),
+        );
         let ctx = Arc::new(WorkerContext {
             settings,
             pool,

@@ -23,7 +23,7 @@ use llmq_shared::step::Step;
 /// rows: a statement of a few milliseconds.
 const MAX_BATCH: usize = 128;
 /// Statements of one kind in flight at once.
-const MAX_IN_FLIGHT: usize = 3;
+const MAX_IN_FLIGHT: usize = 2;
 
 type Answer<T> = Result<T, DbError>;
 
@@ -36,7 +36,13 @@ pub struct Writer {
 
 impl Writer {
     /// `trace_pool` commits asynchronously; only "started" rows use it.
-    pub fn start(pool: Pool, trace_pool: Pool, owner: &str, lease: Duration) -> Self {
+    pub fn start(
+        pool: Pool,
+        trace_pool: Pool,
+        owner: &str,
+        lease: Duration,
+        linger: Duration,
+    ) -> Self {
         let owner: Arc<str> = owner.into();
         let claims = {
             let (pool, owner) = (pool.clone(), owner.clone());
@@ -44,6 +50,7 @@ impl Writer {
                 "claim",
                 MAX_BATCH,
                 MAX_IN_FLIGHT,
+                linger,
                 move |ids: Vec<ExecutionId>| {
                     let (pool, owner) = (pool.clone(), owner.clone());
                     async move {
@@ -57,12 +64,13 @@ impl Writer {
                 },
             )
         };
-        let steps = step_batcher("steps", pool.clone(), owner.clone());
-        let started = step_batcher("steps_started", trace_pool, owner.clone());
+        let steps = step_batcher("steps", pool.clone(), owner.clone(), linger);
+        let started = step_batcher("steps_started", trace_pool, owner.clone(), linger);
         let finishes = Batcher::spawn(
             "finish",
             MAX_BATCH,
             MAX_IN_FLIGHT,
+            linger,
             move |finishes: Vec<Finish>| {
                 let (pool, owner) = (pool.clone(), owner.clone());
                 async move {
@@ -115,11 +123,13 @@ fn step_batcher(
     name: &'static str,
     pool: Pool,
     owner: Arc<str>,
+    linger: Duration,
 ) -> Batcher<Vec<Step>, Answer<bool>> {
     Batcher::spawn(
         name,
         MAX_BATCH,
         MAX_IN_FLIGHT,
+        linger,
         move |items: Vec<Vec<Step>>| {
             let (pool, owner) = (pool.clone(), owner.clone());
             async move {
