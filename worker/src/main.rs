@@ -5,6 +5,12 @@ use llmq_shared::{telemetry, Settings};
 use llmq_worker::Worker;
 use tokio_util::sync::CancellationToken;
 
+/// glibc's malloc was a quarter of the worker's CPU under load (many
+/// small, short-lived allocations across threads); jemalloc takes a
+/// fraction of that and returns freed memory steadily.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init("llmq-worker");
