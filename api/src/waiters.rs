@@ -12,7 +12,7 @@ use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions}
 use lapin::types::FieldTable;
 use llmq_shared::backoff::Backoff;
 use llmq_shared::execution::ExecutionId;
-use llmq_shared::queue::{self, s, ExecutionEvent, Topology};
+use llmq_shared::queue::{self, s, TerminalEvents, Topology, TERMINAL_EVENTS_KEY};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -101,17 +101,15 @@ async fn listen(
     let q = channel
         .queue_declare(s(""), opts, FieldTable::default())
         .await?;
-    for status in ["succeeded", "failed", "cancelled"] {
-        channel
-            .queue_bind(
-                q.name().clone(),
-                s(&topology.events_exchange),
-                s(&format!("execution.{status}")),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-    }
+    channel
+        .queue_bind(
+            q.name().clone(),
+            s(&topology.events_exchange),
+            s(TERMINAL_EVENTS_KEY),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     let consume = BasicConsumeOptions {
         no_ack: true,
         ..Default::default()
@@ -132,8 +130,10 @@ async fn listen(
             }
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    if let Ok(event) = serde_json::from_slice::<ExecutionEvent>(&delivery.data) {
-                        waiters.wake(event.id);
+                    if let Ok(batch) = serde_json::from_slice::<TerminalEvents>(&delivery.data) {
+                        for event in &batch.events {
+                            waiters.wake(event.id);
+                        }
                     }
                 }
                 Some(Err(e)) => return Err(e.into()),

@@ -311,17 +311,19 @@ impl Publisher {
         }
     }
 
-    /// Announces that an execution reached a terminal status. Best effort:
-    /// long-pollers re-read Postgres anyway.
-    pub async fn publish_terminal_event(
-        &self,
-        id: ExecutionId,
-        status: crate::execution::ExecutionStatus,
-    ) {
-        let event = ExecutionEvent { id, status };
-        if let Ok(body) = serde_json::to_vec(&event) {
-            if let Err(e) = self.publish_event(&event.routing_key(), &body).await {
-                tracing::debug!(execution.id = %id, error = %e, "terminal event not published");
+    /// Announces executions that reached a terminal status, as one
+    /// message for all of them (a worker's outcome batch commits many at
+    /// once). Best effort: long-pollers re-read Postgres anyway.
+    pub async fn publish_terminal_events(&self, events: &[ExecutionEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        let batch = TerminalEvents {
+            events: events.to_vec(),
+        };
+        if let Ok(body) = serde_json::to_vec(&batch) {
+            if let Err(e) = self.publish_event(TERMINAL_EVENTS_KEY, &body).await {
+                tracing::debug!(count = events.len(), error = %e, "terminal events not published");
             }
         }
     }
@@ -351,8 +353,11 @@ pub struct ExecutionEvent {
     pub status: crate::execution::ExecutionStatus,
 }
 
-impl ExecutionEvent {
-    pub fn routing_key(&self) -> String {
-        format!("execution.{}", self.status)
-    }
+/// Routing key of `TerminalEvents` messages on the events exchange.
+pub const TERMINAL_EVENTS_KEY: &str = "executions.terminal";
+
+/// Terminal transitions committed together, in one events message.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TerminalEvents {
+    pub events: Vec<ExecutionEvent>,
 }

@@ -14,6 +14,7 @@ use llmq_shared::execution::{codes, ErrorInfo, Execution, ExecutionId, Execution
 use llmq_shared::mask::mask_json;
 use llmq_shared::metrics as m;
 use llmq_shared::prompt::CompiledPrompt;
+use llmq_shared::queue::ExecutionEvent;
 use llmq_shared::step::{Step, StepKind, StepStatus};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -90,7 +91,10 @@ pub async fn run_execution(
             if db::cancel_unclaimed(&client, id).await? {
                 metrics::counter!(m::EXECUTIONS_FINISHED, "status" => "cancelled").increment(1);
                 ctx.publisher
-                    .publish_terminal_event(id, ExecutionStatus::Cancelled)
+                    .publish_terminal_events(&[ExecutionEvent {
+                        id,
+                        status: ExecutionStatus::Cancelled,
+                    }])
                     .await;
                 return Ok(RunOutcome::Finished(ExecutionStatus::Cancelled));
             }
@@ -536,11 +540,8 @@ impl Run<'_> {
         if !self.ctx.writer.finish(finish).await? {
             return Ok(RunOutcome::Skipped("lease lost"));
         }
+        // The writer published the terminal event with its batch.
         metrics::counter!(m::EXECUTIONS_FINISHED, "status" => status.as_str()).increment(1);
-        self.ctx
-            .publisher
-            .publish_terminal_event(self.execution.id, status)
-            .await;
         Ok(RunOutcome::Finished(status))
     }
 

@@ -50,6 +50,7 @@ impl Worker {
         let writer = Writer::start(
             pool.clone(),
             trace_pool,
+            publisher.clone(),
             &owner,
             settings.lease(),
             Duration::from_millis(settings.worker.batch_linger_ms),

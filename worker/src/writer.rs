@@ -17,6 +17,7 @@ use llmq_shared::batch::Batcher;
 use llmq_shared::db::executions::{self as db, Claim, Finish};
 use llmq_shared::db::{run_batch, steps as db_steps, DbError, Pool};
 use llmq_shared::execution::ExecutionId;
+use llmq_shared::queue::{ExecutionEvent, Publisher};
 use llmq_shared::step::Step;
 
 /// Items per statement at most. A full batch of finishes is a few hundred
@@ -36,9 +37,11 @@ pub struct Writer {
 
 impl Writer {
     /// `trace_pool` commits asynchronously; only "started" rows use it.
+    /// `publisher` announces the outcomes each batch commits.
     pub fn start(
         pool: Pool,
         trace_pool: Pool,
+        publisher: Arc<Publisher>,
         owner: &str,
         lease: Duration,
         linger: Duration,
@@ -72,9 +75,9 @@ impl Writer {
             MAX_IN_FLIGHT,
             linger,
             move |finishes: Vec<Finish>| {
-                let (pool, owner) = (pool.clone(), owner.clone());
+                let (pool, owner, publisher) = (pool.clone(), owner.clone(), publisher.clone());
                 async move {
-                    run_batch(&pool, &finishes, |client, finishes| {
+                    let written = run_batch(&pool, &finishes, |client, finishes| {
                         let owner = owner.clone();
                         async move {
                             let refs: Vec<&Finish> = finishes.iter().collect();
@@ -83,7 +86,19 @@ impl Writer {
                         }
                         .boxed()
                     })
-                    .await
+                    .await;
+                    // One events message for the outcomes this batch committed.
+                    let events: Vec<ExecutionEvent> = finishes
+                        .iter()
+                        .zip(&written)
+                        .filter(|(_, w)| matches!(w, Ok(true)))
+                        .map(|(f, _)| ExecutionEvent {
+                            id: f.id,
+                            status: f.outcome.status,
+                        })
+                        .collect();
+                    publisher.publish_terminal_events(&events).await;
+                    written
                 }
             },
         );
@@ -112,8 +127,9 @@ impl Writer {
         self.started.submit(steps).await.map_err(stopped)?
     }
 
-    /// Writes an execution's outcome with its last steps; false when the
-    /// lease was lost and nothing was written.
+    /// Writes an execution's outcome with its last steps and announces it
+    /// on the events exchange; false when the lease was lost and nothing
+    /// was written.
     pub async fn finish(&self, finish: Finish) -> Answer<bool> {
         self.finishes.submit(finish).await.map_err(stopped)?
     }

@@ -13,6 +13,7 @@ use llmq_shared::db::prompts::{resolve_prompt, Unresolved, VersionRef};
 use llmq_shared::db::{executions as db, steps as db_steps};
 use llmq_shared::execution::{codes, Execution, ExecutionId, ExecutionStatus, NewExecution};
 use llmq_shared::prompt::{validate_name, CompiledPrompt, DEFAULT_LABEL};
+use llmq_shared::queue::ExecutionEvent;
 use llmq_shared::step::Step;
 use serde_json::Value;
 
@@ -248,7 +249,10 @@ pub async fn cancel_execution(
             if execution.status == ExecutionStatus::Cancelled {
                 state
                     .publisher
-                    .publish_terminal_event(id, ExecutionStatus::Cancelled)
+                    .publish_terminal_events(&[ExecutionEvent {
+                        id,
+                        status: ExecutionStatus::Cancelled,
+                    }])
                     .await;
                 metrics::counter!(llmq_shared::metrics::EXECUTIONS_FINISHED, "status" => "cancelled").increment(1);
             }
