@@ -3,9 +3,14 @@
 #
 # Two settings, each on a fresh database and a fresh queue prefix, with the
 # fake provider, the API and one worker started here:
-#   (a) provider latency 0 ms, worker concurrency 1024 — orchestration overhead
-#   (b) provider latency 2000 ms, worker concurrency 4096 — how many slow calls
-#       one worker holds
+#   (a) provider latency 0 ms, worker concurrency 1024, closed loop (64
+#       submits always in flight) — orchestration overhead: how fast the
+#       whole machine turns executions over
+#   (b) provider latency 2000 ms, worker concurrency 8192, open loop at
+#       2,500 submits/s — how many slow calls one worker holds, and submit
+#       latency while the machine carries that load (an open loop measures
+#       latency at a given load; a closed loop's latency is its concurrency
+#       divided by its throughput, by construction)
 # The load generator (tests/bench, `llmq-bench`) submits the executions over
 # HTTP, waits for them via Postgres and prints its figures; a summary with the
 # targets comes last. Targets are reported, not enforced: the script exits 0
@@ -14,11 +19,13 @@
 # Env:
 #   BENCH_N            executions per setting (default 20000)
 #   BENCH_CONCURRENCY  submits in flight (default 64)
-#   BENCH_RATE         open-loop submits per second (default 0: closed loop,
-#                      BENCH_CONCURRENCY submits always in flight)
+#   BENCH_RATE         open-loop submits per second for settings that name
+#                      none (default 0: closed loop, BENCH_CONCURRENCY
+#                      submits always in flight)
 #   BENCH_WARMUP       warm-up executions per setting (default 200)
 #   BENCH_TIMEOUT      seconds to wait for a setting's executions (default 240)
-#   BENCH_SETTINGS     "LATENCY_MS:WORKER_CONCURRENCY ..." (default "0:1024 2000:4096")
+#   BENCH_SETTINGS     "LATENCY_MS:WORKER_CONCURRENCY[:RATE] ..."
+#                      (default "0:1024 2000:8192:2500")
 #   BENCH_DB           database name, dropped and recreated (default llmq_bench)
 #   BENCH_API_PORT / BENCH_PROVIDER_PORT / BENCH_METRICS_PORT (18080 / 18081 / 19464)
 #   AMQP_URL           broker (default amqp://guest:guest@127.0.0.1:5672/%2f)
@@ -36,7 +43,7 @@ BENCH_CONCURRENCY=${BENCH_CONCURRENCY:-64}
 BENCH_RATE=${BENCH_RATE:-0}
 BENCH_WARMUP=${BENCH_WARMUP:-200}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-240}
-BENCH_SETTINGS=${BENCH_SETTINGS:-"0:1024 2000:4096"}
+BENCH_SETTINGS=${BENCH_SETTINGS:-"0:1024 2000:8192:2500"}
 BENCH_DB=${BENCH_DB:-llmq_bench}
 API_PORT=${BENCH_API_PORT:-18080}
 PROVIDER_PORT=${BENCH_PROVIDER_PORT:-18081}
@@ -141,11 +148,11 @@ psql_admin() {
 
 # Called plainly (not in a condition) so that `set -e` stays in force inside;
 # a run that did not complete sets failed=1.
-run_setting() { # run_setting LATENCY_MS WORKER_CONCURRENCY
-    local latency=$1 concurrency=$2 name="${1}ms" ts rc=0 hwm rabbit_pid
+run_setting() { # run_setting LATENCY_MS WORKER_CONCURRENCY RATE
+    local latency=$1 concurrency=$2 rate=$3 name="${1}ms" ts rc=0 hwm rabbit_pid
     local out="$RUN_DIR/bench-$name.out" json="$RUN_DIR/bench-$name.json"
     rm -f "$json" "$out"
-    log "=== setting $name: provider latency $latency ms, worker concurrency $concurrency, $BENCH_N executions"
+    log "=== setting $name: provider latency $latency ms, worker concurrency $concurrency, $BENCH_N executions, $([ "$rate" = 0 ] && echo "closed loop" || echo "open loop at $rate/s")"
 
     # Everything shares 2 cores: other work skews the figures, so say so.
     local busy
@@ -201,7 +208,7 @@ run_setting() { # run_setting LATENCY_MS WORKER_CONCURRENCY
 
     "$BIN/llmq-bench" \
         --api "http://127.0.0.1:$API_PORT" --api-key "$API_KEY" --database-url "$DB_URL" \
-        -n "$BENCH_N" -c "$BENCH_CONCURRENCY" --rate "$BENCH_RATE" --warmup "$BENCH_WARMUP" \
+        -n "$BENCH_N" -c "$BENCH_CONCURRENCY" --rate "$rate" --warmup "$BENCH_WARMUP" \
         --timeout-secs "$BENCH_TIMEOUT" --warmup-timeout-secs 60 \
         --label "$name" --provider-latency-ms "$latency" --worker-concurrency "$concurrency" \
         "${watch[@]}" --json-out "$json" | tee "$out" || rc=$?
@@ -245,14 +252,13 @@ cargo build --release $LOCKED -p llmq-api -p llmq-worker -p llmq-fake-provider -
 failed=0
 results=()
 for setting in $BENCH_SETTINGS; do
-    latency=${setting%%:*}
-    concurrency=${setting#*:}
-    run_setting "$latency" "$concurrency"
+    IFS=: read -r latency concurrency rate <<<"$setting"
+    run_setting "$latency" "${concurrency:-1024}" "${rate:-$BENCH_RATE}"
     [ -f "$RUN_DIR/bench-${latency}ms.json" ] && results+=("$RUN_DIR/bench-${latency}ms.json")
 done
 
-printf '\n== llmq bench summary (%s executions per setting, %s in-flight submits, %d s in all)\n' \
-    "$BENCH_N" "$BENCH_CONCURRENCY" "$((SECONDS - started))"
+printf '\n== llmq bench summary (%s executions per setting, %d s in all)\n' \
+    "$BENCH_N" "$((SECONDS - started))"
 printf '   machine: %s cores, %s; everything (Postgres, RabbitMQ, API, worker, fake provider, load generator) on it\n\n' \
     "$(nproc)" "$(awk '/MemTotal/ {printf "%.0f GB RAM", $2/1048576}' /proc/meminfo)"
 if [ "${#results[@]}" -gt 0 ]; then
