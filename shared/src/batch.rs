@@ -79,6 +79,12 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                         }
                     }
                 }
+                // A caller that stopped waiting (its request timed out and
+                // was answered 503) must not have its item written later.
+                jobs.retain(|(_, answer)| !answer.is_closed());
+                if jobs.is_empty() {
+                    continue;
+                }
                 let (items, answers): (Vec<I>, Vec<oneshot::Sender<O>>) = jobs.drain(..).unzip();
                 metrics::histogram!(crate::metrics::DB_BATCH_SIZE, "batch" => name)
                     .record(items.len() as f64);
@@ -98,7 +104,8 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     }
 
     /// Queues `item` for the next batch and waits for its output. Dropping
-    /// the future does not withdraw the item: it still runs.
+    /// the future withdraws the item if its batch has not started yet; once
+    /// it has, the item's write happens whether anyone waits or not.
     pub async fn submit(&self, item: I) -> Result<O, Stopped> {
         let (answer, output) = oneshot::channel();
         self.tx
@@ -156,6 +163,31 @@ mod tests {
             .expect("a single item is not held back")
             .unwrap();
         assert_eq!(out, 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_item_whose_caller_gave_up_before_its_batch_is_never_run() {
+        let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = ran.clone();
+        let batcher = Batcher::spawn("test", 64, 1, Duration::ZERO, move |items: Vec<u32>| {
+            seen.lock().unwrap().extend(items.iter().copied());
+            async move {
+                // A slow statement: later items wait behind it.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                items
+            }
+        });
+        let first = tokio::spawn({
+            let b = batcher.clone();
+            async move { b.submit(1).await.unwrap() }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Gives up (a request deadline) while the first batch still runs.
+        let gave_up = tokio::time::timeout(Duration::from_millis(20), batcher.submit(2)).await;
+        assert!(gave_up.is_err());
+        assert_eq!(first.await.unwrap(), 1);
+        assert_eq!(batcher.submit(3).await.unwrap(), 3);
+        assert_eq!(*ran.lock().unwrap(), vec![1, 3], "item 2 was withdrawn");
     }
 
     #[tokio::test(start_paused = true)]
