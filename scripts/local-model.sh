@@ -63,8 +63,18 @@ ensure_venv() {
     "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
 }
 
+# How llama.cpp is compiled. Not for this CPU (-march=native) but for any
+# x86-64 with AVX2: a VM can advertise instructions its hypervisor does not
+# allow (AMX here: `ldtilecfg` raised a general protection fault on the first
+# request), and the venv stays valid if the checkout moves to another host.
+LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF"
+BUILD_STAMP="$VENV/.llmq-llama-cmake-args"
+
 ensure_packages() {
-    if ! "$VENV/bin/python" -c 'import llama_cpp.server.app' >/dev/null 2>&1; then
+    local built_with=""
+    [ -f "$BUILD_STAMP" ] && built_with=$(cat "$BUILD_STAMP")
+    if [ "$built_with" != "$LLAMA_CMAKE_ARGS" ] ||
+        ! "$VENV/bin/python" -c 'import llama_cpp.server.app' >/dev/null 2>&1; then
         # llama-cpp-python compiles llama.cpp with cmake (pulled from PyPI if missing)
         # and a C/C++ compiler.
         if ! command -v gcc >/dev/null 2>&1 || ! command -v g++ >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1; then
@@ -74,13 +84,16 @@ ensure_packages() {
         log "which takes ~5-10 minutes on 2 cores the first time (cached afterwards)."
         log "build output: .run/model-install.log"
         local start=$SECONDS
-        # CMAKE_BUILD_PARALLEL_LEVEL: use all cores for the native build.
-        if ! CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
-            "$VENV/bin/python" -m pip install --progress-bar off 'llama-cpp-python[server]' \
-            >>"$RUN_DIR/model-install.log" 2>&1; then
+        # CMAKE_BUILD_PARALLEL_LEVEL: use all cores for the build.
+        # --no-cache-dir/--force-reinstall: pip's wheel cache does not key on
+        # CMAKE_ARGS, so a wheel built with other flags would come back.
+        if ! CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
+            "$VENV/bin/python" -m pip install --progress-bar off --no-cache-dir --force-reinstall \
+            'llama-cpp-python[server]' >>"$RUN_DIR/model-install.log" 2>&1; then
             tail -n 40 "$RUN_DIR/model-install.log" >&2
             die "pip install llama-cpp-python[server] failed (see .run/model-install.log)"
         fi
+        printf '%s' "$LLAMA_CMAKE_ARGS" >"$BUILD_STAMP"
         log "llama-cpp-python installed in $((SECONDS - start)) s"
     fi
     if [ -z "$(find_gguf)" ]; then
