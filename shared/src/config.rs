@@ -240,6 +240,49 @@ impl std::fmt::Debug for Settings {
 mod tests {
     use super::*;
 
+    /// Every key path of a JSON object, `a.b.c`, leaves only.
+    fn key_paths(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        match v.as_object() {
+            Some(map) => {
+                for (k, v) in map {
+                    let path = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    key_paths(&path, v, out);
+                }
+            }
+            None => out.push(prefix.to_string()),
+        }
+    }
+
+    #[test]
+    fn the_example_config_lists_every_setting_with_its_default() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/llmq.example.toml");
+        let example: serde_json::Value = Figment::from(Toml::file(path)).extract().unwrap();
+        let mut defaults = serde_json::to_value(Settings::default()).unwrap();
+        let mut in_example = Vec::new();
+        let mut all = Vec::new();
+        let mut example_settings = example.clone();
+        // [models.*] entries are examples of a map, not defaults.
+        for v in [&mut defaults, &mut example_settings] {
+            v.as_object_mut().unwrap().remove("models");
+        }
+        key_paths("", &example_settings, &mut in_example);
+        key_paths("", &defaults, &mut all);
+        let missing: Vec<_> = all.iter().filter(|k| !in_example.contains(k)).collect();
+        assert!(
+            missing.is_empty(),
+            "settings missing from the example: {missing:?}"
+        );
+        assert_eq!(
+            example_settings, defaults,
+            "the example's values are the defaults"
+        );
+        assert!(example["models"]["gpt-4o-mini"]["upstream"].is_string());
+    }
+
     #[test]
     fn redact_url_hides_the_password_only() {
         assert_eq!(
