@@ -225,7 +225,7 @@ impl Run<'_> {
                 render.error = Some(error.clone());
                 render.retryable = Some(false);
                 finish_step(&mut render, StepStatus::Failed);
-                self.record(&[&render]).await?;
+                self.record(vec![render]).await?;
                 return self.fail(error, Usage::default()).await;
             }
         };
@@ -320,7 +320,7 @@ impl Run<'_> {
                     ExecutionStatus::Cancelled,
                     error,
                     usage,
-                    generated.as_deref(),
+                    generated.map(|step| *step),
                 )
                 .await;
         }
@@ -336,12 +336,12 @@ impl Run<'_> {
             error: None,
             usage: Some(usage),
         };
-        let steps: Vec<&Step> = generated
-            .as_deref()
+        let steps = generated
+            .map(|step| *step)
             .into_iter()
-            .chain(std::iter::once(&finalize))
+            .chain(std::iter::once(finalize))
             .collect();
-        self.finish(outcome, &steps).await
+        self.finish(outcome, steps).await
     }
 
     /// The fallback named by the prompt version, else by the model's config.
@@ -364,8 +364,8 @@ impl Run<'_> {
         cancel: &CancellationToken,
     ) -> Result<Generated, PipelineError> {
         if cancel.is_cancelled() {
-            if let Some(render) = &render {
-                self.record(&[render]).await?;
+            if let Some(render) = render {
+                self.record(vec![render]).await?;
             }
             return Ok(Generated::Over(self.cancelled(Usage::default()).await?));
         }
@@ -388,8 +388,13 @@ impl Run<'_> {
         generate.input = Some(
             json!({ "messages_from_step": rendered.seq, "message_count": rendered.messages.len() }),
         );
-        let first: Vec<&Step> = render.iter().chain(std::iter::once(&generate)).collect();
-        if !self.record_started(&first).await? {
+        // The render step is written here for the first time, with the
+        // generate step it feeds; the generate step is written again when done.
+        let first = render
+            .into_iter()
+            .chain(std::iter::once(generate.clone()))
+            .collect();
+        if !self.ctx.writer.record_started(first).await? {
             return Ok(Generated::Over(RunOutcome::Skipped("lease lost")));
         }
         let timeout = self
@@ -405,14 +410,14 @@ impl Run<'_> {
                 generate.error = Some(ErrorInfo { code: "interrupted".into(), message: "worker shutting down".into() });
                 generate.retryable = Some(true);
                 finish_step(&mut generate, StepStatus::Cancelled);
-                self.record(&[&generate]).await?;
+                self.record(vec![generate]).await?;
                 return Ok(Generated::Over(self.interrupt().await?));
             }
             _ = cancel.cancelled() => {
                 generate.error = Some(ErrorInfo { code: codes::CANCELLED.into(), message: "cancelled by the client; the model call was aborted".into() });
                 generate.retryable = Some(false);
                 finish_step(&mut generate, StepStatus::Cancelled);
-                self.record(&[&generate]).await?;
+                self.record(vec![generate]).await?;
                 return Ok(Generated::Over(self.cancelled(Usage::default()).await?));
             }
         };
@@ -433,7 +438,7 @@ impl Run<'_> {
                 generate.error = Some(failure.error.clone());
                 generate.retryable = Some(failure.retryable);
                 finish_step(&mut generate, StepStatus::Failed);
-                if !self.record(&[&generate]).await? {
+                if !self.record(vec![generate]).await? {
                     return Ok(Generated::Over(RunOutcome::Skipped("lease lost")));
                 }
                 Ok(Generated::Failed(failure))
@@ -458,16 +463,8 @@ impl Run<'_> {
         (output, usage)
     }
 
-    async fn record(&self, steps: &[&Step]) -> Result<bool, PipelineError> {
-        let steps = steps.iter().map(|s| (*s).clone()).collect();
+    async fn record(&self, steps: Vec<Step>) -> Result<bool, PipelineError> {
         Ok(self.ctx.writer.record(steps).await?)
-    }
-
-    /// Records steps that have only started (asynchronous commit): their
-    /// finished form is written again, synchronously, later.
-    async fn record_started(&self, steps: &[&Step]) -> Result<bool, PipelineError> {
-        let steps = steps.iter().map(|s| (*s).clone()).collect();
-        Ok(self.ctx.writer.record_started(steps).await?)
     }
 
     /// Gives the execution back with a delay; the relay republishes it then.
@@ -511,7 +508,7 @@ impl Run<'_> {
         status: ExecutionStatus,
         error: ErrorInfo,
         usage: Usage,
-        before: Option<&Step>,
+        before: Option<Step>,
     ) -> Result<RunOutcome, PipelineError> {
         let mut finalize = self.step(StepKind::Finalize);
         finalize.output = Some(json!({ "status": status, "error": error }));
@@ -523,19 +520,23 @@ impl Run<'_> {
             error: Some(error),
             usage: has_usage.then_some(usage),
         };
-        let steps: Vec<&Step> = before
+        let steps = before
             .into_iter()
-            .chain(std::iter::once(&finalize))
+            .chain(std::iter::once(finalize))
             .collect();
-        self.finish(outcome, &steps).await
+        self.finish(outcome, steps).await
     }
 
-    async fn finish(&self, outcome: Outcome, steps: &[&Step]) -> Result<RunOutcome, PipelineError> {
+    async fn finish(
+        &self,
+        outcome: Outcome,
+        steps: Vec<Step>,
+    ) -> Result<RunOutcome, PipelineError> {
         let status = outcome.status;
         let finish = Finish {
             id: self.execution.id,
             outcome,
-            steps: steps.iter().map(|s| (*s).clone()).collect(),
+            steps,
         };
         if !self.ctx.writer.finish(finish).await? {
             return Ok(RunOutcome::Skipped("lease lost"));
