@@ -185,19 +185,18 @@ fn insert_batcher(
     republish_after: Duration,
     linger: Duration,
 ) -> Batcher<NewExecution, Result<Execution, db::DbError>> {
-    Batcher::spawn("insert", 128, 2, linger, move |new: Vec<NewExecution>| {
-        let pool = pool.clone();
-        async move {
-            db::run_batch(&pool, &new, |client, new| {
-                async move {
-                    let refs: Vec<&NewExecution> = new.iter().collect();
-                    db::executions::insert_executions(client, &refs, republish_after).await
-                }
-                .boxed()
-            })
-            .await
-        }
-    })
+    db::spawn_batcher(
+        "insert",
+        pool,
+        linger,
+        move |client, new: &[NewExecution]| {
+            async move {
+                let refs: Vec<&NewExecution> = new.iter().collect();
+                db::executions::insert_executions(client, &refs, republish_after).await
+            }
+            .boxed()
+        },
+    )
 }
 
 /// Accepted executions waiting for their publish; past this the relay

@@ -15,16 +15,10 @@ use futures::FutureExt;
 
 use llmq_shared::batch::Batcher;
 use llmq_shared::db::executions::{self as db, Claim, Finish};
-use llmq_shared::db::{run_batch, steps as db_steps, DbError, Pool};
+use llmq_shared::db::{spawn_batcher, steps as db_steps, DbError, Pool};
 use llmq_shared::execution::ExecutionId;
 use llmq_shared::queue::{ExecutionEvent, Publisher};
 use llmq_shared::step::Step;
-
-/// Items per statement at most. A full batch of finishes is a few hundred
-/// rows: a statement of a few milliseconds.
-const MAX_BATCH: usize = 128;
-/// Statements of one kind in flight at once.
-const MAX_IN_FLIGHT: usize = 2;
 
 type Answer<T> = Result<T, DbError>;
 
@@ -48,58 +42,36 @@ impl Writer {
     ) -> Self {
         let owner: Arc<str> = owner.into();
         let claims = {
-            let (pool, owner) = (pool.clone(), owner.clone());
-            Batcher::spawn(
-                "claim",
-                MAX_BATCH,
-                MAX_IN_FLIGHT,
-                linger,
-                move |ids: Vec<ExecutionId>| {
-                    let (pool, owner) = (pool.clone(), owner.clone());
-                    async move {
-                        run_batch(&pool, &ids, |client, ids| {
-                            let owner = owner.clone();
-                            async move { db::claim_executions(client, ids, &owner, lease).await }
-                                .boxed()
-                        })
-                        .await
-                    }
-                },
-            )
+            let owner = owner.clone();
+            spawn_batcher("claim", pool.clone(), linger, move |client, ids| {
+                let owner = owner.clone();
+                async move { db::claim_executions(client, ids, &owner, lease).await }.boxed()
+            })
         };
         let steps = step_batcher("steps", pool.clone(), owner.clone(), linger);
         let started = step_batcher("steps_started", trace_pool, owner.clone(), linger);
-        let finishes = Batcher::spawn(
+        let finishes = spawn_batcher(
             "finish",
-            MAX_BATCH,
-            MAX_IN_FLIGHT,
+            pool,
             linger,
-            move |finishes: Vec<Finish>| {
-                let (pool, owner, publisher) = (pool.clone(), owner.clone(), publisher.clone());
+            move |client, finishes: &[Finish]| {
+                let (owner, publisher) = (owner.clone(), publisher.clone());
                 async move {
-                    let written = run_batch(&pool, &finishes, |client, finishes| {
-                        let owner = owner.clone();
-                        async move {
-                            let refs: Vec<&Finish> = finishes.iter().collect();
-                            let done = db::finish_executions(client, &owner, &refs).await?;
-                            Ok(finishes.iter().map(|f| done.contains(&f.id.0)).collect())
-                        }
-                        .boxed()
-                    })
-                    .await;
-                    // One events message for the outcomes this batch committed.
+                    let refs: Vec<&Finish> = finishes.iter().collect();
+                    let done = db::finish_executions(client, &owner, &refs).await?;
+                    // One events message for the outcomes this statement committed.
                     let events: Vec<ExecutionEvent> = finishes
                         .iter()
-                        .zip(&written)
-                        .filter(|(_, w)| matches!(w, Ok(true)))
-                        .map(|(f, _)| ExecutionEvent {
+                        .filter(|f| done.contains(&f.id.0))
+                        .map(|f| ExecutionEvent {
                             id: f.id,
                             status: f.outcome.status,
                         })
                         .collect();
                     publisher.publish_terminal_events(&events).await;
-                    written
+                    Ok(finishes.iter().map(|f| done.contains(&f.id.0)).collect())
                 }
+                .boxed()
             },
         );
         Self {
@@ -141,30 +113,18 @@ fn step_batcher(
     owner: Arc<str>,
     linger: Duration,
 ) -> Batcher<Vec<Step>, Answer<bool>> {
-    Batcher::spawn(
-        name,
-        MAX_BATCH,
-        MAX_IN_FLIGHT,
-        linger,
-        move |items: Vec<Vec<Step>>| {
-            let (pool, owner) = (pool.clone(), owner.clone());
-            async move {
-                run_batch(&pool, &items, |client, items| {
-                    let owner = owner.clone();
-                    async move {
-                        let steps: Vec<&Step> = items.iter().flatten().collect();
-                        let written = db_steps::record_steps(client, &owner, &steps).await?;
-                        Ok(items
-                            .iter()
-                            .map(|steps| steps.iter().all(|s| written.contains(&s.execution_id.0)))
-                            .collect())
-                    }
-                    .boxed()
-                })
-                .await
-            }
-        },
-    )
+    spawn_batcher(name, pool, linger, move |client, items: &[Vec<Step>]| {
+        let owner = owner.clone();
+        async move {
+            let steps: Vec<&Step> = items.iter().flatten().collect();
+            let written = db_steps::record_steps(client, &owner, &steps).await?;
+            Ok(items
+                .iter()
+                .map(|steps| steps.iter().all(|s| written.contains(&s.execution_id.0)))
+                .collect())
+        }
+        .boxed()
+    })
 }
 
 fn stopped(e: llmq_shared::batch::Stopped) -> DbError {

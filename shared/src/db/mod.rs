@@ -177,6 +177,44 @@ fn build_pool(database_url: &str, max_size: usize, options: &str) -> Result<Pool
         .map_err(|e| DbError::Config(e.to_string()))
 }
 
+/// Items per group-committed statement at most: a full batch is a few
+/// hundred rows, a statement of a few milliseconds.
+const MAX_BATCH: usize = 128;
+/// Group-committed statements of one kind in flight at once.
+const MAX_BATCHES_IN_FLIGHT: usize = 2;
+
+/// A batcher (see `crate::batch`) whose batches are written by `write` on a
+/// connection of `pool`, through `run_batch`.
+pub fn spawn_batcher<I, O, W>(
+    name: &'static str,
+    pool: Pool,
+    linger: Duration,
+    write: W,
+) -> crate::batch::Batcher<I, Result<O>>
+where
+    I: Send + Sync + 'static,
+    O: Send + 'static,
+    W: for<'a> Fn(
+            &'a deadpool_postgres::Object,
+            &'a [I],
+        ) -> futures::future::BoxFuture<'a, Result<Vec<O>>>
+        + Send
+        + Sync
+        + 'static,
+{
+    let write = std::sync::Arc::new(write);
+    crate::batch::Batcher::spawn(
+        name,
+        MAX_BATCH,
+        MAX_BATCHES_IN_FLIGHT,
+        linger,
+        move |items: Vec<I>| {
+            let (pool, write) = (pool.clone(), write.clone());
+            async move { run_batch(&pool, &items, &*write).await }
+        },
+    )
+}
+
 /// Runs one group-committed batch (see `crate::batch`) on a connection of
 /// `pool`: `write` gets every item and answers with one output per item.
 /// When the batch fails for a reason other than an outage (one bad row, a
