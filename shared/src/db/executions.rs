@@ -209,9 +209,15 @@ pub async fn claim_executions(
 }
 
 const RENEW: &str = "UPDATE executions SET lease_expires_at = now() + make_interval(secs => $2) \
-     WHERE lease_owner = $1 AND status = 'running'";
+     WHERE id IN (SELECT id FROM executions WHERE lease_owner = $1 AND status = 'running' \
+                  FOR UPDATE SKIP LOCKED)";
 
-/// Extends every lease this worker holds, in one statement.
+/// Extends every lease this worker holds, in one statement. Rows locked at
+/// that moment are skipped, not waited for: they are being finished (or
+/// cancelled) right now, and the next renewal, a third of a lease later,
+/// takes them if they still run. Waiting would let a renewal and an outcome
+/// batch, each holding rows the other wants, deadlock (seen in `make bench`:
+/// Postgres broke it after `deadlock_timeout`, a second's stall).
 pub async fn renew_leases(
     client: &impl GenericClient,
     owner: &str,

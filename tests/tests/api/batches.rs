@@ -283,3 +283,44 @@ async fn a_label_move_reaches_submits_within_the_label_cache_ttl() {
     assert_eq!(exact["prompt"]["version"], 2);
     assert_eq!(exact["prompt"]["label"], serde_json::Value::Null);
 }
+
+#[tokio::test]
+async fn lease_renewal_skips_a_row_being_written_instead_of_waiting_for_it() {
+    let (db, pool) = registry().await;
+    let ids = insert(&pool, 2).await;
+    let (busy, idle) = (ids[0], ids[1]);
+    let writer = pool.get().await.unwrap();
+    db::claim_executions(&writer, &ids, "this-worker", LEASE)
+        .await
+        .unwrap();
+    // An outcome batch holds `busy`'s row (its transaction is still open).
+    let mut holder = llmq_tests::database::connect(&db.url).await.unwrap();
+    let tx = holder.transaction().await.unwrap();
+    tx.execute(
+        "UPDATE executions SET updated_at = now() WHERE id = $1",
+        &[&busy.0],
+    )
+    .await
+    .unwrap();
+
+    let renewed = tokio::time::timeout(
+        Duration::from_secs(5),
+        db::renew_leases(&writer, "this-worker", Duration::from_secs(60)),
+    )
+    .await
+    .expect("renewal waited for a locked row")
+    .unwrap();
+    assert_eq!(renewed, 1, "the locked row is skipped, the other renewed");
+    let extended: bool = writer
+        .query_one(
+            "SELECT lease_expires_at > now() + interval '30 seconds' FROM executions WHERE id = $1",
+            &[&idle.0],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(extended);
+    tx.rollback().await.unwrap();
+    drop((writer, holder));
+    db.drop_database().await.unwrap();
+}
