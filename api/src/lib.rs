@@ -3,12 +3,13 @@
 
 pub mod auth;
 pub mod error;
+pub mod http_telemetry;
 pub mod openapi;
+pub mod outbox;
 pub mod resources;
 pub mod routes;
 pub mod services;
 pub mod startup;
 pub mod state;
-pub mod waiters;
 
 pub use startup::Application;

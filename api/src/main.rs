@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use llmq_api::startup::{sync_prompts, Application};
-use llmq_shared::{db, telemetry, Settings};
+use llmq_shared::{db, shutdown, telemetry, Settings};
 use tokio_util::sync::CancellationToken;
 
 /// glibc's malloc was a quarter of the worker's CPU under load (many
@@ -43,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
             let cancel = CancellationToken::new();
             let app = Application::build(settings, cancel.clone()).await?;
             tokio::spawn(async move {
-                shutdown_signal().await;
+                shutdown::signal().await;
                 tracing::info!("shutting down");
                 cancel.cancel();
             });
@@ -51,15 +51,4 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -1,5 +1,7 @@
-//! The OpenAPI document, generated from the handlers' annotations.
+//! The OpenAPI document, generated from the handlers' annotations, and
+//! the route that serves it.
 
+use actix_web::{get, HttpResponse};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -14,7 +16,7 @@ use crate::routes::{executions, health};
     info(title = "llmq", description = "Durable LLM executions over HTTP."),
     paths(
         executions::submit, executions::get, executions::steps, executions::cancel,
-        health::healthz, health::readyz, health::metrics, health::openapi,
+        health::healthz, health::readyz, health::metrics, serve_document,
     ),
     components(schemas(
         SubmitExecution, WebhookSpec, ExecutionResource, PromptRef, Links, StepList, StepResource,
@@ -35,4 +37,11 @@ impl Modify for BearerAuth {
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
     }
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3 document")))]
+#[get("/openapi.json")]
+pub async fn serve_document() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::openapi())
 }

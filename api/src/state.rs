@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use llmq_shared::batch::Batcher;
 use llmq_shared::db::{DbError, Pool};
-use llmq_shared::execution::{Execution, ExecutionId, NewExecution};
+use llmq_shared::events::Subscriber;
+use llmq_shared::execution::{Execution, NewExecution};
 use llmq_shared::prompt::{LabelCache, PromptCache};
 use llmq_shared::queue::Publisher;
 use llmq_shared::Settings;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::sync::mpsc;
 
-use crate::waiters::Waiters;
+use crate::outbox::Outbox;
 
 pub struct AppState {
     pub settings: Arc<Settings>,
@@ -22,9 +22,10 @@ pub struct AppState {
     pub labels: LabelCache,
     /// New executions, inserted many per statement (group commit).
     pub inserts: Batcher<NewExecution, Result<Execution, DbError>>,
-    pub waiters: Arc<Waiters>,
+    /// Lifecycle events heard by this process (long-poll wake-ups).
+    pub events: Arc<Subscriber>,
     /// Accepted executions to publish (with a confirm) in the background.
-    pub to_publish: mpsc::Sender<(ExecutionId, i16)>,
+    pub to_publish: Outbox,
     pub metrics: Option<PrometheusHandle>,
 }
 

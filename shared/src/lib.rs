@@ -8,13 +8,16 @@ pub mod batch;
 pub mod canonical;
 pub mod config;
 pub mod db;
+pub mod events;
 pub mod execution;
 pub mod mask;
 pub mod metrics;
 pub mod prompt;
 pub mod queue;
+pub mod shutdown;
 pub mod step;
 pub mod telemetry;
+pub mod trace;
 
 pub use config::Settings;
 pub use execution::{ExecutionId, ExecutionStatus};

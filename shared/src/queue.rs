@@ -16,11 +16,13 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::RwLock;
+use tokio::sync::{watch, RwLock};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::backoff::Backoff;
+use crate::backoff::{retry_until_cancelled, unless_cancelled, Backoff, Ended};
 use crate::execution::ExecutionId;
+use crate::trace::TraceParent;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -38,6 +40,9 @@ pub type Result<T, E = QueueError> = std::result::Result<T, E>;
 
 /// The routing key of execution messages on the executions exchange.
 pub const EXECUTION_ROUTING_KEY: &str = "execution";
+/// The AMQP header of an execution message that carries the submitting
+/// request's W3C `traceparent`.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
 /// Redeliveries after which the broker dead-letters a message that keeps
 /// killing its consumer.
 pub const DELIVERY_LIMIT: i64 = 50;
@@ -164,16 +169,21 @@ pub struct Publisher {
     confirm_timeout: Duration,
     current: RwLock<Option<(Connection, Channel)>>,
     reconnect: tokio::sync::Notify,
+    /// Bumped on every (re)connect.
+    connected: watch::Sender<u64>,
 }
 
 impl Publisher {
     /// Connects (or keeps trying in the background) and returns at once:
     /// a process must start, and answer health checks, without its broker.
-    pub fn start(
+    /// The session runs on `tracker` until `cancel` fires, then closes its
+    /// channel and connection; wait on the tracker for that.
+    pub fn start_tracked(
         url: &str,
         name: &str,
         topology: Topology,
         cancel: CancellationToken,
+        tracker: &TaskTracker,
     ) -> Arc<Self> {
         let publisher = Arc::new(Self {
             url: url.to_string(),
@@ -182,10 +192,21 @@ impl Publisher {
             confirm_timeout: Duration::from_secs(5),
             current: RwLock::new(None),
             reconnect: tokio::sync::Notify::new(),
+            connected: watch::channel(0).0,
         });
-        // Lives as long as the process; it stops on the cancellation token.
-        tokio::spawn(publisher.clone().maintain(cancel));
+        tracker.spawn(publisher.clone().maintain(cancel));
         publisher
+    }
+
+    /// [`Publisher::start_tracked`] on a tracker of its own, for a process
+    /// that does not wait for the publisher to close.
+    pub fn start(
+        url: &str,
+        name: &str,
+        topology: Topology,
+        cancel: CancellationToken,
+    ) -> Arc<Self> {
+        Self::start_tracked(url, name, topology, cancel, &TaskTracker::new())
     }
 
     /// True while a channel is open.
@@ -196,36 +217,47 @@ impl Publisher {
         }
     }
 
+    /// Keeps a channel open until `cancel` fires, then closes it in
+    /// order (channel, then connection).
     async fn maintain(self: Arc<Self>, cancel: CancellationToken) {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        loop {
-            if !self.is_connected().await {
-                match self.open().await {
-                    Ok(pair) => {
-                        *self.current.write().await = Some(pair);
-                        backoff.reset();
-                        tracing::info!(broker.connection = %self.name, "publisher connected");
-                    }
-                    Err(e) => {
-                        let delay = backoff.next_delay();
-                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "publisher cannot connect");
-                        tokio::select! {
-                            _ = cancel.cancelled() => break,
-                            _ = tokio::time::sleep(delay) => {}
-                        }
-                        continue;
-                    }
-                }
-            }
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = self.reconnect.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            }
-        }
-        if let Some((conn, _)) = self.current.write().await.take() {
+        let name = self.name.clone();
+        retry_until_cancelled(&name, &cancel, Backoff::reconnect(), || {
+            self.session(&cancel)
+        })
+        .await;
+        if let Some((conn, channel)) = self.current.write().await.take() {
+            let _ = channel.close(200, s("shutdown")).await;
             let _ = conn.close(200, s("shutdown")).await;
         }
+    }
+
+    /// One connection: opened, announced, then watched until it drops.
+    async fn session(&self, cancel: &CancellationToken) -> Result<(), Ended<QueueError>> {
+        let Some(opened) = unless_cancelled(cancel, self.open()).await else {
+            return Ok(());
+        };
+        let pair = opened.map_err(Ended::Failed)?;
+        *self.current.write().await = Some(pair);
+        self.connected.send_modify(|generation| *generation += 1);
+        tracing::info!(broker.connection = %self.name, "publisher connected");
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = self.reconnect.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            if !self.is_connected().await {
+                return Err(Ended::Lost(QueueError::Unavailable(
+                    "publisher connection lost".into(),
+                )));
+            }
+        }
+    }
+
+    /// Changes each time the publisher (re)gains a channel: what failed
+    /// for want of one can be published again at once.
+    pub fn reconnected(&self) -> watch::Receiver<u64> {
+        self.connected.subscribe()
     }
 
     async fn open(&self) -> Result<(Connection, Channel)> {
@@ -252,12 +284,32 @@ impl Publisher {
 
     /// Publishes an execution message and waits for the broker's confirm.
     pub async fn publish_execution(&self, id: ExecutionId, priority: i16) -> Result<()> {
+        self.publish_execution_traced(id, priority, None).await
+    }
+
+    /// Publishes an execution message carrying the W3C trace context of
+    /// the request that submitted it (header [`TRACEPARENT_HEADER`]), so
+    /// the worker's span continues that trace.
+    pub async fn publish_execution_traced(
+        &self,
+        id: ExecutionId,
+        priority: i16,
+        trace: Option<&TraceParent>,
+    ) -> Result<()> {
         let body = serde_json::to_vec(&ExecutionMessage { id }).unwrap_or_default();
-        let props = BasicProperties::default()
+        let mut props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(s("application/json"))
             .with_message_id(s(&id.to_string()))
             .with_priority(priority.clamp(0, 9) as u8);
+        if let Some(trace) = trace {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                s(TRACEPARENT_HEADER),
+                AMQPValue::LongString(trace.to_string().into()),
+            );
+            props = props.with_headers(headers);
+        }
         let result = self
             .publish_confirmed(
                 &self.topology.executions_exchange,
@@ -311,23 +363,6 @@ impl Publisher {
         }
     }
 
-    /// Announces executions that reached a terminal status, as one
-    /// message for all of them (a worker's outcome batch commits many at
-    /// once). Best effort: long-pollers re-read Postgres anyway.
-    pub async fn publish_terminal_events(&self, events: &[ExecutionEvent]) {
-        if events.is_empty() {
-            return;
-        }
-        let batch = TerminalEvents {
-            events: events.to_vec(),
-        };
-        if let Ok(body) = serde_json::to_vec(&batch) {
-            if let Err(e) = self.publish_event(TERMINAL_EVENTS_KEY, &body).await {
-                tracing::debug!(count = events.len(), error = %e, "terminal events not published");
-            }
-        }
-    }
-
     /// Publishes a lifecycle event. Best effort: events are hints for
     /// waiters, who also read Postgres, so no confirm is awaited.
     pub async fn publish_event(&self, routing_key: &str, body: &[u8]) -> Result<()> {
@@ -344,20 +379,4 @@ impl Publisher {
             .await?;
         Ok(())
     }
-}
-
-/// A lifecycle event on the events exchange.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct ExecutionEvent {
-    pub id: ExecutionId,
-    pub status: crate::execution::ExecutionStatus,
-}
-
-/// Routing key of `TerminalEvents` messages on the events exchange.
-pub const TERMINAL_EVENTS_KEY: &str = "executions.terminal";
-
-/// Terminal transitions committed together, in one events message.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct TerminalEvents {
-    pub events: Vec<ExecutionEvent>,
 }

@@ -14,14 +14,16 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
     BasicRejectOptions,
 };
-use lapin::types::FieldTable;
-use llmq_shared::backoff::Backoff;
+use lapin::types::{AMQPValue, FieldTable};
+use llmq_shared::backoff::{retry_until_cancelled, unless_cancelled, Backoff, Ended};
 use llmq_shared::execution::ExecutionStatus;
 use llmq_shared::metrics as m;
 use llmq_shared::queue::{self, s, ExecutionMessage, QueueError, Topology};
+use llmq_shared::trace::TraceParent;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::context::WorkerContext;
 use crate::pipeline::{run_execution, RunOutcome};
@@ -34,21 +36,21 @@ pub async fn run_consumer(
     interrupt: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    let mut connection = None;
-    while !stop.is_cancelled() {
-        match consume(&ctx, &stop, &interrupt, &tracker, &mut connection).await {
-            Ok(()) => break,
-            Err(e) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "consumer lost the broker; reconnecting");
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
+    let name = format!("llmq-worker {} consumer", ctx.owner);
+    retry_until_cancelled(&name, &stop, Backoff::reconnect(), || {
+        consume(&ctx, &stop, &interrupt, &tracker)
+    })
+    .await;
+    // A lost broker during shutdown: drain what is left without a channel
+    // (acks fail, the broker redelivers, claiming absorbs it).
+    if !tracker.is_closed() {
+        drain(&ctx, &tracker, &interrupt).await;
     }
+}
+
+/// Lets in-flight executions finish until the grace period ends, then
+/// interrupts the rest.
+async fn drain(ctx: &WorkerContext, tracker: &TaskTracker, interrupt: &CancellationToken) {
     tracker.close();
     let grace = Duration::from_secs(ctx.settings.worker.shutdown_grace_secs);
     let in_flight = tracker.len();
@@ -67,19 +69,57 @@ pub async fn run_consumer(
         interrupt.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
     }
-    if let Some(conn) = connection {
-        let conn: lapin::Connection = conn;
-        let _ = conn.close(200, s("shutdown")).await;
-    }
 }
 
+/// One broker session: consumes until `stop` fires, then cancels the
+/// consumer and waits for the in-flight executions (whose acks need the
+/// channel) before closing the channel and then the connection.
 async fn consume(
     ctx: &Arc<WorkerContext>,
     stop: &CancellationToken,
     interrupt: &CancellationToken,
     tracker: &TaskTracker,
-    connection: &mut Option<lapin::Connection>,
-) -> Result<(), QueueError> {
+) -> Result<(), Ended<QueueError>> {
+    let Some(opened) = unless_cancelled(stop, open(ctx)).await else {
+        return Ok(());
+    };
+    let (conn, channel, mut consumer, tag) = opened.map_err(Ended::Failed)?;
+    let concurrency = ctx.settings.worker.concurrency.clamp(1, u16::MAX as usize);
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let lost = loop {
+        tokio::select! {
+            _ = stop.cancelled() => {
+                let _ = channel.basic_cancel(s(&tag), BasicCancelOptions::default()).await;
+                break None;
+            }
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    let Ok(slot) = slots.clone().acquire_owned().await else { break None };
+                    let ctx = ctx.clone();
+                    let interrupt = interrupt.clone();
+                    let span = execution_span(&delivery);
+                    tracker.spawn(async move {
+                        handle_delivery(&ctx, delivery, &interrupt).await;
+                        drop(slot);
+                    }.instrument(span));
+                }
+                Some(Err(e)) => break Some(QueueError::from(e)),
+                None => break Some(QueueError::Unavailable("consumer stream ended".into())),
+            }
+        }
+    };
+    if let Some(e) = lost {
+        return Err(Ended::Lost(e));
+    }
+    drain(ctx, tracker, interrupt).await;
+    let _ = channel.close(200, s("shutdown")).await;
+    let _ = conn.close(200, s("shutdown")).await;
+    Ok(())
+}
+
+async fn open(
+    ctx: &WorkerContext,
+) -> Result<(lapin::Connection, lapin::Channel, lapin::Consumer, String), QueueError> {
     let conn = queue::connect(
         &ctx.settings.amqp_url,
         &format!("llmq-worker {}", ctx.owner),
@@ -93,7 +133,7 @@ async fn consume(
         .basic_qos(concurrency as u16, BasicQosOptions::default())
         .await?;
     let tag = format!("llmq-worker-{}", ctx.owner);
-    let mut consumer = channel
+    let consumer = channel
         .basic_consume(
             s(&topology.executions_queue),
             s(&tag),
@@ -101,29 +141,27 @@ async fn consume(
             FieldTable::default(),
         )
         .await?;
-    *connection = Some(conn);
     tracing::info!(queue = %topology.executions_queue, concurrency, "consuming");
-    let slots = Arc::new(Semaphore::new(concurrency));
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => {
-                let _ = channel.basic_cancel(s(&tag), BasicCancelOptions::default()).await;
-                return Ok(());
-            }
-            next = consumer.next() => match next {
-                Some(Ok(delivery)) => {
-                    let Ok(slot) = slots.clone().acquire_owned().await else { return Ok(()) };
-                    let ctx = ctx.clone();
-                    let interrupt = interrupt.clone();
-                    tracker.spawn(async move {
-                        handle_delivery(&ctx, delivery, &interrupt).await;
-                        drop(slot);
-                    });
-                }
-                Some(Err(e)) => return Err(e.into()),
-                None => return Err(QueueError::Unavailable("consumer stream ended".into())),
-            }
-        }
+    Ok((conn, channel, consumer, tag))
+}
+
+/// The span of one delivery: it continues the trace of the request that
+/// submitted the execution (the message's `traceparent` header), or starts
+/// a new one for a message without it (a relay republish, a test).
+fn execution_span(delivery: &Delivery) -> tracing::Span {
+    let trace = message_trace(delivery)
+        .map(|t| t.child())
+        .unwrap_or_else(TraceParent::new_trace);
+    tracing::info_span!("execution.delivery", trace_id = %trace.trace_id())
+}
+
+/// The W3C trace context a message carries, if any.
+pub fn message_trace(delivery: &Delivery) -> Option<TraceParent> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get(queue::TRACEPARENT_HEADER)? {
+        AMQPValue::LongString(v) => TraceParent::parse(&String::from_utf8_lossy(v.as_bytes())),
+        AMQPValue::ShortString(v) => TraceParent::parse(v.as_str()),
+        _ => None,
     }
 }
 

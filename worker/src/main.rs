@@ -1,7 +1,7 @@
 //! `llmq-worker`: runs the roles named in `worker.roles` (default:
 //! `executions` and `relay`) until SIGTERM/SIGINT, then drains.
 
-use llmq_shared::{telemetry, Settings};
+use llmq_shared::{shutdown, telemetry, Settings};
 use llmq_worker::Worker;
 use tokio_util::sync::CancellationToken;
 
@@ -19,15 +19,7 @@ async fn main() -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let worker = Worker::build(settings, stop.clone()).await?;
     tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return,
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        shutdown::signal().await;
         tracing::info!("shutdown requested");
         stop.cancel();
     });

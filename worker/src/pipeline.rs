@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use llmq_shared::db::executions::{self as db, Claim, Finish, Outcome};
 use llmq_shared::db::{prompts as db_prompts, steps as db_steps, DbError};
+use llmq_shared::events::ExecutionEvent;
 use llmq_shared::execution::{codes, ErrorInfo, Execution, ExecutionId, ExecutionStatus, Usage};
 use llmq_shared::mask::mask_json;
 use llmq_shared::metrics as m;
 use llmq_shared::prompt::CompiledPrompt;
-use llmq_shared::queue::ExecutionEvent;
 use llmq_shared::step::{Step, StepKind, StepStatus};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;

@@ -16,8 +16,9 @@ use futures::FutureExt;
 use llmq_shared::batch::Batcher;
 use llmq_shared::db::executions::{self as db, Claim, Finish};
 use llmq_shared::db::{spawn_batcher, steps as db_steps, DbError, Pool};
+use llmq_shared::events::ExecutionEvent;
 use llmq_shared::execution::ExecutionId;
-use llmq_shared::queue::{ExecutionEvent, Publisher};
+use llmq_shared::queue::Publisher;
 use llmq_shared::step::Step;
 
 type Answer<T> = Result<T, DbError>;

@@ -1,8 +1,7 @@
-//! Health, readiness, metrics and the OpenAPI document.
+//! Health, readiness and metrics.
 
 use actix_web::{get, web, HttpResponse};
 use serde::Serialize;
-use utoipa::OpenApi;
 
 use crate::state::AppState;
 
@@ -45,11 +44,4 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(body)
-}
-
-/// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3 document")))]
-#[get("/openapi.json")]
-pub async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().json(crate::openapi::ApiDoc::openapi())
 }

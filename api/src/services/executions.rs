@@ -11,9 +11,9 @@ use std::time::Duration;
 use llmq_shared::canonical::json_sha256;
 use llmq_shared::db::prompts::{resolve_prompt, Unresolved, VersionRef};
 use llmq_shared::db::{executions as db, steps as db_steps};
+use llmq_shared::events::ExecutionEvent;
 use llmq_shared::execution::{codes, Execution, ExecutionId, ExecutionStatus, NewExecution};
 use llmq_shared::prompt::{validate_name, CompiledPrompt, DEFAULT_LABEL};
-use llmq_shared::queue::ExecutionEvent;
 use llmq_shared::step::Step;
 use serde_json::Value;
 
@@ -308,8 +308,8 @@ pub async fn get_execution(
 }
 
 /// Reads the execution, waiting up to `wait` for it to become terminal.
-/// Registers for the wake-up before reading, so a finish between the read
-/// and the wait is not missed; re-reads every second regardless.
+/// Watches its events before reading, so a finish between the read and
+/// the wait is not missed; re-reads every second regardless.
 pub async fn wait_for_execution(
     state: &AppState,
     caller: &Caller,
@@ -317,11 +317,8 @@ pub async fn wait_for_execution(
     wait: Duration,
 ) -> Result<Execution, ApiError> {
     let deadline = tokio::time::Instant::now() + wait;
-    let waiter = state.waiters.register(id);
+    let mut events = state.events.watch(id);
     loop {
-        let notified = waiter.notify.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
         let execution = super::within(state.deadline(), get_execution(state, caller, id)).await?;
         let now = tokio::time::Instant::now();
         if execution.status.is_terminal() || now >= deadline {
@@ -329,7 +326,7 @@ pub async fn wait_for_execution(
         }
         let recheck = (deadline - now).min(Duration::from_secs(1));
         tokio::select! {
-            _ = notified => {}
+            _ = events.next() => {}
             _ = tokio::time::sleep(recheck) => {}
         }
     }

@@ -1,0 +1,286 @@
+//! Lifecycle events: their types and routing keys on the events exchange,
+//! how they are published, and the one subscriber a process runs to hear
+//! them.
+//!
+//! Events are hints, not the record: Postgres is. A waiter that hears
+//! nothing re-reads Postgres on a timer, so an event lost in a broker
+//! outage delays an answer but never changes it. Terminal transitions are
+//! published as one message per committed outcome batch (a worker's finish
+//! statement commits dozens at once), never one message per execution.
+//!
+//! A process runs one [`Subscriber`]: one consumer on an exclusive queue,
+//! reconnecting by itself, fanning events out to whoever watches one
+//! execution ([`Subscriber::watch`], long-poll today, an SSE stream next)
+//! or all of them ([`Subscriber::subscribe`], webhook delivery next).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::{retry_until_cancelled, unless_cancelled, Backoff, Ended};
+use crate::execution::{ExecutionId, ExecutionStatus};
+use crate::queue::{self, s, Publisher, QueueError, Topology};
+
+/// A lifecycle event on the events exchange.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ExecutionEvent {
+    pub id: ExecutionId,
+    pub status: ExecutionStatus,
+}
+
+/// Routing key of `TerminalEvents` messages on the events exchange.
+pub const TERMINAL_EVENTS_KEY: &str = "executions.terminal";
+
+/// Terminal transitions committed together, in one events message.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TerminalEvents {
+    pub events: Vec<ExecutionEvent>,
+}
+
+// Publishing lives here, beside the types, though it is a method of the
+// transport: callers say `publisher.publish_terminal_events(..)`.
+impl Publisher {
+    /// Announces executions that reached a terminal status, as one
+    /// message for all of them. Best effort: waiters re-read Postgres.
+    pub async fn publish_terminal_events(&self, events: &[ExecutionEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        let batch = TerminalEvents {
+            events: events.to_vec(),
+        };
+        if let Ok(body) = serde_json::to_vec(&batch) {
+            if let Err(e) = self.publish_event(TERMINAL_EVENTS_KEY, &body).await {
+                tracing::debug!(count = events.len(), error = %e, "terminal events not published");
+            }
+        }
+    }
+}
+
+/// Events buffered per watcher before the oldest are dropped (a watcher
+/// that lags re-reads Postgres anyway).
+const WATCH_BUFFER: usize = 16;
+/// Events buffered for each all-executions subscriber.
+const SUBSCRIBE_BUFFER: usize = 4096;
+
+/// The process's one consumer of lifecycle events.
+pub struct Subscriber {
+    by_id: Mutex<HashMap<ExecutionId, broadcast::Sender<ExecutionEvent>>>,
+    all: broadcast::Sender<ExecutionEvent>,
+}
+
+impl Subscriber {
+    /// Starts consuming in the background until `cancel` fires,
+    /// reconnecting after broker failures; returns at once. The returned
+    /// future is the consumer; the caller spawns and awaits it.
+    pub fn start(
+        url: &str,
+        name: &str,
+        topology: Topology,
+        cancel: CancellationToken,
+    ) -> (
+        Arc<Self>,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let subscriber = Arc::new(Self {
+            by_id: Mutex::new(HashMap::new()),
+            all: broadcast::channel(SUBSCRIBE_BUFFER).0,
+        });
+        let (url, name) = (url.to_string(), name.to_string());
+        let this = subscriber.clone();
+        let run = async move {
+            retry_until_cancelled(&name, &cancel, Backoff::reconnect(), || {
+                consume(&url, &name, &topology, &this, &cancel)
+            })
+            .await;
+        };
+        (subscriber, run)
+    }
+
+    /// Events of one execution, from now on. Register before reading the
+    /// execution, so that a change between the read and the wait is heard.
+    pub fn watch(self: &Arc<Self>, id: ExecutionId) -> Watch {
+        let events = match self.by_id.lock() {
+            Ok(mut map) => map
+                .entry(id)
+                .or_insert_with(|| broadcast::channel(WATCH_BUFFER).0)
+                .subscribe(),
+            Err(_) => broadcast::channel(1).1,
+        };
+        Watch {
+            subscriber: self.clone(),
+            id,
+            events,
+        }
+    }
+
+    /// Every event this process hears, from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<ExecutionEvent> {
+        self.all.subscribe()
+    }
+
+    /// Hands one event to its watchers and the subscribers.
+    pub fn deliver(&self, event: ExecutionEvent) {
+        if let Ok(map) = self.by_id.lock() {
+            if let Some(tx) = map.get(&event.id) {
+                let _ = tx.send(event.clone());
+            }
+        }
+        // No subscriber is the common case; the error only says so.
+        let _ = self.all.send(event);
+    }
+}
+
+/// A registration for one execution's events; dropping it unregisters.
+pub struct Watch {
+    subscriber: Arc<Subscriber>,
+    id: ExecutionId,
+    events: broadcast::Receiver<ExecutionEvent>,
+}
+
+impl Watch {
+    /// The next event of this execution. `None` means events were missed
+    /// (the watcher lagged): re-read Postgres. Pends for good if no event
+    /// can come any more, so a waiter falls back on its own timer.
+    pub async fn next(&mut self) -> Option<ExecutionEvent> {
+        match self.events.recv().await {
+            Ok(event) => Some(event),
+            Err(broadcast::error::RecvError::Lagged(_)) => None,
+            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.subscriber.by_id.lock() {
+            // This watch's receiver is still alive here: the last one left.
+            if map.get(&self.id).is_some_and(|tx| tx.receiver_count() <= 1) {
+                map.remove(&self.id);
+            }
+        }
+    }
+}
+
+/// One session: an exclusive auto-delete queue bound to the terminal
+/// events, consumed until cancelled or the broker goes.
+async fn consume(
+    url: &str,
+    name: &str,
+    topology: &Topology,
+    subscriber: &Subscriber,
+    cancel: &CancellationToken,
+) -> Result<(), Ended<QueueError>> {
+    let Some(opened) = unless_cancelled(cancel, open(url, name, topology)).await else {
+        return Ok(());
+    };
+    let (conn, channel, mut consumer) = opened.map_err(Ended::Failed)?;
+    tracing::debug!(session = name, "consuming lifecycle events");
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                // Channel first, then the connection: closing a connection
+                // under an open channel is what lapin reports as an error.
+                let _ = channel.close(200, s("shutdown")).await;
+                let _ = conn.close(200, s("shutdown")).await;
+                return Ok(());
+            }
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    if let Ok(batch) = serde_json::from_slice::<TerminalEvents>(&delivery.data) {
+                        for event in batch.events {
+                            subscriber.deliver(event);
+                        }
+                    }
+                }
+                Some(Err(e)) => return Err(Ended::Lost(e.into())),
+                None => return Err(Ended::Lost(QueueError::Unavailable("event stream ended".into()))),
+            }
+        }
+    }
+}
+
+async fn open(
+    url: &str,
+    name: &str,
+    topology: &Topology,
+) -> queue::Result<(lapin::Connection, lapin::Channel, lapin::Consumer)> {
+    let conn = queue::connect(url, name).await?;
+    let channel = conn.create_channel().await?;
+    topology.declare(&channel).await?;
+    let opts = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let q = channel
+        .queue_declare(s(""), opts, FieldTable::default())
+        .await?;
+    channel
+        .queue_bind(
+            q.name().clone(),
+            s(&topology.events_exchange),
+            s(TERMINAL_EVENTS_KEY),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let consume = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let consumer = channel
+        .basic_consume(q.name().clone(), s(name), consume, FieldTable::default())
+        .await?;
+    Ok((conn, channel, consumer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subscriber() -> Arc<Subscriber> {
+        Arc::new(Subscriber {
+            by_id: Mutex::new(HashMap::new()),
+            all: broadcast::channel(SUBSCRIBE_BUFFER).0,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_watch_hears_its_execution_only_and_unregisters_when_dropped() {
+        let subscriber = subscriber();
+        let (a, b) = (ExecutionId::new(), ExecutionId::new());
+        let mut watch = subscriber.watch(a);
+        let mut all = subscriber.subscribe();
+        subscriber.deliver(ExecutionEvent {
+            id: b,
+            status: ExecutionStatus::Failed,
+        });
+        subscriber.deliver(ExecutionEvent {
+            id: a,
+            status: ExecutionStatus::Succeeded,
+        });
+        assert_eq!(watch.next().await.map(|e| e.id), Some(a));
+        assert_eq!(all.recv().await.ok().map(|e| e.id), Some(b));
+        assert_eq!(all.recv().await.ok().map(|e| e.id), Some(a));
+        let second = subscriber.watch(a);
+        drop(watch);
+        assert!(subscriber
+            .by_id
+            .lock()
+            .map(|m| m.contains_key(&a))
+            .unwrap_or(false));
+        drop(second);
+        assert!(subscriber
+            .by_id
+            .lock()
+            .map(|m| m.is_empty())
+            .unwrap_or(false));
+    }
+}
