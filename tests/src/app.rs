@@ -463,6 +463,16 @@ impl TestApp {
         WorkerProcess::spawn(&self.settings, name)
     }
 
+    /// Stops the API (and an in-process worker, whose token is a child of
+    /// the API's) as SIGTERM would, and waits until the API has shut down:
+    /// its publish pipeline drained, its broker sessions closed.
+    pub async fn stop_api(&mut self) {
+        self.cancel.cancel();
+        if let Some(task) = self.api_task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+        }
+    }
+
     // ---- teardown --------------------------------------------------------
 
     /// Stops the worker and the API, then drops the database and queues.

@@ -12,5 +12,6 @@ mod api {
     mod prompts;
     mod shutdown;
     mod sql;
+    mod telemetry;
     mod validation;
 }
