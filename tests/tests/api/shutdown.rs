@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use llmq_tests::TestApp;
+use tokio::io::AsyncBufReadExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_executions_in_flight_loses_none() {
@@ -174,5 +175,102 @@ async fn a_worker_killed_mid_execution_loses_nothing() {
         .wait(Duration::from_secs(25))
         .await
         .is_some_and(|s| s.success()));
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_normal_shutdown_logs_no_error() {
+    let app = TestApp::builder().without_worker().spawn().await;
+    let mut worker = app.spawn_worker_process("quiet");
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(app.submit_summary(&format!("quiet stop {run} {i}.")).await);
+    }
+    for execution in app.wait_all_terminal(&ids, Duration::from_secs(30)).await {
+        assert_eq!(execution["status"], "succeeded", "{execution:#}");
+    }
+    worker.sigterm();
+    let status = worker.wait(Duration::from_secs(25)).await;
+    let log = std::fs::read_to_string(worker.log_path()).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the worker did not exit cleanly ({status:?}); log:\n{log}"
+    );
+    assert!(
+        log.contains("llmq-worker stopped"),
+        "the log has no stop line: {log}"
+    );
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"level\":\"ERROR\""))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "errors logged on a normal stop: {errors:#?}"
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_normal_api_shutdown_logs_no_error() {
+    let app = TestApp::spawn().await;
+    let binary = llmq_tests::worker_process::worker_binary().with_file_name("llmq-api");
+    assert!(
+        binary.is_file(),
+        "{} not built (`cargo build --bins`)",
+        binary.display()
+    );
+    let mut cmd = tokio::process::Command::new(&binary);
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().to_string();
+        if key.starts_with("LLMQ_") || key == "DATABASE_URL" || key == "AMQP_URL" {
+            cmd.env_remove(&key);
+        }
+    }
+    let mut api = cmd
+        .envs(llmq_tests::worker_process::worker_env(&app.settings))
+        .env("LLMQ_API__ADDR", "127.0.0.1:0")
+        .env("LLMQ_API__API_KEY", &app.api_key)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting llmq-api");
+    let mut stderr = tokio::io::BufReader::new(api.stderr.take().expect("stderr")).lines();
+    let mut log = Vec::new();
+    // Up and connected to the broker before it is stopped.
+    while let Ok(Some(line)) = stderr.next_line().await {
+        let connected = line.contains("publisher connected");
+        log.push(line);
+        if connected {
+            break;
+        }
+    }
+    let pid = api.id().expect("a pid").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("running kill");
+    assert!(killed.success());
+    while let Ok(Some(line)) = stderr.next_line().await {
+        log.push(line);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(30), api.wait())
+        .await
+        .expect("llmq-api did not exit after SIGTERM")
+        .expect("waiting for llmq-api");
+    let log = log.join("\n");
+    assert!(status.success(), "llmq-api exited with {status}:\n{log}");
+    assert!(log.contains("llmq-api stopped"), "no stop line:\n{log}");
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"level\":\"ERROR\""))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "errors logged on a normal stop: {errors:#?}"
+    );
     app.cleanup().await;
 }
