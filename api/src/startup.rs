@@ -53,7 +53,7 @@ impl Application {
         let topology = Topology::new(&settings.queue_prefix);
         let broker = CancellationToken::new();
         let sessions = TaskTracker::new();
-        let publisher = Publisher::start_tracked(
+        let publisher = Publisher::start(
             &settings.amqp_url,
             "llmq-api",
             topology.clone(),

@@ -178,7 +178,7 @@ impl Publisher {
     /// a process must start, and answer health checks, without its broker.
     /// The session runs on `tracker` until `cancel` fires, then closes its
     /// channel and connection; wait on the tracker for that.
-    pub fn start_tracked(
+    pub fn start(
         url: &str,
         name: &str,
         topology: Topology,
@@ -196,17 +196,6 @@ impl Publisher {
         });
         tracker.spawn(publisher.clone().maintain(cancel));
         publisher
-    }
-
-    /// [`Publisher::start_tracked`] on a tracker of its own, for a process
-    /// that does not wait for the publisher to close.
-    pub fn start(
-        url: &str,
-        name: &str,
-        topology: Topology,
-        cancel: CancellationToken,
-    ) -> Arc<Self> {
-        Self::start_tracked(url, name, topology, cancel, &TaskTracker::new())
     }
 
     /// True while a channel is open.

@@ -9,6 +9,7 @@ use llmq_shared::db::{self, executions as db_exec};
 use llmq_shared::queue::{Publisher, Topology};
 use llmq_shared::Settings;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::context::{lease_owner, WorkerContext};
 use crate::provider::ProviderClient;
@@ -20,6 +21,8 @@ pub struct Worker {
     stop: CancellationToken,
     /// Stops the publisher, relay and renewer after the drain.
     background: CancellationToken,
+    /// The publisher's session, closed (channel, then connection) last.
+    sessions: TaskTracker,
 }
 
 impl Worker {
@@ -41,12 +44,15 @@ impl Worker {
         let background = CancellationToken::new();
         let owner = lease_owner();
         let topology = Topology::new(&settings.queue_prefix);
+        let sessions = TaskTracker::new();
         let publisher = Publisher::start(
             &settings.amqp_url,
             &format!("llmq-worker {owner} publisher"),
             topology,
             background.clone(),
+            &sessions,
         );
+        sessions.close();
         let writer = Writer::start(
             pool.clone(),
             trace_pool,
@@ -69,6 +75,7 @@ impl Worker {
             ctx,
             stop,
             background,
+            sessions,
         })
     }
 
@@ -110,6 +117,7 @@ impl Worker {
         if let Some(relay) = relay {
             let _ = relay.await;
         }
+        self.sessions.wait().await;
         tracing::info!("llmq-worker stopped");
         Ok(())
     }
