@@ -76,9 +76,9 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
-    /// Starts consuming in the background until `cancel` fires,
-    /// reconnecting after broker failures; returns at once. The returned
-    /// future is the consumer; the caller spawns and awaits it.
+    /// The subscriber, and its consumer: a future that consumes until
+    /// `cancel` fires, reconnecting after broker failures, then closes its
+    /// channel and connection. The caller spawns it and waits for it.
     pub fn start(
         url: &str,
         name: &str,

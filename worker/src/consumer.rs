@@ -1,6 +1,8 @@
 //! The executions consumer: manual acks, prefetch equal to the concurrency
 //! limit, one task per delivery, acknowledgement only after the outcome is
-//! committed. Reconnects after broker failures. On shutdown it stops
+//! committed. Reconnects after broker failures (`retry_until_cancelled`).
+//! Each delivery runs in a span that continues the trace of the request
+//! that submitted it (the message's `traceparent`). On shutdown it stops
 //! consuming, lets in-flight executions finish until the grace period ends,
 //! then interrupts the rest (their leases are given back and their
 //! unacknowledged messages return to the queue).
