@@ -13,6 +13,7 @@ pub mod mask;
 pub mod metrics;
 pub mod prompt;
 pub mod queue;
+pub mod sanitize;
 pub mod step;
 pub mod telemetry;
 

@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use super::{DbError, GenericClient, Result};
 use crate::execution::{ErrorInfo, Execution, ExecutionId, ExecutionStatus, NewExecution, Usage};
+use crate::sanitize::{clean_json, clean_str};
 use crate::step::Step;
 
 macro_rules! execution_columns {
@@ -346,14 +347,19 @@ pub async fn finish_executions(
     finishes.sort_by_key(|f| f.id.0);
     let ids: Vec<_> = finishes.iter().map(|f| f.id.0).collect();
     let statuses: Vec<_> = finishes.iter().map(|f| f.outcome.status.as_str()).collect();
-    let outputs: Vec<_> = finishes.iter().map(|f| f.outcome.output.as_ref()).collect();
+    // What Postgres cannot store (NUL) is removed: an outcome always lands.
+    let outputs: Vec<_> = finishes
+        .iter()
+        .map(|f| f.outcome.output.as_ref().map(clean_json))
+        .collect();
+    let outputs: Vec<_> = outputs.iter().map(|o| o.as_deref()).collect();
     let codes: Vec<_> = finishes
         .iter()
-        .map(|f| f.outcome.error.as_ref().map(|e| e.code.as_str()))
+        .map(|f| f.outcome.error.as_ref().map(|e| clean_str(&e.code)))
         .collect();
     let messages: Vec<_> = finishes
         .iter()
-        .map(|f| f.outcome.error.as_ref().map(|e| e.message.as_str()))
+        .map(|f| f.outcome.error.as_ref().map(|e| clean_str(&e.message)))
         .collect();
     let usage = |f: fn(&Usage) -> i32| {
         finishes
@@ -405,8 +411,8 @@ pub async fn schedule_retry(
             &[
                 &id.0,
                 &owner,
-                &error.code,
-                &error.message,
+                &clean_str(&error.code),
+                &clean_str(&error.message),
                 &delay.as_secs_f64(),
             ],
         )

@@ -2,6 +2,7 @@
 //! (execution, seq), so a step is first written running and then finished,
 //! and they are fenced by the writer's lease.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
@@ -11,6 +12,7 @@ use uuid::Uuid;
 
 use super::{DbError, GenericClient, Result};
 use crate::execution::{ErrorInfo, ExecutionId, Usage};
+use crate::sanitize::{clean_json, clean_str};
 use crate::step::{Step, StepKind, StepStatus};
 
 const RECORD: &str = concat!(
@@ -60,16 +62,26 @@ pub(crate) async fn write_steps(
     let finished: Vec<_> = steps.iter().map(|s| s.finished_at).collect();
     let latency: Vec<_> = steps.iter().map(|s| s.latency_ms).collect();
     let models: Vec<_> = steps.iter().map(|s| s.model.as_deref()).collect();
-    let params: Vec<_> = steps.iter().map(|s| s.params.as_ref()).collect();
-    let inputs: Vec<_> = steps.iter().map(|s| s.input.as_ref()).collect();
-    let outputs: Vec<_> = steps.iter().map(|s| s.output.as_ref()).collect();
+    // What Postgres cannot store (NUL) is removed here, whatever wrote it.
+    let json = |f: fn(&Step) -> Option<&serde_json::Value>| {
+        steps
+            .iter()
+            .map(|s| f(s).map(clean_json))
+            .collect::<Vec<_>>()
+    };
+    let (params, inputs, outputs) = (
+        json(|s| s.params.as_ref()),
+        json(|s| s.input.as_ref()),
+        json(|s| s.output.as_ref()),
+    );
+    let (params, inputs, outputs) = (refs(&params), refs(&inputs), refs(&outputs));
     let codes: Vec<_> = steps
         .iter()
-        .map(|s| s.error.as_ref().map(|e| e.code.as_str()))
+        .map(|s| s.error.as_ref().map(|e| clean_str(&e.code)))
         .collect();
     let messages: Vec<_> = steps
         .iter()
-        .map(|s| s.error.as_ref().map(|e| e.message.as_str()))
+        .map(|s| s.error.as_ref().map(|e| clean_str(&e.message)))
         .collect();
     let retryable: Vec<_> = steps.iter().map(|s| s.retryable).collect();
     let (prompt_tokens, completion_tokens, total_tokens) = (
@@ -103,6 +115,10 @@ pub(crate) async fn write_steps(
         .query(&client.prepare_cached(sql).await?, &all)
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+fn refs<'a>(v: &'a [Option<Cow<'_, serde_json::Value>>]) -> Vec<Option<&'a serde_json::Value>> {
+    v.iter().map(|c| c.as_deref()).collect()
 }
 
 const LIST: &str = "SELECT s.execution_id, s.seq, s.kind, s.attempt, s.status, s.started_at, s.finished_at, \
