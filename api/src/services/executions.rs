@@ -114,7 +114,7 @@ pub async fn submit_execution(
         webhook_url: req.webhook.map(|w| w.url),
     };
     tracing::Span::current().record("execution.id", tracing::field::display(new.id));
-    let republish_after = Duration::from_secs(state.settings.api.republish_after_secs);
+    let republish_after = state.settings.republish_after();
     let execution = match &idempotency {
         // Group-committed with concurrent submits: one statement for many.
         None => {
