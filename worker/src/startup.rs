@@ -24,6 +24,7 @@ pub struct Worker {
 
 impl Worker {
     pub async fn build(settings: Settings, stop: CancellationToken) -> anyhow::Result<Self> {
+        settings.worker.check_roles().map_err(anyhow::Error::msg)?;
         let settings = Arc::new(settings);
         if !settings.worker.metrics_addr.is_empty() {
             let addr = settings
@@ -54,6 +55,7 @@ impl Worker {
             &owner,
             settings.lease(),
             Duration::from_millis(settings.worker.batch_linger_ms),
+            settings.republish_after(),
         );
         let ctx = Arc::new(WorkerContext {
             settings,
@@ -70,10 +72,6 @@ impl Worker {
             stop,
             background,
         })
-    }
-
-    pub fn owner(&self) -> &str {
-        &self.ctx.owner
     }
 
     /// Runs the configured roles until the stop token fires, then drains.
@@ -98,10 +96,8 @@ impl Worker {
         // Whatever is still marked running here was interrupted: give it back.
         let leftovers = self.ctx.running_ids();
         if !leftovers.is_empty() {
-            if let Ok(client) = self.ctx.pool.get().await {
-                let republish = Duration::from_secs(self.ctx.settings.api.republish_after_secs);
-                let _ =
-                    db_exec::release_leases(&client, &leftovers, &self.ctx.owner, republish).await;
+            if let Err(e) = self.ctx.writer.release(&leftovers).await {
+                tracing::warn!(error = %e, "cannot give leases back; they expire instead");
             }
         }
         self.background.cancel();
