@@ -264,7 +264,7 @@ async fn mark_confirmed_publishes(pool: Pool, mut rx: mpsc::Receiver<Uuid>, hold
         }
         let result = async {
             let client = pool.get().await?;
-            db::executions::mark_published(&client, &due).await
+            db::outbox::mark_published(&client, &due).await
         }
         .await;
         if let Err(e) = result {

@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use llmq_shared::db::executions::Claim;
+use llmq_shared::db::leases::Claim;
 use llmq_shared::db::{prompts as db_prompts, DbError};
 use llmq_shared::execution::{codes, ErrorInfo, Execution, ExecutionId, ExecutionStatus};
 use llmq_shared::metrics as m;

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use llmq_shared::db::{self, executions as db_exec};
+use llmq_shared::db::{self, leases};
 use llmq_shared::queue::{Publisher, Topology};
 use llmq_shared::Settings;
 use tokio_util::sync::CancellationToken;
@@ -124,7 +124,7 @@ async fn watch_cancellations(ctx: Arc<WorkerContext>, stop: CancellationToken) {
         }
         let requested = async {
             let client = ctx.pool.get().await?;
-            db_exec::cancel_requests(&client, &ctx.owner).await
+            leases::cancel_requests(&client, &ctx.owner).await
         }
         .await;
         match requested {
@@ -150,7 +150,7 @@ async fn renew_leases(ctx: Arc<WorkerContext>, stop: CancellationToken) {
         }
         let result = async {
             let client = ctx.pool.get().await?;
-            db_exec::renew_leases(&client, &ctx.owner, lease).await
+            leases::renew_leases(&client, &ctx.owner, lease).await
         }
         .await;
         if let Err(e) = result {

@@ -18,7 +18,8 @@ use std::time::Duration;
 use futures::FutureExt;
 
 use llmq_shared::batch::Batcher;
-use llmq_shared::db::executions::{self as db, Claim, Finish};
+use llmq_shared::db::executions::{self as db, Finish};
+use llmq_shared::db::leases::{self, Claim};
 use llmq_shared::db::{spawn_batcher, steps as db_steps, DbError, Pool};
 use llmq_shared::execution::{ErrorInfo, ExecutionId};
 use llmq_shared::queue::{ExecutionEvent, Publisher};
@@ -53,7 +54,7 @@ impl Writer {
             let owner = owner.clone();
             spawn_batcher("claim", pool.clone(), linger, move |client, ids| {
                 let owner = owner.clone();
-                async move { db::claim_executions(client, ids, &owner, lease).await }.boxed()
+                async move { leases::claim_executions(client, ids, &owner, lease).await }.boxed()
             })
         };
         let steps = step_batcher("steps", pool.clone(), owner.clone(), linger);
@@ -139,7 +140,7 @@ impl Writer {
     /// the outbox mark covers a message the broker lost.
     pub async fn release(&self, ids: &[uuid::Uuid]) -> Answer<u64> {
         let client = self.pool.get().await?;
-        db::release_leases(&client, ids, &self.owner, self.republish_after).await
+        leases::release_leases(&client, ids, &self.owner, self.republish_after).await
     }
 
     /// The steps earlier attempts of an execution left (a read, here so a
