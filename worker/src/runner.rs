@@ -139,7 +139,8 @@ fn close_lost_steps(cx: &mut Cx<'_>, earlier: &[StepRow]) {
             message: "the worker running this step stopped".into(),
         });
         s.retryable = Some(true);
-        cx.done(s, StepStatus::Failed);
+        s.finish(StepStatus::Failed);
+        cx.keep(s);
     }
 }
 

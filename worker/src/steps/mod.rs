@@ -180,6 +180,12 @@ impl<'a> Cx<'a> {
         self.pending.push(step);
     }
 
+    /// Keeps a row finished elsewhere (e.g. closed for a lost worker) for
+    /// the next write, without counting it in the step metrics.
+    pub fn keep(&mut self, step: step_row::Step) {
+        self.pending.push(step);
+    }
+
     /// The rows waiting for the next write, taken.
     pub fn take_pending(&mut self) -> Vec<step_row::Step> {
         std::mem::take(&mut self.pending)
