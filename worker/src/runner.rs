@@ -169,7 +169,7 @@ async fn run_steps(cx: &mut Cx<'_>, earlier: &[StepRow]) -> Result<RunOutcome, P
             Outcome::Interrupted => return interrupt(cx).await,
             Outcome::LeaseLost => return Ok(RunOutcome::Skipped("lease lost")),
         };
-        if durable && !cx.flush().await? {
+        if durable && !cx.checkpoint(&out).await? {
             return Ok(RunOutcome::Skipped("lease lost"));
         }
     }

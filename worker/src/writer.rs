@@ -124,6 +124,21 @@ impl Writer {
         db::cancel_unclaimed(&client, id).await
     }
 
+    /// Commits `steps` of `id` and keeps a paid result on its row (see
+    /// `executions::checkpoint`); false when the lease was lost. One
+    /// statement, only for executions where a step that can fail follows.
+    pub async fn checkpoint(
+        &self,
+        id: ExecutionId,
+        output: &serde_json::Value,
+        usage: &llmq_shared::execution::Usage,
+        steps: Vec<Step>,
+    ) -> Answer<bool> {
+        let client = self.pool.get().await?;
+        let refs: Vec<&Step> = steps.iter().collect();
+        db::checkpoint(&client, &self.owner, id, output, usage, &refs).await
+    }
+
     /// Gives the execution back for `delay` after a retryable error; false
     /// when the lease was lost.
     pub async fn schedule_retry(

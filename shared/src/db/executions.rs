@@ -208,6 +208,50 @@ pub async fn finish_executions(
     .await
 }
 
+/// A paid step's result kept on a running execution with the steps that
+/// lead to it, before a step that can fail runs: a resumed run reuses the
+/// result (unmasked, unlike the step row's copy) instead of paying again.
+/// The outcome overwrites it.
+static CHECKPOINT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH done AS ( \
+           UPDATE executions e SET output = $3, prompt_tokens = $4, completion_tokens = $5, \
+             total_tokens = $6, cost_usd = $7, updated_at = now() \
+           WHERE e.id = $2 AND e.lease_owner = $1 RETURNING e.id), \
+         written AS ({}) SELECT id FROM done",
+        steps::upsert_sql(8, "s.execution_id IN (SELECT id FROM done)")
+    )
+});
+
+/// Writes `steps` of execution `id` and keeps `output` and `usage` on its
+/// row, fenced by `owner`'s lease; false when the lease was lost.
+pub async fn checkpoint(
+    client: &impl GenericClient,
+    owner: &str,
+    id: ExecutionId,
+    output: &serde_json::Value,
+    usage: &Usage,
+    steps: &[&Step],
+) -> Result<bool> {
+    let output = clean_json(output);
+    let done = steps::write_steps(
+        client,
+        &CHECKPOINT,
+        &[
+            &owner,
+            &id.0,
+            &*output,
+            &usage.prompt_tokens,
+            &usage.completion_tokens,
+            &usage.total_tokens,
+            &usage.cost_usd,
+        ],
+        steps,
+    )
+    .await?;
+    Ok(done.contains(&id.0))
+}
+
 const SCHEDULE_RETRY: &str =
     "UPDATE executions SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
        error_code = $3, error_message = $4, publish_due_at = now() + make_interval(secs => $5), \
@@ -339,6 +383,7 @@ pub static ALL_SQL: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
         INSERT,
         GET,
         FINISH.as_str(),
+        CHECKPOINT.as_str(),
         SCHEDULE_RETRY,
         REQUEST_CANCEL,
         CANCEL_UNCLAIMED,

@@ -224,3 +224,62 @@ async fn a_worker_with_an_unknown_role_does_not_start() {
     );
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_run_reuses_the_generate_checkpoint_and_runs_only_what_follows() {
+    let prompts = JsonPrompts::new();
+    let dir = prompts.0.clone();
+    let mut app = TestApp::builder()
+        .without_worker()
+        .configure(move |s| s.prompts_dir = dir)
+        .spawn()
+        .await;
+    let text = unique("resumed");
+    let body = json!({"prompt": "extract", "input": {"text": text}});
+    let id = app.submit_accepted(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let uuid = Uuid::parse_str(&id).unwrap();
+    // As a first attempt leaves it when its worker dies after the generate
+    // checkpoint and before validate: the result on the row, the steps
+    // committed, the lease expired and the row requeued.
+    let db = app.db().await;
+    db.execute(
+        "UPDATE executions SET attempts = 1, output = '{\"kept\": \"from the checkpoint\"}', \
+           prompt_tokens = 7, completion_tokens = 3, total_tokens = 10 WHERE id = $1",
+        &[&uuid],
+    )
+    .await
+    .unwrap();
+    db.execute(
+        "INSERT INTO execution_steps (execution_id, seq, kind, attempt, status, started_at, finished_at, output) \
+         VALUES ($1, 1, 'render', 1, 'succeeded', now(), now(), '{}'), \
+                ($1, 2, 'generate', 1, 'succeeded', now(), now(), '{\"masked\": true}')",
+        &[&uuid],
+    )
+    .await
+    .unwrap();
+
+    app.start_worker().await;
+    let execution = app.wait_until_terminal(&id, Duration::from_secs(20)).await;
+
+    assert_eq!(execution["status"], "succeeded", "{execution:#}");
+    assert_eq!(execution["attempts"], 2);
+    assert_eq!(execution["output"], json!({"kept": "from the checkpoint"}));
+    assert_eq!(execution["usage"]["total_tokens"], 10, "{execution:#}");
+    assert!(
+        app.fake.calls_containing(&text).is_empty(),
+        "the model was paid twice"
+    );
+    assert_eq!(
+        kinds(&app, &id).await,
+        [
+            "render succeeded",
+            "generate succeeded",
+            "validate succeeded",
+            "finalize succeeded"
+        ]
+    );
+    app.cleanup().await;
+}

@@ -199,6 +199,21 @@ impl<'a> Cx<'a> {
         Ok(self.ctx.writer.record_started(rows).await?)
     }
 
+    /// Commits the waiting rows now with the result `out` holds, if any,
+    /// kept on the execution row for a resumed run. False when the lease
+    /// was lost.
+    pub async fn checkpoint(&mut self, out: &Outputs) -> Result<bool, PipelineError> {
+        let Some(generated) = &out.generated else {
+            return self.flush().await;
+        };
+        let rows = self.take_pending();
+        Ok(self
+            .ctx
+            .writer
+            .checkpoint(self.execution.id, &generated.output, &generated.usage, rows)
+            .await?)
+    }
+
     /// Commits the waiting rows now. False when the lease was lost.
     pub async fn flush(&mut self) -> Result<bool, PipelineError> {
         let rows = self.take_pending();
