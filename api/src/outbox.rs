@@ -8,7 +8,7 @@
 //!
 //! Fast path after a broker outage: a publish that fails is kept in a
 //! bounded retry set and published again as soon as the publisher regains
-//! a channel, rather than waiting `api.republish_after_secs` for the relay.
+//! a channel, rather than waiting `republish_after_secs` for the relay.
 //!
 //! Shutdown: [`Pipeline::drain`] stops taking new work, lets the publishes
 //! in flight confirm, and clears the marks still held, under a deadline.
@@ -260,7 +260,7 @@ async fn mark_confirmed(pool: Pool, mut rx: mpsc::Receiver<Uuid>, hold: Duration
         }
         let result = async {
             let client = pool.get().await?;
-            db::executions::mark_published(&client, &due).await
+            db::outbox::mark_published(&client, &due).await
         }
         .await;
         if let Err(e) = result {

@@ -72,11 +72,11 @@ impl Application {
             publisher.clone(),
             pool.clone(),
             // Well before the relay would republish the row.
-            Duration::from_secs(settings.api.republish_after_secs).min(Duration::from_secs(2)) / 2,
+            settings.republish_after().min(Duration::from_secs(2)) / 2,
         );
         let inserts = insert_batcher(
             pool.clone(),
-            Duration::from_secs(settings.api.republish_after_secs),
+            settings.republish_after(),
             Duration::from_millis(settings.api.batch_linger_ms),
         );
         let state = web::Data::new(AppState {

@@ -23,6 +23,10 @@ pub struct Settings {
     pub prompts_dir: PathBuf,
     /// Connections per process in the Postgres pool.
     pub db_pool_size: usize,
+    /// How long an execution whose publish was not confirmed (or whose
+    /// lease was given back) waits before the outbox relay publishes it
+    /// again. Read by both binaries; see [`Settings::republish_after`].
+    pub republish_after_secs: u64,
     pub api: ApiSettings,
     pub worker: WorkerSettings,
     pub provider: ProviderSettings,
@@ -41,9 +45,10 @@ pub struct ApiSettings {
     pub max_wait_secs: u64,
     /// HTTP worker threads; 0 means one per core.
     pub http_workers: usize,
-    /// How long an execution whose publish was not confirmed waits before
-    /// the outbox relay publishes it again.
-    pub republish_after_secs: u64,
+    /// Deprecated spelling of the top-level `republish_after_secs`; when
+    /// set it still wins, so old configurations keep working.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub republish_after_secs: Option<u64>,
     /// How long an `Idempotency-Key` keeps returning the same execution.
     pub idempotency_ttl_secs: u64,
     /// Deadline of one request's database and broker work; past it the
@@ -58,6 +63,9 @@ pub struct ApiSettings {
     pub batch_linger_ms: u64,
 }
 
+/// The roles a worker process can run.
+pub const WORKER_ROLES: &[&str] = &["executions", "relay"];
+
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct WorkerSettings {
@@ -69,7 +77,7 @@ pub struct WorkerSettings {
     pub shutdown_grace_secs: u64,
     /// How often the outbox relay looks for rows to publish.
     pub relay_interval_ms: u64,
-    /// Roles this process runs: `executions`, `relay`.
+    /// Roles this process runs: any of [`WORKER_ROLES`].
     pub roles: Vec<String>,
     /// Where the worker serves `/metrics`; empty disables the listener.
     pub metrics_addr: String,
@@ -119,6 +127,7 @@ impl Default for Settings {
             queue_prefix: "llmq".into(),
             prompts_dir: PathBuf::from("prompts"),
             db_pool_size: 32,
+            republish_after_secs: 10,
             api: ApiSettings::default(),
             worker: WorkerSettings::default(),
             provider: ProviderSettings::default(),
@@ -135,7 +144,7 @@ impl Default for ApiSettings {
             max_body_bytes: 256 * 1024,
             max_wait_secs: 60,
             http_workers: 0,
-            republish_after_secs: 10,
+            republish_after_secs: None,
             idempotency_ttl_secs: 24 * 3600,
             request_timeout_secs: 10,
             label_cache_ms: 1000,
@@ -171,6 +180,27 @@ impl Default for ProviderSettings {
     }
 }
 
+impl WorkerSettings {
+    /// Rejects a role name the worker does not know (a typo would make a
+    /// worker that starts and does nothing) and an empty list.
+    pub fn check_roles(&self) -> Result<(), String> {
+        let valid = WORKER_ROLES.join(", ");
+        if let Some(unknown) = self
+            .roles
+            .iter()
+            .find(|r| !WORKER_ROLES.contains(&r.as_str()))
+        {
+            return Err(format!(
+                "worker.roles: unknown role {unknown:?}; valid roles are {valid}"
+            ));
+        }
+        if self.roles.is_empty() {
+            return Err(format!("worker.roles is empty; valid roles are {valid}"));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(#[from] Box<figment::Error>);
@@ -190,6 +220,16 @@ impl Settings {
     /// The model as configured, or a default entry served by the default provider.
     pub fn model(&self, name: &str) -> ModelSettings {
         self.models.get(name).cloned().unwrap_or_default()
+    }
+
+    /// When the outbox relay republishes an unconfirmed or given-back
+    /// execution: `republish_after_secs`, or the old `api.` key if set.
+    pub fn republish_after(&self) -> Duration {
+        Duration::from_secs(
+            self.api
+                .republish_after_secs
+                .unwrap_or(self.republish_after_secs),
+        )
     }
 
     pub fn lease(&self) -> Duration {
@@ -281,6 +321,30 @@ mod tests {
             "the example's values are the defaults"
         );
         assert!(example["models"]["gpt-4o-mini"]["upstream"].is_string());
+    }
+
+    #[test]
+    fn unknown_worker_roles_are_rejected_with_the_valid_ones() {
+        let mut w = WorkerSettings::default();
+        assert_eq!(w.check_roles(), Ok(()));
+        w.roles = vec!["executions".into(), "realy".into()];
+        let e = w.check_roles().unwrap_err();
+        assert!(
+            e.contains("\"realy\"") && e.contains("executions, relay"),
+            "{e}"
+        );
+        w.roles.clear();
+        assert!(w.check_roles().is_err());
+    }
+
+    #[test]
+    fn the_old_republish_key_still_wins_when_set() {
+        let mut s = Settings::default();
+        assert_eq!(s.republish_after(), Duration::from_secs(10));
+        s.republish_after_secs = 3;
+        assert_eq!(s.republish_after(), Duration::from_secs(3));
+        s.api.republish_after_secs = Some(7);
+        assert_eq!(s.republish_after(), Duration::from_secs(7));
     }
 
     #[test]

@@ -162,6 +162,13 @@ pub mod codes {
     pub const INVALID_INPUT: &str = "invalid_input";
     pub const CANCELLED: &str = "cancelled";
     pub const WORKER_LOST: &str = "worker_lost";
+    /// The execution's prompt version is stored but does not compile.
+    pub const PROMPT_INVALID: &str = "prompt_invalid";
+    /// The model's answer breaks the prompt's output contract.
+    pub const INVALID_OUTPUT: &str = "invalid_output";
+    /// The execution was claimed more often than its retry policy allows
+    /// (plus the slack for killed workers); the model is not called again.
+    pub const ATTEMPTS_EXHAUSTED: &str = "attempts_exhausted";
     pub const INTERNAL: &str = "internal_error";
 }
 

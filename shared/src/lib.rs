@@ -14,6 +14,7 @@ pub mod mask;
 pub mod metrics;
 pub mod prompt;
 pub mod queue;
+pub mod sanitize;
 pub mod shutdown;
 pub mod step;
 pub mod telemetry;

@@ -121,7 +121,7 @@ pub fn test_settings(database_url: &str, provider_url: &str) -> Settings {
     s.api.api_key = format!("test-key-{}", Uuid::now_v7().simple());
     s.api.max_wait_secs = 20;
     s.api.http_workers = 1;
-    s.api.republish_after_secs = 2;
+    s.republish_after_secs = 2;
     s.worker.concurrency = 8;
     s.worker.lease_secs = 10;
     s.worker.shutdown_grace_secs = 10;

@@ -42,8 +42,8 @@ pub fn worker_env(settings: &Settings) -> Vec<(String, String)> {
         ),
         ("LLMQ_DB_POOL_SIZE", settings.db_pool_size.to_string()),
         (
-            "LLMQ_API__REPUBLISH_AFTER_SECS",
-            settings.api.republish_after_secs.to_string(),
+            "LLMQ_REPUBLISH_AFTER_SECS",
+            settings.republish_after().as_secs().to_string(),
         ),
         ("LLMQ_WORKER__CONCURRENCY", w.concurrency.to_string()),
         ("LLMQ_WORKER__LEASE_SECS", w.lease_secs.to_string()),

@@ -9,6 +9,7 @@ mod api {
     mod lifecycle;
     mod openapi;
     mod operations;
+    mod pipeline;
     mod prompts;
     mod shutdown;
     mod sql;

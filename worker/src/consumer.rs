@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::context::WorkerContext;
-use crate::pipeline::{run_execution, RunOutcome};
+use crate::runner::{fail_after_error, run_execution, RunOutcome};
 
 /// Consumes until `stop` fires, then drains. `interrupt` is fired when the
 /// grace period is over, to stop what is still running.
@@ -213,15 +213,27 @@ async fn handle_delivery(ctx: &WorkerContext, delivery: Delivery, interrupt: &Ca
         }
         Ok(RunOutcome::Interrupted) => requeue(&delivery).await,
         Err(e) => {
-            // Not an outage (e.g. a prompt missing from the registry): keep
-            // the slot for a moment instead of spinning, then give it back;
-            // the broker's delivery limit dead-letters what never succeeds.
-            tracing::error!(execution.id = %message.id, error = %e, "execution could not run; requeueing");
-            tokio::select! {
-                _ = interrupt.cancelled() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            // Not an outage: running it again would fail the same way (and
+            // might pay the model again), so the execution fails now, and
+            // only then is its message dead-lettered.
+            match fail_after_error(ctx, message.id, &e).await {
+                Ok(true) => {
+                    tracing::error!(execution.id = %message.id, error = %e, "execution failed: it could not be run");
+                    dead_letter(&delivery, "failed").await;
+                }
+                // Not holding the lease (the error came before the claim,
+                // e.g. a prompt missing from the registry) or Postgres went
+                // away: keep the slot a moment instead of spinning, then
+                // give it back; the execution is not ours to end.
+                failed => {
+                    tracing::error!(execution.id = %message.id, error = %e, failed = ?failed.err(), "execution could not run; requeueing");
+                    tokio::select! {
+                        _ = interrupt.cancelled() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    requeue(&delivery).await;
+                }
             }
-            requeue(&delivery).await;
         }
     }
 }

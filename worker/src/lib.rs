@@ -4,11 +4,12 @@
 
 pub mod consumer;
 pub mod context;
-pub mod pipeline;
 pub mod provider;
 pub mod relay;
 pub mod retry;
+pub mod runner;
 pub mod startup;
+pub mod steps;
 pub mod writer;
 
 pub use startup::Worker;

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use llmq_shared::db::executions as db;
 use llmq_shared::db::DbError;
+use llmq_shared::db::{leases, outbox};
 use llmq_shared::metrics as m;
 use tokio_util::sync::CancellationToken;
 
@@ -32,7 +32,7 @@ pub async fn run_relay(ctx: Arc<WorkerContext>, stop: CancellationToken) {
 /// One pass; returns how many executions were published.
 pub async fn relay_once(ctx: &WorkerContext) -> Result<usize, DbError> {
     let mut client = ctx.pool.get().await?;
-    let reaped = db::reap_expired_leases(&client, BATCH).await?;
+    let reaped = leases::reap_expired_leases(&client, BATCH).await?;
     if !reaped.is_empty() {
         tracing::warn!(
             count = reaped.len(),
@@ -48,7 +48,7 @@ pub async fn relay_once(ctx: &WorkerContext) -> Result<usize, DbError> {
     let mut published = 0;
     loop {
         let tx = client.transaction().await?;
-        let due = db::lock_due_for_publish(&tx, BATCH).await?;
+        let due = outbox::lock_due_for_publish(&tx, BATCH).await?;
         if due.is_empty() {
             return Ok(published);
         }
@@ -63,7 +63,7 @@ pub async fn relay_once(ctx: &WorkerContext) -> Result<usize, DbError> {
             .filter(|(_, r)| r.is_ok())
             .map(|((id, _), _)| id.0)
             .collect();
-        db::clear_publish_due(&tx, &confirmed).await?;
+        outbox::clear_publish_due(&tx, &confirmed).await?;
         tx.commit().await?;
         published += confirmed.len();
         metrics::counter!(m::OUTBOX_REPUBLISHED).increment(confirmed.len() as u64);

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use llmq_shared::db::{self, executions as db_exec};
+use llmq_shared::db::{self, leases};
 use llmq_shared::queue::{Publisher, Topology};
 use llmq_shared::Settings;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +27,7 @@ pub struct Worker {
 
 impl Worker {
     pub async fn build(settings: Settings, stop: CancellationToken) -> anyhow::Result<Self> {
+        settings.worker.check_roles().map_err(anyhow::Error::msg)?;
         let settings = Arc::new(settings);
         if !settings.worker.metrics_addr.is_empty() {
             let addr = settings
@@ -60,6 +61,7 @@ impl Worker {
             &owner,
             settings.lease(),
             Duration::from_millis(settings.worker.batch_linger_ms),
+            settings.republish_after(),
         );
         let ctx = Arc::new(WorkerContext {
             settings,
@@ -77,10 +79,6 @@ impl Worker {
             background,
             sessions,
         })
-    }
-
-    pub fn owner(&self) -> &str {
-        &self.ctx.owner
     }
 
     /// Runs the configured roles until the stop token fires, then drains.
@@ -105,10 +103,8 @@ impl Worker {
         // Whatever is still marked running here was interrupted: give it back.
         let leftovers = self.ctx.running_ids();
         if !leftovers.is_empty() {
-            if let Ok(client) = self.ctx.pool.get().await {
-                let republish = Duration::from_secs(self.ctx.settings.api.republish_after_secs);
-                let _ =
-                    db_exec::release_leases(&client, &leftovers, &self.ctx.owner, republish).await;
+            if let Err(e) = self.ctx.writer.release(&leftovers).await {
+                tracing::warn!(error = %e, "cannot give leases back; they expire instead");
             }
         }
         self.background.cancel();
@@ -136,7 +132,7 @@ async fn watch_cancellations(ctx: Arc<WorkerContext>, stop: CancellationToken) {
         }
         let requested = async {
             let client = ctx.pool.get().await?;
-            db_exec::cancel_requests(&client, &ctx.owner).await
+            leases::cancel_requests(&client, &ctx.owner).await
         }
         .await;
         match requested {
@@ -162,7 +158,7 @@ async fn renew_leases(ctx: Arc<WorkerContext>, stop: CancellationToken) {
         }
         let result = async {
             let client = ctx.pool.get().await?;
-            db_exec::renew_leases(&client, &ctx.owner, lease).await
+            leases::renew_leases(&client, &ctx.owner, lease).await
         }
         .await;
         if let Err(e) = result {

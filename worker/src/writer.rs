@@ -7,6 +7,10 @@
 //! writes of one kind share a statement (see `llmq_shared::batch`). Every
 //! row is still fenced by this worker's lease, and each execution gets its
 //! own answer: claimed or not, written or lease lost.
+//!
+//! The rarer writes of a run (a retry's give-back, a shutdown's lease
+//! release, a cancel no worker acts on) go through here too, one statement
+//! each, so the pipeline never writes past the writer.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,16 +18,20 @@ use std::time::Duration;
 use futures::FutureExt;
 
 use llmq_shared::batch::Batcher;
-use llmq_shared::db::executions::{self as db, Claim, Finish};
+use llmq_shared::db::executions::{self as db, Finish};
+use llmq_shared::db::leases::{self, Claim};
 use llmq_shared::db::{spawn_batcher, steps as db_steps, DbError, Pool};
 use llmq_shared::events::ExecutionEvent;
-use llmq_shared::execution::ExecutionId;
+use llmq_shared::execution::{ErrorInfo, ExecutionId};
 use llmq_shared::queue::Publisher;
 use llmq_shared::step::Step;
 
 type Answer<T> = Result<T, DbError>;
 
 pub struct Writer {
+    pool: Pool,
+    owner: Arc<str>,
+    republish_after: Duration,
     claims: Batcher<ExecutionId, Answer<Claim>>,
     steps: Batcher<Vec<Step>, Answer<bool>>,
     started: Batcher<Vec<Step>, Answer<bool>>,
@@ -40,21 +48,20 @@ impl Writer {
         owner: &str,
         lease: Duration,
         linger: Duration,
+        republish_after: Duration,
     ) -> Self {
         let owner: Arc<str> = owner.into();
         let claims = {
             let owner = owner.clone();
             spawn_batcher("claim", pool.clone(), linger, move |client, ids| {
                 let owner = owner.clone();
-                async move { db::claim_executions(client, ids, &owner, lease).await }.boxed()
+                async move { leases::claim_executions(client, ids, &owner, lease).await }.boxed()
             })
         };
         let steps = step_batcher("steps", pool.clone(), owner.clone(), linger);
         let started = step_batcher("steps_started", trace_pool, owner.clone(), linger);
-        let finishes = spawn_batcher(
-            "finish",
-            pool,
-            linger,
+        let finishes = spawn_batcher("finish", pool.clone(), linger, {
+            let owner = owner.clone();
             move |client, finishes: &[Finish]| {
                 let (owner, publisher) = (owner.clone(), publisher.clone());
                 async move {
@@ -73,9 +80,12 @@ impl Writer {
                     Ok(finishes.iter().map(|f| done.contains(&f.id.0)).collect())
                 }
                 .boxed()
-            },
-        );
+            }
+        });
         Self {
+            pool,
+            owner,
+            republish_after,
             claims,
             steps,
             started,
@@ -105,6 +115,55 @@ impl Writer {
     /// was written.
     pub async fn finish(&self, finish: Finish) -> Answer<bool> {
         self.finishes.submit(finish).await.map_err(stopped)?
+    }
+}
+
+impl Writer {
+    /// Finishes a cancel request that no live worker will act on.
+    pub async fn cancel_unclaimed(&self, id: ExecutionId) -> Answer<bool> {
+        let client = self.pool.get().await?;
+        db::cancel_unclaimed(&client, id).await
+    }
+
+    /// Commits `steps` of `id` and keeps a paid result on its row (see
+    /// `executions::checkpoint`); false when the lease was lost. One
+    /// statement, only for executions where a step that can fail follows.
+    pub async fn checkpoint(
+        &self,
+        id: ExecutionId,
+        output: &serde_json::Value,
+        usage: &llmq_shared::execution::Usage,
+        steps: Vec<Step>,
+    ) -> Answer<bool> {
+        let client = self.pool.get().await?;
+        let refs: Vec<&Step> = steps.iter().collect();
+        db::checkpoint(&client, &self.owner, id, output, usage, &refs).await
+    }
+
+    /// Gives the execution back for `delay` after a retryable error; false
+    /// when the lease was lost.
+    pub async fn schedule_retry(
+        &self,
+        id: ExecutionId,
+        delay: Duration,
+        error: &ErrorInfo,
+    ) -> Answer<bool> {
+        let client = self.pool.get().await?;
+        db::schedule_retry(&client, id, &self.owner, delay, error).await
+    }
+
+    /// Gives leases back (shutdown) so redelivered messages run at once;
+    /// the outbox mark covers a message the broker lost.
+    pub async fn release(&self, ids: &[uuid::Uuid]) -> Answer<u64> {
+        let client = self.pool.get().await?;
+        leases::release_leases(&client, ids, &self.owner, self.republish_after).await
+    }
+
+    /// The steps earlier attempts of an execution left (a read, here so a
+    /// run needs nothing but the writer).
+    pub async fn earlier_steps(&self, tenant: &str, id: ExecutionId) -> Answer<Vec<Step>> {
+        let client = self.pool.get().await?;
+        db_steps::list_steps(&client, tenant, id).await
     }
 }
 

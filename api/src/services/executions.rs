@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use llmq_shared::canonical::json_sha256;
 use llmq_shared::db::prompts::{resolve_prompt, Unresolved, VersionRef};
-use llmq_shared::db::{executions as db, steps as db_steps};
+use llmq_shared::db::{executions as db, idempotency, steps as db_steps};
 use llmq_shared::events::ExecutionEvent;
 use llmq_shared::execution::{codes, Execution, ExecutionId, ExecutionStatus, NewExecution};
 use llmq_shared::prompt::{validate_name, CompiledPrompt, DEFAULT_LABEL};
@@ -114,7 +114,7 @@ pub async fn submit_execution(
         webhook_url: req.webhook.map(|w| w.url),
     };
     tracing::Span::current().record("execution.id", tracing::field::display(new.id));
-    let republish_after = Duration::from_secs(state.settings.api.republish_after_secs);
+    let republish_after = state.settings.republish_after();
     let execution = match &idempotency {
         // Group-committed with concurrent submits: one statement for many.
         None => {
@@ -134,7 +134,9 @@ pub async fn submit_execution(
                 .pop()
                 .ok_or_else(|| ApiError::Internal("insert answered no row".into()))?;
             let ttl = Duration::from_secs(state.settings.api.idempotency_ttl_secs);
-            if !db::claim_idempotency_key(&tx, &caller.tenant_id, key, hash, new.id, ttl).await? {
+            if !idempotency::claim_idempotency_key(&tx, &caller.tenant_id, key, hash, new.id, ttl)
+                .await?
+            {
                 drop(tx);
                 return match replay(caller, &client, key, hash).await? {
                     Some(existing) => Ok(Submitted::Existing(existing)),
@@ -210,7 +212,9 @@ async fn replay(
     key: &str,
     hash: &str,
 ) -> Result<Option<Execution>, ApiError> {
-    let Some((id, stored_hash)) = db::find_idempotent(client, &caller.tenant_id, key).await? else {
+    let Some((id, stored_hash)) =
+        idempotency::find_idempotent(client, &caller.tenant_id, key).await?
+    else {
         return Ok(None);
     };
     if stored_hash != hash {

@@ -3,31 +3,10 @@
 //! in or out of a transaction, keep their SQL in a `const` beside them and
 //! use `prepare_cached`.
 
-// Step rows are written with UNNEST over one array per column, so one
-// statement writes any number of steps; both step and execution writes use it.
-macro_rules! record_columns {
-    () => {
-        "INSERT INTO execution_steps (execution_id, seq, kind, attempt, status, started_at, finished_at, \
-           latency_ms, model, params, prompt_tokens, completion_tokens, total_tokens, input, output, error_code, \
-           error_message, retryable) \
-         SELECT s.* FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::int[], $5::text[], $6::timestamptz[], \
-           $7::timestamptz[], $8::float8[], $9::text[], $10::jsonb[], $11::int[], $12::int[], $13::int[], \
-           $14::jsonb[], $15::jsonb[], $16::text[], $17::text[], $18::bool[]) \
-           AS s(execution_id, seq, kind, attempt, status, started_at, finished_at, latency_ms, model, params, \
-             prompt_tokens, completion_tokens, total_tokens, input, output, error_code, error_message, retryable) "
-    };
-}
-macro_rules! on_conflict {
-    () => {
-        " ON CONFLICT (execution_id, seq) DO UPDATE SET status = EXCLUDED.status, finished_at = EXCLUDED.finished_at, \
-           latency_ms = EXCLUDED.latency_ms, model = EXCLUDED.model, params = EXCLUDED.params, \
-           prompt_tokens = EXCLUDED.prompt_tokens, completion_tokens = EXCLUDED.completion_tokens, \
-           total_tokens = EXCLUDED.total_tokens, input = EXCLUDED.input, output = EXCLUDED.output, \
-           error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message, retryable = EXCLUDED.retryable"
-    };
-}
-
 pub mod executions;
+pub mod idempotency;
+pub mod leases;
+pub mod outbox;
 pub mod prompts;
 pub mod steps;
 

@@ -2,7 +2,9 @@
 //! (execution, seq), so a step is first written running and then finished,
 //! and they are fenced by the writer's lease.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::types::ToSql;
@@ -11,15 +13,70 @@ use uuid::Uuid;
 
 use super::{DbError, GenericClient, Result};
 use crate::execution::{ErrorInfo, ExecutionId, Usage};
+use crate::sanitize::{clean_json, clean_str};
 use crate::step::{Step, StepKind, StepStatus};
 
-const RECORD: &str = concat!(
-    record_columns!(),
-    // The lease fence, per execution; see the invariant in `executions`.
-    "WHERE EXISTS (SELECT 1 FROM executions e WHERE e.id = s.execution_id AND e.lease_owner = $19)",
-    on_conflict!(),
-    " RETURNING execution_id"
-);
+/// The step columns, in the order `write_steps` binds their arrays.
+const COLUMNS: &[(&str, &str)] = &[
+    ("execution_id", "uuid"),
+    ("seq", "int"),
+    ("kind", "text"),
+    ("attempt", "int"),
+    ("status", "text"),
+    ("started_at", "timestamptz"),
+    ("finished_at", "timestamptz"),
+    ("latency_ms", "float8"),
+    ("model", "text"),
+    ("params", "jsonb"),
+    ("prompt_tokens", "int"),
+    ("completion_tokens", "int"),
+    ("total_tokens", "int"),
+    ("input", "jsonb"),
+    ("output", "jsonb"),
+    ("error_code", "text"),
+    ("error_message", "text"),
+    ("retryable", "bool"),
+];
+
+/// `INSERT INTO execution_steps … SELECT s.* FROM UNNEST(…) AS s(…) WHERE
+/// <filter> ON CONFLICT … DO UPDATE …`, the step arrays bound from `$first`
+/// on (a statement's own parameters come before them). One statement
+/// writes any number of steps; the upsert lets a step be written running
+/// and then finished. The one place that numbers the step parameters.
+pub(crate) fn upsert_sql(first: usize, filter: &str) -> String {
+    let names: Vec<&str> = COLUMNS.iter().map(|(name, _)| *name).collect();
+    let arrays: Vec<String> = COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, (_, ty))| format!("${}::{ty}[]", first + i))
+        .collect();
+    let updates: Vec<String> = names
+        .iter()
+        .filter(|n| {
+            !matches!(
+                **n,
+                "execution_id" | "seq" | "kind" | "attempt" | "started_at"
+            )
+        })
+        .map(|n| format!("{n} = EXCLUDED.{n}"))
+        .collect();
+    format!(
+        "INSERT INTO execution_steps ({cols}) SELECT s.* FROM UNNEST({arrays}) AS s({cols}) \
+         WHERE {filter} ON CONFLICT (execution_id, seq) DO UPDATE SET {updates}",
+        cols = names.join(", "),
+        arrays = arrays.join(", "),
+        updates = updates.join(", "),
+    )
+}
+
+/// Step writes of running executions: `$1` is the lease owner; the fence
+/// is per execution (see the invariant in `leases`).
+static RECORD: LazyLock<String> = LazyLock::new(|| {
+    upsert_sql(
+        2,
+        "EXISTS (SELECT 1 FROM executions e WHERE e.id = s.execution_id AND e.lease_owner = $1)",
+    ) + " RETURNING execution_id"
+});
 
 /// Writes (or updates) steps of any number of executions in one statement,
 /// each execution's fenced by `owner`'s lease on it. Answers the
@@ -30,18 +87,18 @@ pub async fn record_steps(
     owner: &str,
     steps: &[&Step],
 ) -> Result<HashSet<Uuid>> {
-    write_steps(client, RECORD, owner, steps, &[]).await
+    write_steps(client, &RECORD, &[&owner], steps).await
 }
 
-/// Runs `sql`, which takes the step columns as arrays ($1..$18), the lease
-/// owner ($19) and `extra`, and answers execution ids. Rows go in in key
-/// order, so concurrent batches lock rows in the same order.
+/// Runs `sql` (built with `upsert_sql`), binding `leading` first and then
+/// one array per step column, and answers the execution ids it returns.
+/// Rows go in in key order, so concurrent batches lock rows in the same
+/// order.
 pub(crate) async fn write_steps(
     client: &impl GenericClient,
     sql: &str,
-    owner: &str,
+    leading: &[&(dyn ToSql + Sync)],
     steps: &[&Step],
-    extra: &[&(dyn ToSql + Sync)],
 ) -> Result<HashSet<Uuid>> {
     let mut steps = steps.to_vec();
     steps.sort_by_key(|s| (s.execution_id.0, s.seq));
@@ -60,16 +117,26 @@ pub(crate) async fn write_steps(
     let finished: Vec<_> = steps.iter().map(|s| s.finished_at).collect();
     let latency: Vec<_> = steps.iter().map(|s| s.latency_ms).collect();
     let models: Vec<_> = steps.iter().map(|s| s.model.as_deref()).collect();
-    let params: Vec<_> = steps.iter().map(|s| s.params.as_ref()).collect();
-    let inputs: Vec<_> = steps.iter().map(|s| s.input.as_ref()).collect();
-    let outputs: Vec<_> = steps.iter().map(|s| s.output.as_ref()).collect();
+    // What Postgres cannot store (NUL) is removed here, whatever wrote it.
+    let json = |f: fn(&Step) -> Option<&serde_json::Value>| {
+        steps
+            .iter()
+            .map(|s| f(s).map(clean_json))
+            .collect::<Vec<_>>()
+    };
+    let (params, inputs, outputs) = (
+        json(|s| s.params.as_ref()),
+        json(|s| s.input.as_ref()),
+        json(|s| s.output.as_ref()),
+    );
+    let (params, inputs, outputs) = (refs(&params), refs(&inputs), refs(&outputs));
     let codes: Vec<_> = steps
         .iter()
-        .map(|s| s.error.as_ref().map(|e| e.code.as_str()))
+        .map(|s| s.error.as_ref().map(|e| clean_str(&e.code)))
         .collect();
     let messages: Vec<_> = steps
         .iter()
-        .map(|s| s.error.as_ref().map(|e| e.message.as_str()))
+        .map(|s| s.error.as_ref().map(|e| clean_str(&e.message)))
         .collect();
     let retryable: Vec<_> = steps.iter().map(|s| s.retryable).collect();
     let (prompt_tokens, completion_tokens, total_tokens) = (
@@ -77,7 +144,8 @@ pub(crate) async fn write_steps(
         usage(|u| u.completion_tokens),
         usage(|u| u.total_tokens),
     );
-    let mut all: Vec<&(dyn ToSql + Sync)> = vec![
+    let mut all: Vec<&(dyn ToSql + Sync)> = leading.to_vec();
+    all.extend_from_slice(&[
         &ids,
         &seqs,
         &kinds,
@@ -96,13 +164,16 @@ pub(crate) async fn write_steps(
         &codes,
         &messages,
         &retryable,
-        &owner,
-    ];
-    all.extend_from_slice(extra);
+    ]);
+    debug_assert_eq!(all.len(), leading.len() + COLUMNS.len());
     let rows = client
         .query(&client.prepare_cached(sql).await?, &all)
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+fn refs<'a>(v: &'a [Option<Cow<'_, serde_json::Value>>]) -> Vec<Option<&'a serde_json::Value>> {
+    v.iter().map(|c| c.as_deref()).collect()
 }
 
 const LIST: &str = "SELECT s.execution_id, s.seq, s.kind, s.attempt, s.status, s.started_at, s.finished_at, \
@@ -168,4 +239,18 @@ fn step_from_row(row: &Row) -> Result<Step> {
 }
 
 /// Every statement of this module, for the test that prepares them all.
-pub const ALL_SQL: &[&str] = &[RECORD, LIST];
+pub static ALL_SQL: LazyLock<Vec<&'static str>> = LazyLock::new(|| vec![RECORD.as_str(), LIST]);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_parameters_are_numbered_from_the_first_free_one() {
+        let sql = upsert_sql(11, "true");
+        assert!(sql.contains("UNNEST($11::uuid[], $12::int[]"), "{sql}");
+        assert!(sql.contains("$28::bool[])"), "{sql}");
+        assert!(!sql.contains("$29") && !sql.contains("$10:"), "{sql}");
+        assert!(sql.contains("retryable = EXCLUDED.retryable") && !sql.contains("seq = EXCLUDED"));
+    }
+}

@@ -11,6 +11,7 @@
 //! | `[[fault:400]]` | 400 `invalid_request_error` |
 //! | `[[fault:hang]]` | never answers (sleeps an hour) |
 //! | `[[fault:malformed]]` | 200 `application/json` with a truncated body |
+//! | `[[fault:nul]]` | 200, the usual answer with a NUL character (`\u0000`) in its text |
 //!
 //! Any marker may end with `:times=N`: only the first `N` requests with the same key (the text
 //! of all messages) are affected. With `tools` in the request, `[[tool:NAME {json args}]]` in
@@ -75,7 +76,7 @@ pub struct CallRecord {
     pub model: String,
     /// Whether `"stream": true` was requested.
     pub stream: bool,
-    /// `"ok"`, `"429"`, `"500"`, `"400"`, `"hang"` or `"malformed"`.
+    /// `"ok"`, `"429"`, `"500"`, `"400"`, `"hang"`, `"malformed"` or `"nul"`.
     pub outcome: String,
     /// Arrival time, Unix epoch milliseconds.
     pub received_at_ms: u128,

@@ -19,6 +19,8 @@ pub(crate) enum Fault {
     Hang,
     /// 200 with a truncated JSON body.
     Malformed,
+    /// 200 with a NUL character (`\u0000`) inside the answer's text.
+    Nul,
 }
 
 impl Fault {
@@ -30,6 +32,7 @@ impl Fault {
             Fault::BadRequest => "400",
             Fault::Hang => "hang",
             Fault::Malformed => "malformed",
+            Fault::Nul => "nul",
         }
     }
 }
@@ -128,6 +131,7 @@ fn parse_fault(spec: &str) -> Option<FaultMarker> {
         "400" => Effect::Fault(Fault::BadRequest),
         "hang" => Effect::Fault(Fault::Hang),
         "malformed" => Effect::Fault(Fault::Malformed),
+        "nul" => Effect::Fault(Fault::Nul),
         other => {
             let ms = other.strip_prefix("latency=")?.trim().parse().ok()?;
             Effect::Latency(ms)

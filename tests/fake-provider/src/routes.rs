@@ -125,7 +125,10 @@ fn envelope<'a>(state: &State, req: &'a ChatRequest) -> Envelope<'a> {
 }
 
 fn answer(state: &State, req: &ChatRequest) -> HttpResponse {
-    let answer = Answer::for_request(req);
+    respond(state, req, Answer::for_request(req))
+}
+
+fn respond(state: &State, req: &ChatRequest, answer: Answer) -> HttpResponse {
     let usage = response::usage(req, &answer);
     let env = envelope(state, req);
     if req.stream {
@@ -168,6 +171,14 @@ fn fault_response(fault: &Fault, state: &State, req: &ChatRequest) -> HttpRespon
         )),
         Fault::BadRequest => invalid("Invalid request (injected fault).", None),
         Fault::Hang => HttpResponseBuilder::new(StatusCode::GATEWAY_TIMEOUT).finish(),
+        Fault::Nul => {
+            let answer = match Answer::for_request(req) {
+                // Inside the text, as a model's stray control byte would be.
+                Answer::Text(text) => Answer::Text(text.replacen(' ', " \u{0}", 1) + "\u{0}"),
+                other => other,
+            };
+            respond(state, req, answer)
+        }
         Fault::Malformed => {
             let answer = Answer::for_request(req);
             let full = envelope(state, req)

@@ -206,6 +206,18 @@ async fn times_faults_exactly_n_times_then_succeeds() {
 }
 
 #[tokio::test]
+async fn nul_fault_answers_with_a_nul_character_in_the_text() {
+    let p = start().await;
+    let resp = post(&p, &user("poison me [[fault:nul]]")).await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    let content = body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(content.contains('\0'), "{content:?}");
+    assert_eq!(p.calls()[0].outcome, "nul");
+    p.stop().await;
+}
+
+#[tokio::test]
 async fn malformed_body_is_not_json() {
     let p = start().await;
     let resp = post(&p, &user("break it [[fault:malformed]]")).await;

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use llmq_api::startup::sync_prompts;
-use llmq_shared::db::executions::{self as db, Claim, Finish, Outcome};
+use llmq_shared::db::executions::{self as db, Finish, Outcome};
+use llmq_shared::db::leases::{self, Claim};
 use llmq_shared::db::{create_batch_pool, run_batch, steps as db_steps, Pool};
 use llmq_shared::execution::{ExecutionId, ExecutionStatus, NewExecution};
 use llmq_shared::step::{Step, StepKind, StepStatus};
@@ -79,7 +80,7 @@ async fn a_claim_batch_answers_each_execution_in_the_order_given() {
 
     // Set the scene one statement at a time.
     assert!(matches!(
-        db::claim_executions(&client, &[other, done], "other-worker", LEASE)
+        leases::claim_executions(&client, &[other, done], "other-worker", LEASE)
             .await
             .unwrap()[..],
         [Claim::Claimed(_), Claim::Claimed(_)]
@@ -106,7 +107,7 @@ async fn a_claim_batch_answers_each_execution_in_the_order_given() {
         .await
         .unwrap();
 
-    let claims = db::claim_executions(
+    let claims = leases::claim_executions(
         &client,
         &[unknown, other, free, done, cancelled],
         "this-worker",
@@ -144,7 +145,7 @@ async fn step_and_finish_batches_write_only_where_the_lease_holds() {
     let ids = insert(&pool, 2).await;
     let (kept, lost) = (ids[0], ids[1]);
     let client = pool.get().await.unwrap();
-    db::claim_executions(&client, &ids, "this-worker", LEASE)
+    leases::claim_executions(&client, &ids, "this-worker", LEASE)
         .await
         .unwrap();
     // Another worker took `lost` over (its lease expired and was reclaimed).
@@ -290,7 +291,7 @@ async fn lease_renewal_skips_a_row_being_written_instead_of_waiting_for_it() {
     let ids = insert(&pool, 2).await;
     let (busy, idle) = (ids[0], ids[1]);
     let writer = pool.get().await.unwrap();
-    db::claim_executions(&writer, &ids, "this-worker", LEASE)
+    leases::claim_executions(&writer, &ids, "this-worker", LEASE)
         .await
         .unwrap();
     // An outcome batch holds `busy`'s row (its transaction is still open).
@@ -305,7 +306,7 @@ async fn lease_renewal_skips_a_row_being_written_instead_of_waiting_for_it() {
 
     let renewed = tokio::time::timeout(
         Duration::from_secs(5),
-        db::renew_leases(&writer, "this-worker", Duration::from_secs(60)),
+        leases::renew_leases(&writer, "this-worker", Duration::from_secs(60)),
     )
     .await
     .expect("renewal waited for a locked row")

@@ -237,7 +237,7 @@ async fn stopping_the_api_publishes_and_clears_the_marks_of_what_it_accepted() {
     let mut app = TestApp::builder()
         .without_worker()
         // Confirmed marks are held a second before they are cleared.
-        .configure(|s| s.api.republish_after_secs = 600)
+        .configure(|s| s.republish_after_secs = 600)
         .spawn()
         .await;
     let run = uuid::Uuid::now_v7().simple().to_string();

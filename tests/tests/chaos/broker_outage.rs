@@ -36,7 +36,7 @@ async fn a_broker_outage_delays_work_but_loses_none() {
         .fake_latency_ms(100)
         .configure(move |s| {
             s.amqp_url = url;
-            s.api.republish_after_secs = 1;
+            s.republish_after_secs = 1;
             s.worker.relay_interval_ms = 100;
             s.worker.lease_secs = 3;
             s.worker.concurrency = 8;
@@ -194,7 +194,7 @@ async fn executions_submitted_during_an_outage_start_once_the_broker_is_back() {
         .fake_latency_ms(50)
         .configure(move |s| {
             s.amqp_url = url;
-            s.api.republish_after_secs = REPUBLISH_NEVER_SECS;
+            s.republish_after_secs = REPUBLISH_NEVER_SECS;
             s.worker.relay_interval_ms = 100;
             s.worker.concurrency = 8;
         })

@@ -28,7 +28,7 @@ async fn a_postgres_restart_answers_503_and_recovers() {
             s.worker.lease_secs = 3;
             s.worker.concurrency = 4;
             s.worker.relay_interval_ms = 100;
-            s.api.republish_after_secs = 1;
+            s.republish_after_secs = 1;
         })
         .spawn()
         .await;
@@ -160,7 +160,7 @@ async fn a_long_database_outage_loses_no_queued_execution() {
             s.worker.lease_secs = 3;
             s.worker.concurrency = 4;
             s.worker.relay_interval_ms = 100;
-            s.api.republish_after_secs = 1;
+            s.republish_after_secs = 1;
         })
         .spawn()
         .await;

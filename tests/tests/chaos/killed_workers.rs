@@ -101,7 +101,7 @@ async fn killed_workers_lose_nothing_and_never_repeat_a_finished_generate() {
             // Short leases: a killed worker's executions are reaped quickly.
             s.worker.lease_secs = 3;
             s.worker.relay_interval_ms = 100;
-            s.api.republish_after_secs = 1;
+            s.republish_after_secs = 1;
             s.worker.concurrency = plan.concurrency;
             s.db_pool_size = plan.concurrency + 4;
         })

@@ -338,3 +338,43 @@ async fn a_storm_of_mixed_faults_never_exceeds_max_attempts() {
 
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_character_in_the_answer_is_removed_and_the_execution_succeeds_once() {
+    let _shared = support::shared().await;
+    let app = app_with(4, 10).await;
+    let text = format!("poisoned answer {}.", support::unique());
+
+    let id = app.submit_summary(&format!("{text} [[fault:nul]]")).await;
+    let execution = app.wait_until_terminal(&id, Duration::from_secs(30)).await;
+
+    assert_eq!(execution["status"], "succeeded", "{execution:#}");
+    assert_eq!(execution["attempts"], 1, "{execution:#}");
+    let output = execution["output"].as_str().expect("a text output");
+    assert!(
+        !output.contains('\0') && output.starts_with("fake completion"),
+        "{output:?}"
+    );
+    assert_eq!(outcomes(&app, &text), ["nul"], "the model was called once");
+    let note: Option<String> = app
+        .db()
+        .await
+        .query_one(
+            "SELECT output->>'sanitized' FROM execution_steps WHERE execution_id = $1 AND kind = 'generate'",
+            &[&uuid::Uuid::parse_str(&id).unwrap()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        note.as_deref().is_some_and(|n| n.contains("NUL")),
+        "the generate step says what was removed: {note:?}"
+    );
+    assert_eq!(app.count_with_status("running").await, 0);
+    assert_eq!(
+        support::dead_letters(&app).await,
+        0,
+        "nothing dead-lettered"
+    );
+    app.cleanup().await;
+}

@@ -1,0 +1,74 @@
+//! `render`: the prompt's templates over the execution's input. It is
+//! deterministic, so a resumed run re-renders in memory and records the
+//! step only if no earlier run did.
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use llmq_shared::execution::{codes, ErrorInfo};
+use llmq_shared::mask::mask_json;
+use llmq_shared::step::{self as step_row, StepKind, StepStatus};
+use serde_json::json;
+
+use super::{Cx, Outcome, Outputs, Rendered, Step};
+use crate::runner::PipelineError;
+
+pub struct Render;
+
+impl Step for Render {
+    fn kind(&self) -> StepKind {
+        StepKind::Render
+    }
+
+    fn run<'a>(
+        &'a self,
+        cx: &'a mut Cx<'_>,
+        out: &'a mut Outputs,
+    ) -> BoxFuture<'a, Result<Outcome, PipelineError>> {
+        async move {
+            let mut step = cx.begin(StepKind::Render);
+            step.input = Some(mask_json(&cx.execution.input));
+            match cx.prompt.render(&cx.execution.input) {
+                Ok(messages) => {
+                    step.output = Some(mask_json(&json!({ "messages": messages })));
+                    out.rendered = Some(Rendered {
+                        messages,
+                        seq: step.seq,
+                    });
+                    cx.done(step, StepStatus::Succeeded);
+                    Ok(Outcome::Continue)
+                }
+                Err(e) => {
+                    let error = ErrorInfo {
+                        code: codes::TEMPLATE_ERROR.into(),
+                        message: e.to_string(),
+                    };
+                    step.error = Some(error.clone());
+                    step.retryable = Some(false);
+                    cx.done(step, StepStatus::Failed);
+                    Ok(Outcome::Fail(error))
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn restore(
+        &self,
+        cx: &mut Cx<'_>,
+        checkpoint: &step_row::Step,
+        out: &mut Outputs,
+    ) -> Result<(), ErrorInfo> {
+        let messages = cx
+            .prompt
+            .render(&cx.execution.input)
+            .map_err(|e| ErrorInfo {
+                code: codes::TEMPLATE_ERROR.into(),
+                message: e.to_string(),
+            })?;
+        out.rendered = Some(Rendered {
+            messages,
+            seq: checkpoint.seq,
+        });
+        Ok(())
+    }
+}
