@@ -16,10 +16,10 @@ use std::sync::Arc;
 
 use llmq_shared::db::leases::Claim;
 use llmq_shared::db::{prompts as db_prompts, DbError};
+use llmq_shared::events::ExecutionEvent;
 use llmq_shared::execution::{codes, ErrorInfo, Execution, ExecutionId, ExecutionStatus};
 use llmq_shared::metrics as m;
 use llmq_shared::prompt::CompiledPrompt;
-use llmq_shared::events::ExecutionEvent;
 use llmq_shared::step::{Step as StepRow, StepStatus};
 use tokio_util::sync::CancellationToken;
 
