@@ -81,15 +81,24 @@ ensure_packages() {
             apt_install build-essential
         fi
         log "installing llama-cpp-python[server]: this COMPILES llama.cpp from source,"
-        log "which takes ~5-10 minutes on 2 cores the first time (cached afterwards)."
-        log "build output: .run/model-install.log"
+        log "which takes about 3-4 minutes on 2 cores the first time (cached afterwards)."
+        log "build output: .run/model-install.log (a progress line every 30 s here)"
         local start=$SECONDS
         # CMAKE_BUILD_PARALLEL_LEVEL: use all cores for the build.
         # --no-cache-dir/--force-reinstall: pip's wheel cache does not key on
         # CMAKE_ARGS, so a wheel built with other flags would come back.
-        if ! CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
+        CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
             "$VENV/bin/python" -m pip install --progress-bar off --no-cache-dir --force-reinstall \
-            'llama-cpp-python[server]' >>"$RUN_DIR/model-install.log" 2>&1; then
+            'llama-cpp-python[server]' >>"$RUN_DIR/model-install.log" 2>&1 &
+        local pip_pid=$! waited=0
+        while kill -0 "$pip_pid" 2>/dev/null; do
+            sleep 1
+            waited=$((waited + 1))
+            if [ $((waited % 30)) = 0 ] && kill -0 "$pip_pid" 2>/dev/null; then
+                log "still building llama.cpp ($((SECONDS - start)) s so far): $(tail -n 1 "$RUN_DIR/model-install.log" | cut -c1-100)"
+            fi
+        done
+        if ! wait "$pip_pid"; then
             tail -n 40 "$RUN_DIR/model-install.log" >&2
             die "pip install llama-cpp-python[server] failed (see .run/model-install.log)"
         fi

@@ -119,7 +119,11 @@ if ! command -v curl >/dev/null 2>&1; then
     apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
 fi
 
-log "building llmq-api and llmq-worker (release)"
+if [ -x "$API_BIN" ] && [ -x "$WORKER_BIN" ]; then
+    log "building llmq-api and llmq-worker (release; up to date in seconds if nothing changed)"
+else
+    log "building llmq-api and llmq-worker (release): the first build takes about 6 minutes on 2 cores"
+fi
 locked=()
 if [ "${CI:-}" = true ] && [ -f Cargo.lock ]; then locked=(--locked); fi
 cargo build --release "${locked[@]}" -p llmq-api -p llmq-worker
@@ -136,6 +140,7 @@ else
     if ! curl -fsS --max-time 3 "http://127.0.0.1:${MODEL_PORT}/v1/models" >/dev/null 2>&1; then
         STARTED_MODEL=1
     fi
+    log "starting the local model (the first run builds llama.cpp: about 3-4 minutes)"
     LLMQ_MODEL_PORT=$MODEL_PORT LLMQ_MODEL_ALIAS=$MODEL_ALIAS bash "$ROOT/scripts/local-model.sh" start
 fi
 
@@ -240,12 +245,13 @@ cat <<EOF
 
   Submit an execution:
 
-    curl -s -X POST $BASE_URL/v1/executions -H 'Authorization: Bearer $API_KEY' -H 'Content-Type: application/json' -d '{"prompt":"$PROMPT","input":{"text":"PostgreSQL is a powerful, open source object-relational database system with over 35 years of active development."}}'
+    curl -s -X POST $BASE_URL/v1/executions -H 'Authorization: Bearer $API_KEY' -H 'Content-Type: application/json' -H "Idempotency-Key: demo-\$(date +%s%N)" -d '{"prompt":"$PROMPT","input":{"text":"PostgreSQL is a powerful, open source object-relational database system with over 35 years of active development."}}'
 
   Then wait for its result (put the returned id in place of <id>):
 
     curl -s '$BASE_URL/v1/executions/<id>?wait=30' -H 'Authorization: Bearer $API_KEY'
 
+  More (steps, cancel, idempotency): the README's walkthrough.
   Press Ctrl-C to stop everything.
 
 EOF

@@ -1,5 +1,5 @@
 //! The API's one error type. Every failure a client can see maps here to a
-//! status and the JSON shape of API.md; a 5xx body says nothing internal
+//! status and the JSON shape of docs/api.md; a 5xx body says nothing internal
 //! while the log gets the whole cause.
 
 use actix_web::http::{header, StatusCode};

@@ -1,4 +1,4 @@
-//! The JSON shapes of API.md: request bodies and the resources returned.
+//! The JSON shapes of docs/api.md: request bodies and the resources returned.
 //! Conversion from the domain types lives here so handlers stay thin.
 
 use chrono::{DateTime, Utc};

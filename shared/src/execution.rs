@@ -1,6 +1,6 @@
 //! The execution: one run of a prompt version on an input. Owns the id type,
 //! the status machine and the error codes clients see. A status only moves
-//! along the lifecycle in ARCHITECTURE.md; terminal states never change.
+//! along the lifecycle in docs/architecture.md; terminal states never change.
 
 use std::fmt;
 use std::str::FromStr;

@@ -1,5 +1,7 @@
-//! Masking of personal data and secrets in prompts and outputs before they
-//! are logged or stored in a step trace. Conservative: it masks e-mail
+//! Masking of personal data and secrets in the prompts and outputs a step
+//! trace records: the worker masks each step's input and output before it
+//! stores them. Logs do not go through it, so they must not carry prompts
+//! or outputs in the first place. Conservative: it masks e-mail
 //! addresses, long digit runs (card, phone and account numbers) and
 //! bearer-style secrets, and leaves the rest readable.
 

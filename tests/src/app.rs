@@ -507,7 +507,7 @@ pub fn is_terminal(execution: &Value) -> bool {
     )
 }
 
-/// Asserts the response is `status` with the error shape of API.md and
+/// Asserts the response is `status` with the error shape of docs/api.md and
 /// `code`; returns the `error` object.
 pub async fn assert_error(response: Response, status: StatusCode, code: &str) -> Value {
     let actual = response.status();

@@ -1,16 +1,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The integration-test harness: `TestApp` (an isolated llmq per test over
 //! the real Postgres and RabbitMQ, with the fake model provider), the
-//! per-test database, RabbitMQ helpers and the worker as a child process.
+//! per-test database, RabbitMQ helpers, the worker as a child process and
+//! runtime skips that the totals count as skipped.
 //! The tests themselves are in `tests/api.rs`.
 
 pub mod amqp;
 pub mod app;
 pub mod database;
+pub mod skip;
 pub mod worker_process;
 
 pub use app::{assert_error, is_terminal, TestApp, TestAppBuilder};
 pub use database::TestDatabase;
+pub use skip::skip;
 pub use worker_process::WorkerProcess;
 
 /// Logs go to the test's captured output, and only when `RUST_LOG` is set.

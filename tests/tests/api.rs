@@ -3,9 +3,9 @@
 //! binary, one module per concern, one isolated `TestApp` per test.
 
 mod api {
-    mod batches;
     mod executions;
     mod failures;
+    mod group_commit;
     mod lifecycle;
     mod openapi;
     mod operations;

@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! Fault and chaos tests: the guarantees of ARCHITECTURE.md ("Guarantees")
+//! Fault and chaos tests: the guarantees of docs/architecture.md ("Guarantees")
 //! under killed workers, broker and database outages, provider fault
 //! storms, cancellation, duplicated requests and poison messages.
 //!

@@ -455,7 +455,7 @@ async fn holds_many_concurrent_slow_requests() {
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
 }
 
-/// The full load target (5,000 requests at 2 s). Run with `--ignored`.
+/// The full load target (5,000 requests at 2 s), run with the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holds_5000_concurrent_two_second_requests() {
     let elapsed = concurrent_slow(5000, 2000).await;

@@ -121,27 +121,40 @@ async fn a_long_poll_returns_when_the_execution_finishes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_message_for_a_finished_execution_does_not_run_it_again() {
-    let mut app = TestApp::spawn().await;
+    let mut app = TestApp::builder()
+        // Prefetch 1: the broker hands the worker its next message only
+        // once the one before is settled (acked, requeued or rejected), so
+        // a later execution finishing proves the duplicate was settled.
+        // "No ready messages" could not prove it: that is also true while
+        // the duplicate sits delivered but unacknowledged in the worker.
+        .configure(|s| {
+            s.worker.concurrency = 1;
+            // No relay republish of a slow-to-confirm publish, which would
+            // put a second copy of an execution behind the one we wait for.
+            s.api.republish_after_secs = 600;
+        })
+        .spawn()
+        .await;
     let text = unique_text("duplicate");
     let id = app.submit_summary(&text).await;
     let before = app.wait_until_terminal(&id, Duration::from_secs(20)).await;
     assert_eq!(before["status"], "succeeded", "{before:#}");
 
     app.publish_execution_message(&id).await;
-
-    // Wait until the worker has taken the duplicate, then stop it: a
-    // graceful stop finishes (and acknowledges) what it took.
-    let queue = app.topology.executions_queue.clone();
-    let delivered = app
-        .eventually(Duration::from_secs(10), || async {
-            app.ready_messages(&queue).await == 0
-        })
+    let after_it = app
+        .submit_summary(&unique_text("after the duplicate"))
         .await;
-    assert!(delivered, "the worker never took the duplicate message");
+    let after_it = app
+        .wait_until_terminal(&after_it, Duration::from_secs(20))
+        .await;
+    assert_eq!(after_it["status"], "succeeded", "{after_it:#}");
+    // A graceful stop finishes what the worker started and closes its
+    // channel, which gives back whatever it had not acknowledged.
     app.stop_worker().await.expect("the worker stops cleanly");
 
     // Acknowledged (not returned to the queue) and not dead-lettered:
     // a duplicate is not a failure.
+    let queue = app.topology.executions_queue.clone();
     assert_eq!(
         app.ready_messages(&queue).await,
         0,

@@ -340,13 +340,15 @@ pub struct Vhost {
 }
 
 impl Vhost {
-    /// None (the test is skipped) when the broker is not local or
-    /// `rabbitmqctl` is missing.
+    /// None when the broker is not local or `rabbitmqctl` is missing:
+    /// the skip is recorded (`llmq_tests::skip`) and the test returns.
     pub async fn create() -> Option<Self> {
         let base_url = llmq_tests::amqp::amqp_url();
-        let (base, user, host) = split_url(&base_url)?;
-        let Some(ctl) = program("rabbitmqctl").filter(|_| is_local(&host)) else {
-            eprintln!("chaos: skipped, needs a local RabbitMQ and rabbitmqctl ({base_url})");
+        let local = split_url(&base_url).filter(|(_, _, host)| is_local(host));
+        let (Some((base, user, _)), Some(ctl)) = (local, program("rabbitmqctl")) else {
+            llmq_tests::skip(&format!(
+                "needs a local RabbitMQ and rabbitmqctl ({base_url})"
+            ));
             return None;
         };
         let name = format!("llmq-chaos-{}", unique());
@@ -422,11 +424,12 @@ pub struct PostgresCluster {
 }
 
 impl PostgresCluster {
-    /// None (the test is skipped) when the database is not local or the
-    /// cluster cannot be managed from here.
+    /// None when the database is not local or the cluster cannot be
+    /// managed from here: the skip is recorded and the test returns.
     pub fn local() -> Option<Self> {
         let admin = llmq_tests::database::admin_url();
-        let (_, _, host) = split_url(&admin)?;
+        // An unparseable URL is not taken for a local one.
+        let host = split_url(&admin).map_or_else(|| "?".into(), |(_, _, host)| host);
         let ctl = program("pg_ctlcluster");
         let version = std::fs::read_dir("/etc/postgresql")
             .ok()
@@ -443,7 +446,10 @@ impl PostgresCluster {
                 cluster: std::env::var("LLMQ_PG_CLUSTER").unwrap_or_else(|_| "main".into()),
             }),
             _ => {
-                eprintln!("chaos: skipped, needs a local PostgreSQL managed by pg_ctlcluster");
+                llmq_tests::skip(&format!(
+                    "needs a local PostgreSQL managed by pg_ctlcluster ({})",
+                    llmq_tests::database::admin_url()
+                ));
                 None
             }
         }
