@@ -7,16 +7,12 @@ use crate::error::{ErrorBody, ErrorDetail};
 use crate::resources::{
     ExecutionResource, Links, PromptRef, StepList, StepResource, SubmitExecution, WebhookSpec,
 };
-use crate::routes::{executions, health};
+use crate::routes::{health, RouteDoc};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "llmq", description = "Durable LLM executions over HTTP."),
-    paths(
-        executions::submit, executions::get, executions::steps, executions::cancel,
-        health::healthz, health::readyz, health::metrics, health::openapi,
-    ),
-    components(schemas(
+        components(schemas(
         SubmitExecution, WebhookSpec, ExecutionResource, PromptRef, Links, StepList, StepResource,
         ErrorBody, ErrorDetail, health::Readiness,
         llmq_shared::execution::ExecutionStatus, llmq_shared::execution::Usage, llmq_shared::execution::ErrorInfo,
@@ -24,6 +20,14 @@ use crate::routes::{executions, health};
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
+
+/// The whole document: the components above and the paths of every
+/// registered route (`crate::routes::RouteDoc`).
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.merge(RouteDoc::openapi());
+    doc
+}
 
 struct BearerAuth;
 

@@ -9,12 +9,10 @@ use std::time::{Duration, Instant};
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{from_fn, Next};
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpServer};
 use anyhow::Context;
-use futures::FutureExt;
-use llmq_shared::batch::Batcher;
 use llmq_shared::db::{self, Pool};
-use llmq_shared::execution::{Execution, ExecutionId, NewExecution};
+use llmq_shared::execution::ExecutionId;
 use llmq_shared::prompt::{load_prompt_dir, LabelCache, PromptCache};
 use llmq_shared::queue::{Publisher, Topology};
 use llmq_shared::Settings;
@@ -25,6 +23,7 @@ use uuid::Uuid;
 
 use crate::error::{json_error, ApiError};
 use crate::routes;
+use crate::services::executions::submit::{insert_pending, Inserts, PendingInsert};
 use crate::state::AppState;
 use crate::waiters::{run_event_listener, Waiters};
 
@@ -93,13 +92,17 @@ impl Application {
             .with_context(|| format!("binding {}", settings.api.addr))?;
         let port = listener.local_addr()?.port();
         let limit = settings.api.max_body_bytes;
+        let body_timeout = Duration::from_secs(settings.api.body_timeout_secs.max(1));
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .app_data(
+                    // JSON only: `application/json` or `application/*+json`;
+                    // another type, or none, is a 415.
                     web::JsonConfig::default()
                         .limit(limit)
-                        .content_type_required(false)
+                        .content_type(is_json)
+                        .content_type_required(true)
                         .error_handler(move |e, _| json_error(e, limit).into()),
                 )
                 .app_data(
@@ -110,21 +113,21 @@ impl Application {
                     web::QueryConfig::default()
                         .error_handler(|e, _| ApiError::BadRequest(e.to_string()).into()),
                 )
+                .wrap(from_fn(move |req, next| {
+                    crate::body_timeout::limit_body_time(body_timeout, req, next)
+                }))
                 .wrap(from_fn(record_http_metrics))
-                .wrap(actix_web::middleware::Compat::new(access_log()))
-                .service(routes::executions::submit)
-                .service(routes::executions::get)
-                .service(routes::executions::steps)
-                .service(routes::executions::cancel)
-                .service(routes::health::healthz)
-                .service(routes::health::readyz)
-                .service(routes::health::metrics)
-                .service(routes::health::openapi)
-                .default_service(web::to(not_found))
+                .wrap(actix_web::middleware::Compat::new(
+                    crate::access_log::logger(),
+                ))
+                .configure(routes::configure)
+                .default_service(web::to(routes::no_route))
         })
         .listen(listener)?
         .disable_signals()
         .backlog(4096)
+        .client_request_timeout(body_timeout)
+        .max_connections(settings.api.max_connections.max(1))
         .shutdown_timeout(settings.api.max_wait_secs.min(30));
         if settings.api.http_workers > 0 {
             server = server.workers(settings.api.http_workers);
@@ -159,13 +162,10 @@ impl Application {
     }
 }
 
-/// One line per request (method, path, status, duration) at info level.
-fn access_log() -> actix_web::middleware::Logger {
-    actix_web::middleware::Logger::new("%r %s %Dms").log_target("llmq_api::http")
-}
-
-async fn not_found() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound("no such route".into()))
+fn is_json(mime: actix_web::mime::Mime) -> bool {
+    use actix_web::mime;
+    mime.type_() == mime::APPLICATION
+        && (mime.subtype() == mime::JSON || mime.suffix() == Some(mime::JSON))
 }
 
 /// Loads `prompts/` into the registry; a changed existing version aborts.
@@ -180,22 +180,12 @@ pub async fn sync_prompts(settings: &Settings, pool: &Pool) -> anyhow::Result<()
 
 /// Inserts concurrent submissions' executions many per statement: under
 /// load one commit carries dozens of them, and a lone one runs at once.
-fn insert_batcher(
-    pool: Pool,
-    republish_after: Duration,
-    linger: Duration,
-) -> Batcher<NewExecution, Result<Execution, db::DbError>> {
+fn insert_batcher(pool: Pool, republish_after: Duration, linger: Duration) -> Inserts {
     db::spawn_batcher(
         "insert",
         pool,
         linger,
-        move |client, new: &[NewExecution]| {
-            async move {
-                let refs: Vec<&NewExecution> = new.iter().collect();
-                db::executions::insert_executions(client, &refs, republish_after).await
-            }
-            .boxed()
-        },
+        move |client, pending: &[PendingInsert]| insert_pending(client, pending, republish_after),
     )
 }
 

@@ -3,15 +3,13 @@
 
 use std::sync::Arc;
 
-use llmq_shared::batch::Batcher;
-use llmq_shared::db::{DbError, Pool};
-use llmq_shared::execution::{Execution, ExecutionId, NewExecution};
+use llmq_shared::db::Pool;
 use llmq_shared::prompt::{LabelCache, PromptCache};
 use llmq_shared::queue::Publisher;
 use llmq_shared::Settings;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::sync::mpsc;
 
+use crate::services::executions::{Inserts, PublishQueue, SubmitDeps};
 use crate::waiters::Waiters;
 
 pub struct AppState {
@@ -21,21 +19,26 @@ pub struct AppState {
     pub prompts: PromptCache,
     pub labels: LabelCache,
     /// New executions, inserted many per statement (group commit).
-    pub inserts: Batcher<NewExecution, Result<Execution, DbError>>,
+    pub inserts: Inserts,
     pub waiters: Arc<Waiters>,
     /// Accepted executions to publish (with a confirm) in the background.
-    pub to_publish: mpsc::Sender<(ExecutionId, i16)>,
+    pub to_publish: PublishQueue,
     pub metrics: Option<PrometheusHandle>,
 }
 
 impl AppState {
-    /// A pooled connection; an unreachable database is a 503.
-    pub async fn db(&self) -> Result<deadpool_postgres::Object, crate::error::ApiError> {
-        Ok(self
-            .pool
-            .get()
-            .await
-            .map_err(llmq_shared::db::DbError::from)?)
+    /// What the submit service needs, borrowed from the state.
+    pub fn submit_deps(&self) -> SubmitDeps<'_> {
+        SubmitDeps {
+            pool: &self.pool,
+            prompts: &self.prompts,
+            labels: &self.labels,
+            models: &self.settings.models,
+            inserts: &self.inserts,
+            to_publish: &self.to_publish,
+            republish_after: std::time::Duration::from_secs(self.settings.api.republish_after_secs),
+            idempotency_ttl: std::time::Duration::from_secs(self.settings.api.idempotency_ttl_secs),
+        }
     }
 
     /// The deadline of one request's database and broker work.

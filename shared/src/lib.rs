@@ -9,6 +9,7 @@ pub mod canonical;
 pub mod config;
 pub mod db;
 pub mod execution;
+pub mod ids;
 pub mod mask;
 pub mod metrics;
 pub mod prompt;

@@ -2,7 +2,6 @@
 
 use actix_web::{get, web, HttpResponse};
 use serde::Serialize;
-use utoipa::OpenApi;
 
 use crate::state::AppState;
 
@@ -13,14 +12,14 @@ pub struct Readiness {
 }
 
 /// The process is alive.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive")))]
+#[utoipa::path(tag = "operations", responses((status = 200, description = "Alive")))]
 #[get("/healthz")]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
 /// Postgres and RabbitMQ are reachable.
-#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
+#[utoipa::path(tag = "operations", responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let postgres = llmq_shared::db::ping(&state.pool).await.is_ok();
@@ -34,7 +33,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// Prometheus metrics in the text format.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+#[utoipa::path(tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 #[get("/metrics")]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let body = state
@@ -48,8 +47,8 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3 document")))]
+#[utoipa::path(tag = "operations", responses((status = 200, description = "OpenAPI 3 document")))]
 #[get("/openapi.json")]
 pub async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().json(crate::openapi::ApiDoc::openapi())
+    HttpResponse::Ok().json(crate::openapi::document())
 }
