@@ -6,6 +6,7 @@ mod api {
     mod batches;
     mod executions;
     mod failures;
+    mod hardening;
     mod lifecycle;
     mod openapi;
     mod operations;
