@@ -323,6 +323,25 @@ async fn a_submit_slower_than_its_deadline_is_accepted_or_not_written_never_both
     lock.rollback().await.unwrap();
 
     let response = submit.await.unwrap();
+    // Whatever was answered, the insert must have ended (committed or not)
+    // before the rows are counted.
+    let insert_ended = app
+        .eventually(Duration::from_secs(30), || async {
+            app.db()
+                .await
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                     AND state = 'active' AND query ILIKE '%INSERT INTO executions%' \
+                     AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 0
+        })
+        .await;
+    assert!(insert_ended, "the insert never ended");
     let status = response.status();
     let probes: i64 = app
         .db()
