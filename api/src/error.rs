@@ -188,3 +188,71 @@ pub fn json_error(err: actix_web::error::JsonPayloadError, limit: usize) -> ApiE
         other => ApiError::BadRequest(format!("invalid request body: {other}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Everything logged while `f` runs, one formatted line per event.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = sink.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn a_client_error_is_logged_below_error_without_the_input() {
+        let log = logged(|| {
+            for e in [
+                ApiError::BadRequest("prompt: \"secret-input\" is not a valid name".into()),
+                ApiError::Conflict("secret-input".into()),
+                ApiError::Unprocessable {
+                    code: "invalid_input",
+                    message: "input.text: secret-input".into(),
+                    details: None,
+                },
+            ] {
+                let _ = e.error_response();
+            }
+        });
+        assert!(log.contains("client error"), "{log}");
+        assert!(!log.contains("ERROR"), "{log}");
+        assert!(!log.contains("secret-input"), "{log}");
+    }
+
+    #[test]
+    fn a_server_error_is_logged_at_error_with_its_cause_but_not_answered_with_it() {
+        let mut status = StatusCode::OK;
+        let log = logged(|| {
+            status = ApiError::Internal("pool poisoned".into())
+                .error_response()
+                .status();
+        });
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            log.contains("ERROR") && log.contains("pool poisoned"),
+            "{log}"
+        );
+    }
+}
