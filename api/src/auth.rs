@@ -1,46 +1,54 @@
 //! Authentication. Today a single configured key maps to the `default`
 //! tenant; the extractor is where organisations, users and scoped keys will
-//! plug in, and handlers already receive the tenant through it.
-
-use std::future::{ready, Ready};
+//! plug in, and handlers already receive the tenant through it. It is
+//! asynchronous already, so looking keys up in Postgres changes only
+//! `authenticate`.
 
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest};
+use futures::future::LocalBoxFuture;
+use llmq_shared::ids::TenantId;
 
 use crate::error::ApiError;
 use crate::state::AppState;
 
 pub const DEFAULT_TENANT: &str = "default";
 
-/// Who is calling: everything they can see belongs to `tenant_id`.
+/// Who is calling: everything they can see belongs to `tenant`.
 #[derive(Clone, Debug)]
 pub struct Caller {
-    pub tenant_id: String,
+    pub tenant: TenantId,
 }
 
 impl FromRequest for Caller {
     type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        ready(authenticate(req))
+        // Owned copies: the future outlives the borrow of the request.
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let presented = bearer_token(req).map(str::to_string);
+        Box::pin(async move {
+            let state = state.ok_or_else(|| ApiError::Internal("no app state".into()))?;
+            authenticate(&state, presented.as_deref()).await
+        })
     }
 }
 
-fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
-    let state = req
-        .app_data::<web::Data<AppState>>()
-        .ok_or_else(|| ApiError::Internal("no app state".into()))?;
-    let presented = req
-        .headers()
+fn bearer_token(req: &HttpRequest) -> Option<&str> {
+    req.headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
-        .ok_or(ApiError::Unauthorized)?;
+}
+
+/// The caller a presented key stands for.
+async fn authenticate(state: &AppState, presented: Option<&str>) -> Result<Caller, ApiError> {
+    let presented = presented.ok_or(ApiError::Unauthorized)?;
     if constant_time_eq(presented.as_bytes(), state.settings.api.api_key.as_bytes()) {
         Ok(Caller {
-            tenant_id: DEFAULT_TENANT.to_string(),
+            tenant: TenantId::new(DEFAULT_TENANT),
         })
     } else {
         Err(ApiError::Unauthorized)

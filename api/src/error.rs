@@ -1,10 +1,17 @@
 //! The API's one error type. Every failure a client can see maps here to a
-//! status and the JSON shape of docs/api.md; a 5xx body says nothing internal
-//! while the log gets the whole cause.
+//! status and the JSON shape of docs/api.md; a 5xx body says nothing
+//! internal while the log gets the whole cause. Services answer
+//! `ServiceError`, turned into this by the one `From` below.
+//!
+//! Logging: a 4xx is the client's mistake, logged at debug with its code
+//! only (never the message, which may quote the client's input); a 503 at
+//! warn; any other 5xx is a bug, logged at error with its cause.
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use llmq_shared::db::DbError;
+
+use crate::services::error::ServiceError;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -21,8 +28,14 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("method not allowed; this route serves {allow}")]
+    MethodNotAllowed { allow: String },
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("the body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
     #[error("{message}")]
     Unprocessable {
         code: &'static str,
@@ -57,7 +70,10 @@ impl ApiError {
             Self::Unauthorized => "unauthorized",
             Self::NotFound(_) => "not_found",
             Self::Conflict(_) => "conflict",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::RequestTimeout => "request_timeout",
             Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Unprocessable { code, .. } => code,
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal_error",
@@ -65,14 +81,30 @@ impl ApiError {
     }
 }
 
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::InvalidRequest(m) => Self::BadRequest(m),
+            ServiceError::NotFound(m) => Self::NotFound(m),
+            ServiceError::Conflict(m) => Self::Conflict(m),
+            ServiceError::Rejected {
+                code,
+                message,
+                details,
+            } => Self::Unprocessable {
+                code,
+                message,
+                details,
+            },
+            ServiceError::Unavailable(m) => Self::Unavailable(m),
+            ServiceError::Internal(cause) => Self::Internal(cause),
+        }
+    }
+}
+
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
-        if e.is_unavailable() {
-            tracing::warn!(error = %e, "database unavailable");
-            Self::Unavailable("the database is unavailable; retry later".into())
-        } else {
-            Self::Internal(e.to_string())
-        }
+        ServiceError::from(e).into()
     }
 }
 
@@ -83,7 +115,10 @@ impl ResponseError for ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -96,7 +131,18 @@ impl ResponseError for ApiError {
                 tracing::error!(error.cause = %cause, "internal error");
                 "internal error".to_string()
             }
-            other => other.to_string(),
+            Self::Unavailable(m) => {
+                tracing::warn!(error.code = self.code(), error.message = %m, "request not accepted");
+                m.clone()
+            }
+            other => {
+                tracing::debug!(
+                    error.code = other.code(),
+                    status = other.status_code().as_u16(),
+                    "client error"
+                );
+                other.to_string()
+            }
         };
         let details = match self {
             Self::Unprocessable { details, .. } => details.clone(),
@@ -109,6 +155,9 @@ impl ResponseError for ApiError {
         if matches!(self, Self::Unauthorized) {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
+        if let Self::MethodNotAllowed { allow } = self {
+            response.insert_header((header::ALLOW, allow.clone()));
+        }
         response.json(ErrorBody {
             error: ErrorDetail {
                 code: self.code().to_string(),
@@ -119,10 +168,17 @@ impl ResponseError for ApiError {
     }
 }
 
-/// Maps actix's JSON body errors onto the API's shapes (400 / 413).
+/// Maps actix's JSON body errors onto the API's shapes (400 / 408 / 413 /
+/// 415). A body that stopped arriving (`crate::body_timeout`) is a 408.
 pub fn json_error(err: actix_web::error::JsonPayloadError, limit: usize) -> ApiError {
     use actix_web::error::JsonPayloadError as E;
     match err {
+        E::ContentType => ApiError::UnsupportedMediaType,
+        E::Payload(actix_web::error::PayloadError::Io(e))
+            if e.kind() == std::io::ErrorKind::TimedOut =>
+        {
+            ApiError::RequestTimeout
+        }
         E::Overflow { .. } | E::OverflowKnownLength { .. } => ApiError::PayloadTooLarge { limit },
         E::Payload(actix_web::error::PayloadError::Overflow) => ApiError::PayloadTooLarge { limit },
         E::Deserialize(e) if e.is_data() => {
@@ -130,5 +186,73 @@ pub fn json_error(err: actix_web::error::JsonPayloadError, limit: usize) -> ApiE
         }
         E::Deserialize(e) => ApiError::BadRequest(format!("malformed JSON: {e}")),
         other => ApiError::BadRequest(format!("invalid request body: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Everything logged while `f` runs, one formatted line per event.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = sink.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn a_client_error_is_logged_below_error_without_the_input() {
+        let log = logged(|| {
+            for e in [
+                ApiError::BadRequest("prompt: \"secret-input\" is not a valid name".into()),
+                ApiError::Conflict("secret-input".into()),
+                ApiError::Unprocessable {
+                    code: "invalid_input",
+                    message: "input.text: secret-input".into(),
+                    details: None,
+                },
+            ] {
+                let _ = e.error_response();
+            }
+        });
+        assert!(log.contains("client error"), "{log}");
+        assert!(!log.contains("ERROR"), "{log}");
+        assert!(!log.contains("secret-input"), "{log}");
+    }
+
+    #[test]
+    fn a_server_error_is_logged_at_error_with_its_cause_but_not_answered_with_it() {
+        let mut status = StatusCode::OK;
+        let log = logged(|| {
+            status = ApiError::Internal("pool poisoned".into())
+                .error_response()
+                .status();
+        });
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            log.contains("ERROR") && log.contains("pool poisoned"),
+            "{log}"
+        );
     }
 }

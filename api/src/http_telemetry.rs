@@ -66,11 +66,6 @@ fn is_sane_request_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-/// One line per request (method, path, status, duration) at info level.
-pub fn access_log() -> actix_web::middleware::Logger {
-    actix_web::middleware::Logger::new("%r %s %Dms").log_target("llmq_api::http")
-}
-
 /// Request counts and durations by method, matched route and status.
 pub async fn record_http_metrics(
     req: ServiceRequest,

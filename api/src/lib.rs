@@ -1,7 +1,9 @@
 //! llmq-api: the HTTP front end. Handlers authenticate, validate and hand
 //! off to services; the execution itself runs in llmq-worker.
 
+pub mod access_log;
 pub mod auth;
+pub mod body_timeout;
 pub mod error;
 pub mod http_telemetry;
 pub mod openapi;

@@ -1,26 +1,22 @@
-//! The OpenAPI document, generated from the handlers' annotations, and
-//! the route that serves it.
+//! The OpenAPI document's components (schemas and the bearer scheme). The
+//! paths come from the route list (`crate::routes::RouteDoc`), which merges
+//! them with these into the served document (`crate::routes::document`).
 
-use actix_web::{get, HttpResponse};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::resources::{
-    ExecutionResource, Links, PromptRef, StepList, StepResource, SubmitExecution, WebhookSpec,
+    ExecutionResource, Links, PromptRef, Readiness, StepList, StepResource, SubmitExecution,
+    WebhookSpec,
 };
-use crate::routes::{executions, health};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "llmq", description = "Durable LLM executions over HTTP."),
-    paths(
-        executions::submit, executions::get, executions::steps, executions::cancel,
-        health::healthz, health::readyz, health::metrics, serve_document,
-    ),
     components(schemas(
         SubmitExecution, WebhookSpec, ExecutionResource, PromptRef, Links, StepList, StepResource,
-        ErrorBody, ErrorDetail, health::Readiness,
+        ErrorBody, ErrorDetail, Readiness,
         llmq_shared::execution::ExecutionStatus, llmq_shared::execution::Usage, llmq_shared::execution::ErrorInfo,
     )),
     modifiers(&BearerAuth)
@@ -37,11 +33,4 @@ impl Modify for BearerAuth {
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
     }
-}
-
-/// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3 document")))]
-#[get("/openapi.json")]
-pub async fn serve_document() -> HttpResponse {
-    HttpResponse::Ok().json(ApiDoc::openapi())
 }

@@ -17,10 +17,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
-use llmq_shared::batch::Batcher;
 use llmq_shared::db::{self, Pool};
-use llmq_shared::execution::{Execution, ExecutionId, NewExecution};
+use llmq_shared::execution::ExecutionId;
 use llmq_shared::queue::Publisher;
 use llmq_shared::trace::TraceParent;
 use tokio::sync::{mpsc, Semaphore};
@@ -109,27 +107,6 @@ impl Pipeline {
             );
         }
     }
-}
-
-/// Inserts concurrent submissions' executions many per statement: under
-/// load one commit carries dozens of them, and a lone one runs at once.
-pub fn insert_batcher(
-    pool: Pool,
-    republish_after: Duration,
-    linger: Duration,
-) -> Batcher<NewExecution, Result<Execution, db::DbError>> {
-    db::spawn_batcher(
-        "insert",
-        pool,
-        linger,
-        move |client, new: &[NewExecution]| {
-            async move {
-                let refs: Vec<&NewExecution> = new.iter().collect();
-                db::executions::insert_executions(client, &refs, republish_after).await
-            }
-            .boxed()
-        },
-    )
 }
 
 /// Publishes accepted executions, many confirms outstanding at once, and

@@ -1,24 +1,34 @@
-//! The JSON shapes of docs/api.md: request bodies and the resources returned.
-//! Conversion from the domain types lives here so handlers stay thin.
+//! The JSON shapes of docs/api.md: request bodies and the resources
+//! returned. Conversion to and from the domain types lives here so
+//! handlers stay thin.
 
 use chrono::{DateTime, Utc};
-use llmq_shared::execution::{ErrorInfo, Execution, ExecutionStatus, Usage};
+use llmq_shared::execution::{codes, ErrorInfo, Execution, ExecutionStatus, Usage};
+use llmq_shared::ids::{Label, PromptName};
 use llmq_shared::step::Step;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
+
+use crate::services::error::ServiceError;
+use crate::services::executions::plan::{nul_path, nul_path_in_map, DEFAULT_PRIORITY};
+use crate::services::executions::{PromptTarget, SubmitRequest};
 
 /// `POST /v1/executions`.
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitExecution {
     /// Prompt name in the registry.
+    #[schema(pattern = r"^[a-z0-9._-]{1,64}$")]
     pub prompt: String,
     /// An exact version; exclusive with `label`.
     pub version: Option<i32>,
     /// A label such as `production` (the default) or `staging`.
+    #[schema(pattern = r"^[a-z0-9._-]{1,64}$")]
     pub label: Option<String>,
-    /// Checked against the version's input schema.
+    /// Checked against the JSON Schema of the version's `input_schema`
+    /// (see the prompt's file); a violation is a 422 `invalid_input`
+    /// naming the path.
     #[schema(value_type = Object)]
     pub input: Value,
     /// Override of the version's model; must be configured.
@@ -26,8 +36,10 @@ pub struct SubmitExecution {
     /// Overrides of the version's parameters (temperature, max_tokens, ...).
     #[schema(value_type = Option<Object>)]
     pub params: Option<serde_json::Map<String, Value>>,
+    /// Not supported yet: `true` is answered 422 `not_supported`.
     #[serde(default)]
     pub stream: bool,
+    /// Not supported yet: any value is answered 422 `not_supported`.
     pub webhook: Option<WebhookSpec>,
     /// 0..9.
     pub priority: Option<i16>,
@@ -44,6 +56,82 @@ pub struct WebhookSpec {
     pub url: String,
 }
 
+fn invalid(message: impl Into<String>) -> ServiceError {
+    ServiceError::InvalidRequest(message.into())
+}
+
+fn no_nul(field: &str, value: &str) -> Result<(), ServiceError> {
+    if value.contains('\0') {
+        return Err(invalid(format!("{field} must not contain a NUL character")));
+    }
+    Ok(())
+}
+
+impl SubmitExecution {
+    /// The domain request this body asks for, defaults applied. Refuses
+    /// what cannot be stored (NUL characters: Postgres `text` and `jsonb`
+    /// have no room for them) or is not implemented yet (`stream`,
+    /// `webhook`) rather than accepting it and doing nothing.
+    pub fn into_request(self) -> Result<SubmitRequest, ServiceError> {
+        if self.stream {
+            return Err(not_supported("stream"));
+        }
+        if self.webhook.is_some() {
+            return Err(not_supported("webhook"));
+        }
+        let prompt =
+            PromptName::parse(&self.prompt).map_err(|e| invalid(format!("prompt: {e}")))?;
+        let target = match (self.version, self.label) {
+            (Some(v), None) => PromptTarget::Version(v),
+            (None, None) => PromptTarget::default(),
+            (None, Some(l)) => {
+                PromptTarget::Label(Label::parse(&l).map_err(|e| invalid(format!("label: {e}")))?)
+            }
+            (Some(_), Some(_)) => return Err(invalid("give either version or label, not both")),
+        };
+        let priority = self.priority.unwrap_or(DEFAULT_PRIORITY);
+        if !(0..=9).contains(&priority) {
+            return Err(invalid("priority must be between 0 and 9"));
+        }
+        let metadata = match self.metadata {
+            None => serde_json::Map::new(),
+            Some(Value::Object(m)) => m,
+            Some(_) => return Err(invalid("metadata must be an object")),
+        };
+        let params = self.params.unwrap_or_default();
+        let nul = nul_path(&self.input, "input")
+            .or_else(|| nul_path_in_map(&metadata, "metadata"))
+            .or_else(|| nul_path_in_map(&params, "params"));
+        if let Some(path) = nul {
+            return Err(invalid(format!("{path} must not contain a NUL character")));
+        }
+        if let Some(model) = &self.model {
+            no_nul("model", model)?;
+        }
+        if let Some(user) = &self.user {
+            no_nul("user", user)?;
+        }
+        Ok(SubmitRequest {
+            prompt,
+            target,
+            input: self.input,
+            model: self.model,
+            params,
+            priority,
+            metadata,
+            user: self.user,
+        })
+    }
+}
+
+fn not_supported(field: &str) -> ServiceError {
+    ServiceError::Rejected {
+        code: codes::NOT_SUPPORTED,
+        message: format!("{field} is not supported yet; submit without it"),
+        details: None,
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PromptRef {
     pub name: String,
@@ -56,7 +144,6 @@ pub struct Links {
     #[serde(rename = "self")]
     pub self_: String,
     pub steps: String,
-    pub events: String,
 }
 
 /// An execution as clients see it.
@@ -68,7 +155,9 @@ pub struct ExecutionResource {
     pub model: String,
     #[schema(value_type = Object)]
     pub input: Value,
-    #[schema(value_type = Option<Object>)]
+    /// A string for a text prompt, the parsed value for a JSON one; null
+    /// until the execution succeeds.
+    #[schema(value_type = Option<serde_json::Value>)]
     pub output: Option<Value>,
     pub error: Option<ErrorInfo>,
     pub usage: Option<Usage>,
@@ -108,7 +197,6 @@ impl From<&Execution> for ExecutionResource {
             finished_at: e.finished_at,
             links: Links {
                 steps: format!("{base}/steps"),
-                events: format!("{base}/events"),
                 self_: base,
             },
         }
@@ -131,10 +219,10 @@ pub struct StepResource {
     pub params: Option<Value>,
     pub usage: Option<Usage>,
     /// Masked.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub input: Option<Value>,
-    /// Masked.
-    #[schema(value_type = Option<Object>)]
+    /// Masked; a string for a text answer.
+    #[schema(value_type = Option<serde_json::Value>)]
     pub output: Option<Value>,
     pub error: Option<ErrorInfo>,
     pub retryable: Option<bool>,
@@ -165,4 +253,11 @@ impl From<&Step> for StepResource {
 pub struct StepList {
     pub execution_id: String,
     pub steps: Vec<StepResource>,
+}
+
+/// What `/readyz` found: each dependency reachable or not.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    pub postgres: bool,
+    pub rabbitmq: bool,
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use llmq_shared::db::{self, Pool};
 use llmq_shared::events::Subscriber;
@@ -24,9 +24,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::{json_error, ApiError};
-use crate::http_telemetry::{access_log, record_http_metrics, trace_requests};
-use crate::outbox::{insert_batcher, Pipeline};
+use crate::http_telemetry::{record_http_metrics, trace_requests};
+use crate::outbox::Pipeline;
 use crate::routes;
+use crate::services::executions::submit::{insert_pending, Inserts, PendingInsert};
 use crate::state::AppState;
 
 /// How long the publish pipeline may take to drain at shutdown.
@@ -95,13 +96,17 @@ impl Application {
             .with_context(|| format!("binding {}", settings.api.addr))?;
         let port = listener.local_addr()?.port();
         let limit = settings.api.max_body_bytes;
+        let body_timeout = Duration::from_secs(settings.api.body_timeout_secs.max(1));
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .app_data(
+                    // JSON only: `application/json` or `application/*+json`;
+                    // another type, or none, is a 415.
                     web::JsonConfig::default()
                         .limit(limit)
-                        .content_type_required(false)
+                        .content_type(is_json)
+                        .content_type_required(true)
                         .error_handler(move |e, _| json_error(e, limit).into()),
                 )
                 .app_data(
@@ -112,22 +117,22 @@ impl Application {
                     web::QueryConfig::default()
                         .error_handler(|e, _| ApiError::BadRequest(e.to_string()).into()),
                 )
+                .wrap(from_fn(move |req, next| {
+                    crate::body_timeout::limit_body_time(body_timeout, req, next)
+                }))
                 .wrap(from_fn(record_http_metrics))
-                .wrap(actix_web::middleware::Compat::new(access_log()))
+                .wrap(actix_web::middleware::Compat::new(
+                    crate::access_log::logger(),
+                ))
                 .wrap(from_fn(trace_requests))
-                .service(routes::executions::submit)
-                .service(routes::executions::get)
-                .service(routes::executions::steps)
-                .service(routes::executions::cancel)
-                .service(routes::health::healthz)
-                .service(routes::health::readyz)
-                .service(routes::health::metrics)
-                .service(crate::openapi::serve_document)
-                .default_service(web::to(not_found))
+                .configure(routes::configure)
+                .default_service(web::to(routes::no_route))
         })
         .listen(listener)?
         .disable_signals()
         .backlog(4096)
+        .client_request_timeout(body_timeout)
+        .max_connections(settings.api.max_connections.max(1))
         .shutdown_timeout(settings.api.max_wait_secs.min(30));
         if settings.api.http_workers > 0 {
             server = server.workers(settings.api.http_workers);
@@ -165,8 +170,10 @@ impl Application {
     }
 }
 
-async fn not_found() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound("no such route".into()))
+fn is_json(mime: actix_web::mime::Mime) -> bool {
+    use actix_web::mime;
+    mime.type_() == mime::APPLICATION
+        && (mime.subtype() == mime::JSON || mime.suffix() == Some(mime::JSON))
 }
 
 /// Loads `prompts/` into the registry; a changed existing version aborts.
@@ -177,4 +184,15 @@ pub async fn sync_prompts(settings: &Settings, pool: &Pool) -> anyhow::Result<()
     let inserted = db::prompts::sync_prompt_files(&mut client, &files).await?;
     tracing::info!(files = files.len(), inserted, "prompt files synced");
     Ok(())
+}
+
+/// Inserts concurrent submissions' executions many per statement: under
+/// load one commit carries dozens of them, and a lone one runs at once.
+fn insert_batcher(pool: Pool, republish_after: Duration, linger: Duration) -> Inserts {
+    db::spawn_batcher(
+        "insert",
+        pool,
+        linger,
+        move |client, pending: &[PendingInsert]| insert_pending(client, pending, republish_after),
+    )
 }

@@ -3,16 +3,14 @@
 
 use std::sync::Arc;
 
-use llmq_shared::batch::Batcher;
-use llmq_shared::db::{DbError, Pool};
+use llmq_shared::db::Pool;
 use llmq_shared::events::Subscriber;
-use llmq_shared::execution::{Execution, NewExecution};
 use llmq_shared::prompt::{LabelCache, PromptCache};
 use llmq_shared::queue::Publisher;
 use llmq_shared::Settings;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::outbox::Outbox;
+use crate::services::executions::{Inserts, PublishQueue, SubmitDeps};
 
 pub struct AppState {
     pub settings: Arc<Settings>,
@@ -21,22 +19,27 @@ pub struct AppState {
     pub prompts: PromptCache,
     pub labels: LabelCache,
     /// New executions, inserted many per statement (group commit).
-    pub inserts: Batcher<NewExecution, Result<Execution, DbError>>,
+    pub inserts: Inserts,
     /// Lifecycle events heard by this process (long-poll wake-ups).
     pub events: Arc<Subscriber>,
     /// Accepted executions to publish (with a confirm) in the background.
-    pub to_publish: Outbox,
+    pub to_publish: PublishQueue,
     pub metrics: Option<PrometheusHandle>,
 }
 
 impl AppState {
-    /// A pooled connection; an unreachable database is a 503.
-    pub async fn db(&self) -> Result<deadpool_postgres::Object, crate::error::ApiError> {
-        Ok(self
-            .pool
-            .get()
-            .await
-            .map_err(llmq_shared::db::DbError::from)?)
+    /// What the submit service needs, borrowed from the state.
+    pub fn submit_deps(&self) -> SubmitDeps<'_> {
+        SubmitDeps {
+            pool: &self.pool,
+            prompts: &self.prompts,
+            labels: &self.labels,
+            models: &self.settings.models,
+            inserts: &self.inserts,
+            to_publish: &self.to_publish,
+            republish_after: self.settings.republish_after(),
+            idempotency_ttl: std::time::Duration::from_secs(self.settings.api.idempotency_ttl_secs),
+        }
     }
 
     /// The deadline of one request's database and broker work.

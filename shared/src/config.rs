@@ -61,6 +61,12 @@ pub struct ApiSettings {
     /// How long an insert batch waits for more submissions once its first
     /// is in (group commit); 0 inserts a lone submission at once.
     pub batch_linger_ms: u64,
+    /// How long a client has to send a request's head, and then its whole
+    /// body; past it the answer is 408 and the connection is freed.
+    pub body_timeout_secs: u64,
+    /// Connections one HTTP worker thread holds open at once; further
+    /// ones wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 /// The roles a worker process can run.
@@ -149,6 +155,8 @@ impl Default for ApiSettings {
             request_timeout_secs: 10,
             label_cache_ms: 1000,
             batch_linger_ms: 1,
+            body_timeout_secs: 10,
+            max_connections: 25_000,
         }
     }
 }

@@ -160,6 +160,9 @@ pub mod codes {
     pub const PROVIDER_REJECTED: &str = "provider_rejected";
     pub const TEMPLATE_ERROR: &str = "template_error";
     pub const INVALID_INPUT: &str = "invalid_input";
+    pub const MODEL_NOT_ALLOWED: &str = "model_not_allowed";
+    /// A request field the API documents but does not implement yet.
+    pub const NOT_SUPPORTED: &str = "not_supported";
     pub const CANCELLED: &str = "cancelled";
     pub const WORKER_LOST: &str = "worker_lost";
     /// The execution's prompt version is stored but does not compile.

@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod events;
 pub mod execution;
+pub mod ids;
 pub mod mask;
 pub mod metrics;
 pub mod prompt;

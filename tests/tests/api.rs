@@ -6,6 +6,7 @@ mod api {
     mod executions;
     mod failures;
     mod group_commit;
+    mod hardening;
     mod lifecycle;
     mod openapi;
     mod operations;

@@ -5,6 +5,7 @@ use std::time::Duration;
 use actix_web::http::header;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use llmq_shared::execution::ExecutionId;
+use llmq_shared::ids::IdempotencyKey;
 use serde::Deserialize;
 
 use crate::auth::Caller;
@@ -20,21 +21,35 @@ fn parse_id(raw: &str) -> Result<ExecutionId, ApiError> {
         .map_err(|_| ApiError::NotFound(format!("no execution {raw}")))
 }
 
+fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError> {
+    req.headers()
+        .get("idempotency-key")
+        .map(|v| {
+            let raw = v.to_str().map_err(|_| {
+                ApiError::BadRequest("Idempotency-Key must be visible ASCII".into())
+            })?;
+            IdempotencyKey::parse(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
+        })
+        .transpose()
+}
+
 /// Submit an execution.
 #[utoipa::path(
-    post, path = "/v1/executions", tag = "executions",
+    tag = "executions",
     request_body = SubmitExecution,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body return the same execution")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body return the same execution; 1 to 255 visible ASCII characters")),
     responses(
         (status = 202, description = "Accepted and durable", body = ExecutionResource),
         (status = 200, description = "Same Idempotency-Key and body as an earlier request: that execution", body = ExecutionResource),
-        (status = 409, description = "Idempotency-Key reused with a different body", body = ErrorBody),
-        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 400, description = "Malformed body, a bad name, a NUL character in a string", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 404, description = "Unknown prompt, version or label", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within api.body_timeout_secs", body = ErrorBody),
+        (status = 409, description = "Idempotency-Key reused with a different body", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 422, description = "Input fails the schema or the template", body = ErrorBody),
-        (status = 503, description = "Database unavailable; retry after Retry-After", body = ErrorBody),
+        (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
+        (status = 422, description = "Input fails the schema or the template; model not allowed; stream or webhook (not supported yet)", body = ErrorBody),
+        (status = 503, description = "Not accepted (database unavailable); retry after Retry-After", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -45,18 +60,15 @@ pub async fn submit(
     req: HttpRequest,
     body: web::Json<SubmitExecution>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = match req.headers().get("idempotency-key") {
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| ApiError::BadRequest("Idempotency-Key must be ASCII".into()))?,
-        ),
-        None => None,
-    };
-    let work = service::submit_execution(&state, &caller, body.into_inner(), key);
-    let (mut response, execution) = match within(state.deadline(), work).await? {
-        Submitted::Created(e) => (HttpResponse::Accepted(), e),
-        Submitted::Existing(e) => (HttpResponse::Ok(), e),
-    };
+    let key = idempotency_key(&req)?;
+    let request = body.into_inner().into_request()?;
+    let deadline = tokio::time::Instant::now() + state.deadline();
+    let deps = state.submit_deps();
+    let (mut response, execution) =
+        match service::submit_execution(&deps, &caller.tenant, request, key, deadline).await? {
+            Submitted::Created(e) => (HttpResponse::Accepted(), e),
+            Submitted::Existing(e) => (HttpResponse::Ok(), e),
+        };
     let resource = ExecutionResource::from(&execution);
     Ok(response
         .insert_header((header::LOCATION, resource.links.self_.clone()))
@@ -65,7 +77,7 @@ pub async fn submit(
 
 /// Cancel a queued or running execution.
 #[utoipa::path(
-    post, path = "/v1/executions/{id}/cancel", tag = "executions",
+    tag = "executions",
     params(("id" = String, Path, description = "Execution id")),
     responses(
         (status = 200, description = "Cancelled, or cancellation requested for a running execution", body = ExecutionResource),
@@ -83,26 +95,45 @@ pub async fn cancel(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
-    let execution = within(
-        state.deadline(),
-        service::cancel_execution(&state, &caller, id),
-    )
-    .await?;
+    let work = service::cancel_execution(&state.pool, &state.publisher, &caller.tenant, id);
+    let execution = within(state.deadline(), work).await?;
     Ok(HttpResponse::Ok().json(ExecutionResource::from(&execution)))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
 pub struct WaitQuery {
-    /// Seconds to hold the request until the execution is terminal.
-    pub wait: Option<u64>,
+    /// Seconds (a whole number from 0) to hold the request until the
+    /// execution is terminal; capped at `api.max_wait_secs`. Anything else
+    /// (negative, fractional, past 64 bits) is a 400.
+    #[param(value_type = Option<u64>, minimum = 0)]
+    pub wait: Option<String>,
+}
+
+impl WaitQuery {
+    fn seconds(&self, max: u64) -> Result<u64, ApiError> {
+        let Some(raw) = &self.wait else {
+            return Ok(0);
+        };
+        let secs: u64 = raw
+            .parse()
+            .ok()
+            .filter(|_| raw.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "wait must be a whole number of seconds from 0 (at most {max} are waited)"
+                ))
+            })?;
+        Ok(secs.min(max))
+    }
 }
 
 /// Read an execution, optionally long-polling until it finishes.
 #[utoipa::path(
-    get, path = "/v1/executions/{id}", tag = "executions",
+    tag = "executions",
     params(("id" = String, Path, description = "Execution id"), WaitQuery),
     responses(
         (status = 200, body = ExecutionResource),
+        (status = 400, description = "wait is not a whole number of seconds", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 503, body = ErrorBody),
@@ -117,27 +148,35 @@ pub async fn get(
     query: web::Query<WaitQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
-    let wait = query
-        .wait
-        .unwrap_or(0)
-        .min(state.settings.api.max_wait_secs);
+    let wait = query.seconds(state.settings.api.max_wait_secs)?;
     let execution = if wait == 0 {
-        within(
+        let work = service::get_execution(&state.pool, &caller.tenant, id);
+        within(state.deadline(), work).await?
+    } else {
+        let wait = Duration::from_secs(wait);
+        service::wait_for_execution(
+            &state.pool,
+            &state.events,
+            &caller.tenant,
+            id,
+            wait,
             state.deadline(),
-            service::get_execution(&state, &caller, id),
         )
         .await?
-    } else {
-        service::wait_for_execution(&state, &caller, id, Duration::from_secs(wait)).await?
     };
     Ok(HttpResponse::Ok().json(ExecutionResource::from(&execution)))
 }
 
 /// The recorded trace: one entry per step attempt.
 #[utoipa::path(
-    get, path = "/v1/executions/{id}/steps", tag = "executions",
+    tag = "executions",
     params(("id" = String, Path, description = "Execution id")),
-    responses((status = 200, body = StepList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    responses(
+        (status = 200, body = StepList),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
     security(("bearer" = []))
 )]
 #[get("/v1/executions/{id}/steps")]
@@ -147,7 +186,8 @@ pub async fn steps(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
-    let steps = within(state.deadline(), service::list_steps(&state, &caller, id)).await?;
+    let work = service::list_steps(&state.pool, &caller.tenant, id);
+    let steps = within(state.deadline(), work).await?;
     Ok(HttpResponse::Ok().json(StepList {
         execution_id: id.to_string(),
         steps: steps.iter().map(StepResource::from).collect(),

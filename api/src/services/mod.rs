@@ -1,22 +1,37 @@
-//! The API's services: plain functions over plain types, no actix, so
+//! The API's services: plain functions over domain types, no actix, so
 //! tests, CLIs and other front ends run the same logic as the handlers.
+//! They answer `ServiceError`; `crate::error` maps it to HTTP once.
 
+pub mod error;
 pub mod executions;
 
 use std::future::Future;
 use std::time::Duration;
 
-use crate::error::ApiError;
+use tokio::time::Instant;
+
+use error::ServiceError;
 
 /// Bounds a piece of request work: a database that stops answering turns
-/// into a 503 the client can retry, never a hung request.
+/// into `Unavailable` (a 503 the client can retry), never a hung request.
+/// Only for work whose effects are rolled back when it is dropped.
 pub async fn within<T>(
     limit: Duration,
-    work: impl Future<Output = Result<T, ApiError>>,
-) -> Result<T, ApiError> {
-    tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
-        Err(ApiError::Unavailable(
-            "the database did not answer in time; retry later".into(),
-        ))
-    })
+    work: impl Future<Output = Result<T, ServiceError>>,
+) -> Result<T, ServiceError> {
+    within_until(Instant::now() + limit, work).await
+}
+
+/// `within`, with the deadline as an instant.
+pub async fn within_until<T>(
+    deadline: Instant,
+    work: impl Future<Output = Result<T, ServiceError>>,
+) -> Result<T, ServiceError> {
+    tokio::time::timeout_at(deadline, work)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ServiceError::Unavailable(
+                "the database did not answer in time; retry later".into(),
+            ))
+        })
 }

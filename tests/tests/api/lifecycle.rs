@@ -131,7 +131,7 @@ async fn a_redelivered_message_for_a_finished_execution_does_not_run_it_again() 
             s.worker.concurrency = 1;
             // No relay republish of a slow-to-confirm publish, which would
             // put a second copy of an execution behind the one we wait for.
-            s.api.republish_after_secs = 600;
+            s.republish_after_secs = 600;
         })
         .spawn()
         .await;

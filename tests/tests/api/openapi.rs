@@ -1,44 +1,86 @@
 //! The OpenAPI document: clients generate code from it, so every route and
-//! its error shape must be in it.
+//! its error shape must be in it, and what it says must be what the API
+//! answers.
+
+use std::collections::BTreeMap;
 
 use llmq_tests::TestApp;
-use reqwest::StatusCode;
-use serde_json::Value;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
 
-#[tokio::test]
-async fn the_openapi_document_lists_every_route() {
-    let app = TestApp::builder().without_worker().spawn().await;
-
+async fn document(app: &TestApp) -> Value {
     let response = app.openapi().await;
     assert_eq!(response.status(), StatusCode::OK);
-    let doc: Value = response.json().await.unwrap();
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_route_the_app_registers() {
+    let app = TestApp::builder().without_worker().spawn().await;
+    let doc = document(&app).await;
     assert!(
         doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
         "{}",
         doc["openapi"]
     );
 
-    let expected = [
-        ("/v1/executions", "post"),
-        ("/v1/executions/{id}", "get"),
-        ("/v1/executions/{id}/steps", "get"),
-        ("/healthz", "get"),
-        ("/readyz", "get"),
-        ("/metrics", "get"),
-        ("/openapi.json", "get"),
-    ];
+    // The App registers exactly the routes of this list (one macro builds
+    // both), so comparing it with the served document covers every route.
+    let registered: BTreeMap<String, Vec<String>> =
+        llmq_api::routes::registered_routes().into_iter().collect();
+    assert!(registered.contains_key("/v1/executions/{id}/cancel"));
     let paths = doc["paths"].as_object().expect("paths");
-    for (path, method) in expected {
-        assert!(
-            paths.get(path).is_some_and(|p| p.get(method).is_some()),
-            "{method} {path} missing; paths: {:?}",
-            paths.keys()
-        );
+    let documented: BTreeMap<String, Vec<String>> = paths
+        .iter()
+        .map(|(path, item)| {
+            let mut methods: Vec<String> = item
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| {
+                    [
+                        "get", "post", "put", "patch", "delete", "head", "options", "trace",
+                    ]
+                    .contains(&k.as_str())
+                })
+                .map(|k| k.to_uppercase())
+                .collect();
+            methods.sort();
+            (path.clone(), methods)
+        })
+        .collect();
+    assert_eq!(documented, registered);
+
+    // And each documented route is really served at that path and method
+    // (not the fallback's "no such route" or 405).
+    let some_id = "0193a3c4-0000-7000-8000-000000000000";
+    for (path, methods) in &registered {
+        for method in methods {
+            let url = app.url(&path.replace("{id}", some_id));
+            let response = app
+                .client
+                .request(Method::from_bytes(method.as_bytes()).unwrap(), url)
+                .bearer_auth(&app.api_key)
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let body = response.text().await.unwrap();
+            assert_ne!(
+                status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}: {body}"
+            );
+            assert!(!body.contains("no such route"), "{method} {path}: {body}");
+        }
     }
 
     // Errors are described with the shared error schema.
     let submit = &paths["/v1/executions"]["post"];
-    for status in ["400", "401", "404", "413", "422"] {
+    for status in [
+        "400", "401", "404", "408", "409", "413", "415", "422", "503",
+    ] {
         let schema = &submit["responses"][status]["content"]["application/json"]["schema"]["$ref"];
         assert_eq!(
             schema, "#/components/schemas/ErrorBody",
@@ -46,6 +88,141 @@ async fn the_openapi_document_lists_every_route() {
         );
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    // The event stream is not served yet, so not promised.
+    assert!(doc["components"]["schemas"]["Links"]["properties"]
+        .get("events")
+        .is_none());
+    let prompt = &doc["components"]["schemas"]["SubmitExecution"]["properties"]["prompt"];
+    assert_eq!(prompt["pattern"], "^[a-z0-9._-]{1,64}$");
 
+    app.cleanup().await;
+}
+
+/// Validates a real answer against the schema the document gives for its
+/// path, method and status.
+async fn check(doc: &Value, path: &str, method: &str, response: reqwest::Response) -> Value {
+    let status = response.status().as_u16().to_string();
+    let body: Value = response.json().await.unwrap();
+    let described = &doc["paths"][path][method]["responses"][&status];
+    assert!(
+        described.is_object(),
+        "{method} {path} answered {status}, which the document does not describe: {body}"
+    );
+    let schema = &described["content"]["application/json"]["schema"];
+    assert!(
+        schema.is_object(),
+        "{method} {path} {status} has no JSON schema"
+    );
+    let root = json!({"components": doc["components"], "allOf": [schema]});
+    let validator = jsonschema::validator_for(&root).expect("the document's schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(&body)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{method} {path} {status} disagrees with the document: {errors:?}\n{body:#}"
+    );
+    body
+}
+
+#[tokio::test]
+async fn real_answers_of_every_route_match_the_document() {
+    let app = TestApp::spawn().await;
+    let doc = document(&app).await;
+    let item = "/v1/executions/{id}";
+
+    // The check can fail: a wrong shape is caught.
+    let resource =
+        json!({"components": doc["components"], "$ref": "#/components/schemas/ExecutionResource"});
+    let validator = jsonschema::validator_for(&resource).unwrap();
+    assert!(!validator.is_valid(&json!({"id": 3})));
+    assert!(!validator.is_valid(&json!({"output": 1})));
+
+    let submitted = check(
+        &doc,
+        "/v1/executions",
+        "post",
+        app.submit(&json!({"prompt": "summarize", "input": {"text": "hello"}}))
+            .await,
+    )
+    .await;
+    let id = submitted["id"].as_str().unwrap().to_string();
+    let finished = app
+        .wait_until_terminal(&id, std::time::Duration::from_secs(60))
+        .await;
+    assert_eq!(finished["status"], "succeeded", "{finished}");
+    // A text prompt's output is a string.
+    assert!(finished["output"].is_string(), "{finished}");
+    check(&doc, item, "get", app.get_execution(&id).await).await;
+    check(
+        &doc,
+        "/v1/executions/{id}/steps",
+        "get",
+        app.steps(&id).await,
+    )
+    .await;
+    let cancel = |id: &str| {
+        app.client
+            .post(app.url(&format!("/v1/executions/{id}/cancel")))
+            .bearer_auth(&app.api_key)
+            .send()
+    };
+    check(
+        &doc,
+        "/v1/executions/{id}/cancel",
+        "post",
+        cancel(&id).await.unwrap(),
+    )
+    .await;
+
+    let unknown = "0193a3c4-0000-7000-8000-000000000000";
+    check(&doc, item, "get", app.get_execution(unknown).await).await;
+    check(
+        &doc,
+        item,
+        "get",
+        app.get_authorized(&format!("/v1/executions/{id}?wait=-1"))
+            .await,
+    )
+    .await;
+    check(
+        &doc,
+        item,
+        "get",
+        app.get_unauthenticated(&format!("/v1/executions/{id}"))
+            .await,
+    )
+    .await;
+    check(
+        &doc,
+        "/v1/executions/{id}/steps",
+        "get",
+        app.steps(unknown).await,
+    )
+    .await;
+    check(
+        &doc,
+        "/v1/executions/{id}/cancel",
+        "post",
+        cancel(unknown).await.unwrap(),
+    )
+    .await;
+    for bad in [
+        json!({"prompt": "summarize", "input": {"text": 3}}),
+        json!({"prompt": "no-such-prompt", "input": {}}),
+        json!({"prompt": "summarize", "input": {"text": "x"}, "stream": true}),
+        json!({"prompt": "summarize", "input": {"text": "x"}, "priority": 12}),
+    ] {
+        check(&doc, "/v1/executions", "post", app.submit(&bad).await).await;
+    }
+    check(
+        &doc,
+        "/v1/executions",
+        "post",
+        app.submit_with_raw_body("{}", "text/plain").await,
+    )
+    .await;
+    check(&doc, "/readyz", "get", app.readyz().await).await;
     app.cleanup().await;
 }

@@ -22,7 +22,7 @@ async fn a_queued_execution_cancelled_never_runs() {
         // could queue a second copy of the control behind it.
         .configure(|s| {
             s.worker.concurrency = 1;
-            s.api.republish_after_secs = 600;
+            s.republish_after_secs = 600;
         })
         .spawn()
         .await;

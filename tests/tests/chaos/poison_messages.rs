@@ -14,7 +14,7 @@ async fn poison_messages_are_dead_lettered_and_the_worker_keeps_working() {
     let mut app = TestApp::builder()
         // No relay republish of the control execution, whose second copy
         // could still be on its way at the end and be given back.
-        .configure(|s| s.api.republish_after_secs = 600)
+        .configure(|s| s.republish_after_secs = 600)
         .spawn()
         .await;
     let unknown = serde_json::json!({ "id": uuid::Uuid::now_v7() }).to_string();

@@ -1,0 +1,311 @@
+//! Planning a submission: a domain request, the compiled prompt version it
+//! names and the configured models in, a validated `NewExecution` out. Pure:
+//! no database, no broker, no HTTP, so every front end (the HTTP API, the
+//! OpenAI-compatible facade, batches) and every unit test runs the same
+//! checks. The request's fingerprint (what an `Idempotency-Key` binds to)
+//! is defined here too, over the request's meaning.
+
+use std::collections::BTreeMap;
+
+use llmq_shared::canonical::json_sha256;
+use llmq_shared::config::ModelSettings;
+use llmq_shared::execution::{codes, ExecutionId, NewExecution};
+use llmq_shared::ids::{Label, PromptName, TenantId};
+use llmq_shared::prompt::CompiledPrompt;
+use serde_json::{Map, Value};
+
+use crate::services::error::{Result, ServiceError};
+
+/// Priority of a request that names none.
+pub const DEFAULT_PRIORITY: i16 = 5;
+
+/// Which version of the prompt a request runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PromptTarget {
+    Version(i32),
+    Label(Label),
+}
+
+impl Default for PromptTarget {
+    fn default() -> Self {
+        Self::Label(Label::production())
+    }
+}
+
+/// A submission in domain terms, defaults applied: whatever shape a front
+/// end accepts, it builds one of these.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SubmitRequest {
+    pub prompt: PromptName,
+    pub target: PromptTarget,
+    pub input: Value,
+    /// Override of the version's model; must be configured.
+    pub model: Option<String>,
+    /// Overrides of the version's parameters.
+    pub params: Map<String, Value>,
+    pub priority: i16,
+    pub metadata: Map<String, Value>,
+    pub user: Option<String>,
+}
+
+impl SubmitRequest {
+    /// A request for `prompt`'s production label with every default.
+    pub fn new(prompt: PromptName, input: Value) -> Self {
+        Self {
+            prompt,
+            target: PromptTarget::default(),
+            input,
+            model: None,
+            params: Map::new(),
+            priority: DEFAULT_PRIORITY,
+            metadata: Map::new(),
+            user: None,
+        }
+    }
+
+    /// The hash an `Idempotency-Key` is bound to. It covers what the
+    /// request means: a field left at its default is left out, so an
+    /// absent field and its explicit default hash the same, and a field
+    /// added later (with a default) changes no existing request's hash. Key
+    /// order does not matter (canonical JSON).
+    pub fn fingerprint(&self) -> String {
+        let mut meaning = Map::new();
+        meaning.insert("prompt".into(), self.prompt.as_str().into());
+        match &self.target {
+            PromptTarget::Version(v) => {
+                meaning.insert("version".into(), (*v).into());
+            }
+            PromptTarget::Label(l) if *l == Label::production() => {}
+            PromptTarget::Label(l) => {
+                meaning.insert("label".into(), l.as_str().into());
+            }
+        }
+        meaning.insert("input".into(), self.input.clone());
+        if let Some(model) = &self.model {
+            meaning.insert("model".into(), model.as_str().into());
+        }
+        if !self.params.is_empty() {
+            meaning.insert("params".into(), Value::Object(self.params.clone()));
+        }
+        if self.priority != DEFAULT_PRIORITY {
+            meaning.insert("priority".into(), self.priority.into());
+        }
+        if !self.metadata.is_empty() {
+            meaning.insert("metadata".into(), Value::Object(self.metadata.clone()));
+        }
+        if let Some(user) = &self.user {
+            meaning.insert("user".into(), user.as_str().into());
+        }
+        json_sha256(&Value::Object(meaning))
+    }
+}
+
+/// Checks `request` against the compiled version and the configured models
+/// and builds the row to insert. Rendering here makes a template error a
+/// 422 now rather than a failed execution later.
+pub fn plan_execution(
+    tenant: &TenantId,
+    request: SubmitRequest,
+    compiled: &CompiledPrompt,
+    label: Option<Label>,
+    models: &BTreeMap<String, ModelSettings>,
+) -> Result<NewExecution> {
+    let violations = compiled.validate_input(&request.input);
+    if let Some(first) = violations.first() {
+        return Err(ServiceError::Rejected {
+            code: codes::INVALID_INPUT,
+            message: format!("{}: {}", first.path, first.message),
+            details: Some(serde_json::json!({ "violations": violations })),
+        });
+    }
+    compiled
+        .render(&request.input)
+        .map_err(|e| ServiceError::Rejected {
+            code: codes::TEMPLATE_ERROR,
+            message: e.to_string(),
+            details: None,
+        })?;
+    let model = match request.model {
+        Some(m) if m != compiled.definition.model && !models.contains_key(&m) => {
+            return Err(ServiceError::Rejected {
+                code: codes::MODEL_NOT_ALLOWED,
+                message: format!("model {m:?} is not configured"),
+                details: None,
+            })
+        }
+        Some(m) => m,
+        None => compiled.definition.model.clone(),
+    };
+    let mut params = compiled.definition.params.clone();
+    params.extend(request.params);
+    Ok(NewExecution {
+        id: ExecutionId::new(),
+        tenant_id: tenant.as_str().to_string(),
+        prompt_name: compiled.name.clone(),
+        prompt_version: compiled.version,
+        prompt_label: label.map(Label::into_string),
+        model,
+        params: Value::Object(params),
+        input: request.input,
+        metadata: Value::Object(request.metadata),
+        end_user: request.user,
+        priority: request.priority,
+        stream: false,
+        webhook_url: None,
+    })
+}
+
+/// The path of the first string (or object key) in `value` that holds a
+/// NUL character, which Postgres `text` and `jsonb` cannot store.
+pub fn nul_path(value: &Value, path: &str) -> Option<String> {
+    match value {
+        Value::String(s) => s.contains('\0').then(|| path.to_string()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_path(v, &format!("{path}[{i}]"))),
+        Value::Object(map) => nul_path_in_map(map, path),
+        _ => None,
+    }
+}
+
+/// `nul_path` over an object's keys and values.
+pub fn nul_path_in_map(map: &Map<String, Value>, path: &str) -> Option<String> {
+    map.iter().find_map(|(k, v)| {
+        if k.contains('\0') {
+            Some(format!("{path} (a key)"))
+        } else {
+            nul_path(v, &format!("{path}.{k}"))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use llmq_shared::prompt::PromptDefinition;
+    use serde_json::json;
+
+    use super::*;
+
+    fn summarize() -> CompiledPrompt {
+        let definition: PromptDefinition = serde_json::from_value(json!({
+            "model": "gpt-4o-mini",
+            "template": "Summarize: {{ text }}",
+            "input_schema": {
+                "type": "object",
+                "required": ["text"],
+                "properties": {"text": {"type": "string"}}
+            },
+            "params": {"temperature": 0.2}
+        }))
+        .unwrap();
+        CompiledPrompt::compile("summarize", 1, definition).unwrap()
+    }
+
+    fn request(input: Value) -> SubmitRequest {
+        SubmitRequest::new(PromptName::parse("summarize").unwrap(), input)
+    }
+
+    #[test]
+    fn a_valid_request_plans_an_execution_with_the_versions_defaults() {
+        let mut req = request(json!({"text": "hello"}));
+        req.params.insert("max_tokens".into(), json!(10));
+        let new = plan_execution(
+            &TenantId::new("t1"),
+            req,
+            &summarize(),
+            Some(Label::production()),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert_eq!(new.tenant_id, "t1");
+        assert_eq!(new.model, "gpt-4o-mini");
+        assert_eq!(new.params, json!({"temperature": 0.2, "max_tokens": 10}));
+        assert_eq!(new.prompt_label.as_deref(), Some("production"));
+        assert_eq!(new.priority, DEFAULT_PRIORITY);
+        assert_eq!(new.metadata, json!({}));
+    }
+
+    #[test]
+    fn input_that_fails_the_schema_is_rejected_with_its_path() {
+        let err = plan_execution(
+            &TenantId::new("t1"),
+            request(json!({"text": 3})),
+            &summarize(),
+            None,
+            &BTreeMap::new(),
+        )
+        .unwrap_err();
+        match err {
+            ServiceError::Rejected { code, message, .. } => {
+                assert_eq!(code, codes::INVALID_INPUT);
+                assert!(message.starts_with("input.text"), "{message}");
+            }
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unconfigured_model_is_rejected() {
+        let mut req = request(json!({"text": "hi"}));
+        req.model = Some("gpt-unknown".into());
+        let err = plan_execution(
+            &TenantId::new("t1"),
+            req,
+            &summarize(),
+            None,
+            &BTreeMap::new(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, ServiceError::Rejected { code, .. } if code == codes::MODEL_NOT_ALLOWED),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn the_fingerprint_ignores_fields_left_at_their_default() {
+        let plain = request(json!({"text": "hi", "lang": "en"}));
+        let mut explicit = plain.clone();
+        explicit.priority = DEFAULT_PRIORITY;
+        explicit.target = PromptTarget::Label(Label::production());
+        explicit.input = json!({"lang": "en", "text": "hi"});
+        assert_eq!(plain.fingerprint(), explicit.fingerprint());
+        // Pinned: a change here would turn every retry across the deploy
+        // that ships it into a 409.
+        assert_eq!(
+            plain.fingerprint(),
+            json_sha256(&json!({"prompt": "summarize", "input": {"text": "hi", "lang": "en"}}))
+        );
+    }
+
+    #[test]
+    fn the_fingerprint_tells_different_meanings_apart() {
+        let plain = request(json!({"text": "hi"}));
+        let mut urgent = plain.clone();
+        urgent.priority = 9;
+        let mut pinned = plain.clone();
+        pinned.target = PromptTarget::Version(1);
+        let mut tagged = plain.clone();
+        tagged.metadata.insert("ticket".into(), json!("T-1"));
+        let all = [&plain, &urgent, &pinned, &tagged].map(SubmitRequest::fingerprint);
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn nul_characters_are_found_in_values_and_keys() {
+        assert_eq!(
+            nul_path(&json!({"a": ["x", "y\u{0}"]}), "input"),
+            Some("input.a[1]".into())
+        );
+        assert_eq!(
+            nul_path(&json!({"k\u{0}": 1}), "metadata"),
+            Some("metadata (a key)".into())
+        );
+        assert_eq!(nul_path(&json!({"a": "ok"}), "input"), None);
+    }
+}

@@ -1,0 +1,280 @@
+//! Submitting an execution: replay an idempotent retry, resolve the
+//! prompt version, plan the row (`super::plan`), commit it, hand it to the
+//! publisher. The row (with its outbox mark) is committed before the
+//! answer; a publish the broker did not confirm is left to the outbox
+//! relay, so an accepted execution is never lost.
+//!
+//! The deadline: until the row is handed to a write, running out of time
+//! answers `Unavailable` and nothing is written. Once its write has
+//! started the answer waits for that write's outcome (bounded by the
+//! pool's statement timeout), so `Unavailable` always means "not
+//! accepted" and a retry without an idempotency key cannot make a second
+//! execution.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use llmq_shared::batch::Batcher;
+use llmq_shared::config::ModelSettings;
+use llmq_shared::db::prompts::{resolve_prompt, Unresolved, VersionRef};
+use llmq_shared::db::{executions as db, idempotency, DbError, Pool};
+use llmq_shared::execution::{Execution, NewExecution};
+use llmq_shared::ids::{IdempotencyKey, Label, TenantId};
+use llmq_shared::prompt::{CompiledPrompt, LabelCache, PromptCache};
+use tokio::time::Instant;
+
+use super::plan::{plan_execution, PromptTarget, SubmitRequest};
+use crate::services::error::{Result, ServiceError};
+use crate::services::within_until;
+
+/// What a submission produced.
+pub enum Submitted {
+    /// A new execution (202).
+    Created(Execution),
+    /// The execution an earlier request with the same idempotency key and
+    /// body created (200).
+    Existing(Execution),
+}
+
+/// A new execution waiting in the insert batcher, with the submit's
+/// deadline: a batch that starts after it leaves the row out.
+pub struct PendingInsert {
+    pub new: NewExecution,
+    pub deadline: Instant,
+}
+
+/// Group-committed inserts: `None` for an item whose deadline had passed
+/// when its batch started (not written).
+pub type Inserts = Batcher<PendingInsert, std::result::Result<Option<Execution>, DbError>>;
+
+/// Accepted executions to publish with a confirm, in the background.
+pub type PublishQueue = crate::outbox::Outbox;
+
+/// Writes one batch of pending inserts: the live ones in one statement,
+/// the expired ones not at all. Answers one output per item, in order.
+pub fn insert_pending<'a>(
+    client: &'a deadpool_postgres::Object,
+    items: &'a [PendingInsert],
+    republish_after: Duration,
+) -> BoxFuture<'a, llmq_shared::db::Result<Vec<Option<Execution>>>> {
+    async move {
+        let now = Instant::now();
+        let live: Vec<&NewExecution> = items
+            .iter()
+            .filter(|p| p.deadline > now)
+            .map(|p| &p.new)
+            .collect();
+        let mut inserted = if live.is_empty() {
+            Vec::new()
+        } else {
+            db::insert_executions(client, &live, republish_after).await?
+        }
+        .into_iter();
+        Ok(items
+            .iter()
+            .map(|p| {
+                if p.deadline > now {
+                    inserted.next()
+                } else {
+                    None
+                }
+            })
+            .collect())
+    }
+    .boxed()
+}
+
+/// Everything a submission touches, and nothing more.
+pub struct SubmitDeps<'a> {
+    pub pool: &'a Pool,
+    pub prompts: &'a PromptCache,
+    pub labels: &'a LabelCache,
+    pub models: &'a BTreeMap<String, ModelSettings>,
+    pub inserts: &'a Inserts,
+    pub to_publish: &'a PublishQueue,
+    pub republish_after: Duration,
+    pub idempotency_ttl: Duration,
+}
+
+fn out_of_time() -> ServiceError {
+    ServiceError::Unavailable("the database did not answer in time; retry later".into())
+}
+
+#[tracing::instrument(skip_all, fields(prompt = %request.prompt, execution.id))]
+pub async fn submit_execution(
+    deps: &SubmitDeps<'_>,
+    tenant: &TenantId,
+    request: SubmitRequest,
+    idempotency_key: Option<IdempotencyKey>,
+    deadline: Instant,
+) -> Result<Submitted> {
+    let idempotency = idempotency_key.map(|key| (key, request.fingerprint()));
+    if let Some((key, hash)) = &idempotency {
+        let replayed = within_until(deadline, async {
+            let client = deps.pool.get().await.map_err(DbError::from)?;
+            replay(&client, tenant, key, hash).await
+        })
+        .await?;
+        if let Some(existing) = replayed {
+            return Ok(Submitted::Existing(existing));
+        }
+    }
+    let (compiled, label) = within_until(deadline, resolve(deps, &request)).await?;
+    let new = plan_execution(tenant, request, &compiled, label, deps.models)?;
+    tracing::Span::current().record("execution.id", tracing::field::display(new.id));
+
+    let execution = match idempotency {
+        // Group-committed with concurrent submits: one statement for many.
+        None => deps
+            .inserts
+            .submit(PendingInsert { new, deadline })
+            .await
+            .map_err(|e| ServiceError::Unavailable(e.to_string()))??
+            .ok_or_else(out_of_time)?,
+        Some((key, hash)) => {
+            match insert_with_key(deps, tenant, &key, &hash, new, deadline).await? {
+                Some(execution) => execution,
+                None => {
+                    let client = deps.pool.get().await.map_err(DbError::from)?;
+                    return match replay(&client, tenant, &key, &hash).await? {
+                        Some(existing) => Ok(Submitted::Existing(existing)),
+                        None => Err(ServiceError::Conflict(
+                            "a request with this Idempotency-Key is in progress; retry".into(),
+                        )),
+                    };
+                }
+            }
+        }
+    };
+
+    // The row is durable now: that is what 202 promises. The publish is
+    // confirmed in the background; until it is, the row's outbox mark
+    // stands and the relay publishes it if the broker never confirms.
+    if deps
+        .to_publish
+        .try_send((execution.id, execution.priority))
+        .is_err()
+    {
+        tracing::warn!("publish backlog full; the outbox relay will publish it");
+    }
+    metrics::counter!(llmq_shared::metrics::EXECUTIONS_SUBMITTED, "prompt" => execution.prompt_name.clone()).increment(1);
+    Ok(Submitted::Created(execution))
+}
+
+/// Inserts the execution and binds the key to it in one transaction;
+/// `None` when another request holds the key. The deadline bounds the work
+/// before the commit (running out rolls back); the commit itself is waited
+/// for, so a 503 never hides a committed row.
+async fn insert_with_key(
+    deps: &SubmitDeps<'_>,
+    tenant: &TenantId,
+    key: &IdempotencyKey,
+    hash: &str,
+    new: NewExecution,
+    deadline: Instant,
+) -> Result<Option<Execution>> {
+    let mut client = within_until(deadline, async {
+        Ok(deps.pool.get().await.map_err(DbError::from)?)
+    })
+    .await?;
+    let tx = client.transaction().await.map_err(DbError::from)?;
+    let prepared = within_until(deadline, async {
+        let execution = db::insert_executions(&tx, &[&new], deps.republish_after)
+            .await?
+            .pop()
+            .ok_or_else(|| ServiceError::Internal("insert answered no row".into()))?;
+        let claimed = idempotency::claim_idempotency_key(
+            &tx,
+            tenant.as_str(),
+            key.as_str(),
+            hash,
+            new.id,
+            deps.idempotency_ttl,
+        )
+        .await?;
+        Ok(claimed.then_some(execution))
+    })
+    .await?;
+    let Some(execution) = prepared else {
+        return Ok(None);
+    };
+    tx.commit().await.map_err(DbError::from)?;
+    Ok(Some(execution))
+}
+
+/// The compiled prompt version a request names, with the label it was
+/// reached through. Versions are immutable, so a compiled one is reused
+/// for good; a label is trusted for `api.label_cache_ms` after it was read.
+async fn resolve(
+    deps: &SubmitDeps<'_>,
+    request: &SubmitRequest,
+) -> Result<(Arc<CompiledPrompt>, Option<Label>)> {
+    let name = request.prompt.as_str();
+    let cached = match &request.target {
+        PromptTarget::Version(v) => deps.prompts.get(name, *v).map(|p| (p, None)),
+        PromptTarget::Label(l) => deps
+            .labels
+            .get(name, l.as_str())
+            .and_then(|v| deps.prompts.get(name, v))
+            .map(|p| (p, Some(l.clone()))),
+    };
+    if let Some(found) = cached {
+        return Ok(found);
+    }
+    let version_ref = match &request.target {
+        PromptTarget::Version(v) => VersionRef::Number(*v),
+        PromptTarget::Label(l) => VersionRef::Label(l.as_str()),
+    };
+    let client = deps.pool.get().await.map_err(DbError::from)?;
+    let stored = resolve_prompt(&client, name, version_ref)
+        .await?
+        .map_err(|why| {
+            ServiceError::NotFound(match (why, &request.target) {
+                (Unresolved::UnknownPrompt, _) => format!("no prompt named {name:?}"),
+                (_, PromptTarget::Version(v)) => format!("prompt {name:?} has no version {v}"),
+                (_, PromptTarget::Label(l)) => format!("prompt {name:?} has no label {l:?}"),
+            })
+        })?;
+    drop(client);
+    let compiled = deps
+        .prompts
+        .get_or_compile(&stored.name, stored.version, || stored.definition)
+        .map_err(|e| ServiceError::Internal(e.to_string()))?;
+    if let Some(label) = &stored.label {
+        deps.labels.put(&stored.name, label, stored.version);
+    }
+    let label = match &request.target {
+        PromptTarget::Label(l) => Some(l.clone()),
+        PromptTarget::Version(_) => None,
+    };
+    Ok((compiled, label))
+}
+
+/// The execution a live idempotency key points at, if the body matches;
+/// a conflict if the same key came with a different body.
+async fn replay(
+    client: &deadpool_postgres::Object,
+    tenant: &TenantId,
+    key: &IdempotencyKey,
+    hash: &str,
+) -> Result<Option<Execution>> {
+    let Some((id, stored_hash)) =
+        idempotency::find_idempotent(client, tenant.as_str(), key.as_str()).await?
+    else {
+        return Ok(None);
+    };
+    if stored_hash != hash {
+        return Err(ServiceError::Conflict(
+            "Idempotency-Key was already used with a different request body".into(),
+        ));
+    }
+    // On the connection already held: taking a second one here would let a
+    // burst of retries hold every connection while waiting for another.
+    db::get_execution(client, tenant.as_str(), id)
+        .await?
+        .ok_or_else(|| super::not_found(id))
+        .map(Some)
+}
