@@ -75,7 +75,6 @@ impl Application {
         let inserts = insert_batcher(
             pool.clone(),
             Duration::from_secs(settings.api.republish_after_secs),
-            Duration::from_millis(settings.api.batch_linger_ms),
         );
         let state = web::Data::new(AppState {
             settings: settings.clone(),
@@ -183,20 +182,14 @@ pub async fn sync_prompts(settings: &Settings, pool: &Pool) -> anyhow::Result<()
 fn insert_batcher(
     pool: Pool,
     republish_after: Duration,
-    linger: Duration,
 ) -> Batcher<NewExecution, Result<Execution, db::DbError>> {
-    db::spawn_batcher(
-        "insert",
-        pool,
-        linger,
-        move |client, new: &[NewExecution]| {
-            async move {
-                let refs: Vec<&NewExecution> = new.iter().collect();
-                db::executions::insert_executions(client, &refs, republish_after).await
-            }
-            .boxed()
-        },
-    )
+    db::spawn_batcher("insert", pool, move |client, new: &[NewExecution]| {
+        async move {
+            let refs: Vec<&NewExecution> = new.iter().collect();
+            db::executions::insert_executions(client, &refs, republish_after).await
+        }
+        .boxed()
+    })
 }
 
 /// Accepted executions waiting for their publish; past this the relay

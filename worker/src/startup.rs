@@ -53,7 +53,6 @@ impl Worker {
             publisher.clone(),
             &owner,
             settings.lease(),
-            Duration::from_millis(settings.worker.batch_linger_ms),
         );
         let ctx = Arc::new(WorkerContext {
             settings,

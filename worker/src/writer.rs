@@ -38,42 +38,36 @@ impl Writer {
         publisher: Arc<Publisher>,
         owner: &str,
         lease: Duration,
-        linger: Duration,
     ) -> Self {
         let owner: Arc<str> = owner.into();
         let claims = {
             let owner = owner.clone();
-            spawn_batcher("claim", pool.clone(), linger, move |client, ids| {
+            spawn_batcher("claim", pool.clone(), move |client, ids| {
                 let owner = owner.clone();
                 async move { db::claim_executions(client, ids, &owner, lease).await }.boxed()
             })
         };
-        let steps = step_batcher("steps", pool.clone(), owner.clone(), linger);
-        let started = step_batcher("steps_started", trace_pool, owner.clone(), linger);
-        let finishes = spawn_batcher(
-            "finish",
-            pool,
-            linger,
-            move |client, finishes: &[Finish]| {
-                let (owner, publisher) = (owner.clone(), publisher.clone());
-                async move {
-                    let refs: Vec<&Finish> = finishes.iter().collect();
-                    let done = db::finish_executions(client, &owner, &refs).await?;
-                    // One events message for the outcomes this statement committed.
-                    let events: Vec<ExecutionEvent> = finishes
-                        .iter()
-                        .filter(|f| done.contains(&f.id.0))
-                        .map(|f| ExecutionEvent {
-                            id: f.id,
-                            status: f.outcome.status,
-                        })
-                        .collect();
-                    publisher.publish_terminal_events(&events).await;
-                    Ok(finishes.iter().map(|f| done.contains(&f.id.0)).collect())
-                }
-                .boxed()
-            },
-        );
+        let steps = step_batcher("steps", pool.clone(), owner.clone());
+        let started = step_batcher("steps_started", trace_pool, owner.clone());
+        let finishes = spawn_batcher("finish", pool, move |client, finishes: &[Finish]| {
+            let (owner, publisher) = (owner.clone(), publisher.clone());
+            async move {
+                let refs: Vec<&Finish> = finishes.iter().collect();
+                let done = db::finish_executions(client, &owner, &refs).await?;
+                // One events message for the outcomes this statement committed.
+                let events: Vec<ExecutionEvent> = finishes
+                    .iter()
+                    .filter(|f| done.contains(&f.id.0))
+                    .map(|f| ExecutionEvent {
+                        id: f.id,
+                        status: f.outcome.status,
+                    })
+                    .collect();
+                publisher.publish_terminal_events(&events).await;
+                Ok(finishes.iter().map(|f| done.contains(&f.id.0)).collect())
+            }
+            .boxed()
+        });
         Self {
             claims,
             steps,
@@ -111,9 +105,8 @@ fn step_batcher(
     name: &'static str,
     pool: Pool,
     owner: Arc<str>,
-    linger: Duration,
 ) -> Batcher<Vec<Step>, Answer<bool>> {
-    spawn_batcher(name, pool, linger, move |client, items: &[Vec<Step>]| {
+    spawn_batcher(name, pool, move |client, items: &[Vec<Step>]| {
         let owner = owner.clone();
         async move {
             let steps: Vec<&Step> = items.iter().flatten().collect();

@@ -188,7 +188,6 @@ const MAX_BATCHES_IN_FLIGHT: usize = 2;
 pub fn spawn_batcher<I, O, W>(
     name: &'static str,
     pool: Pool,
-    linger: Duration,
     write: W,
 ) -> crate::batch::Batcher<I, Result<O>>
 where
@@ -207,7 +206,6 @@ where
         name,
         MAX_BATCH,
         MAX_BATCHES_IN_FLIGHT,
-        linger,
         move |items: Vec<I>| {
             let (pool, write) = (pool.clone(), write.clone());
             async move { run_batch(&pool, &items, &*write).await }
