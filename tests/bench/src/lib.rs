@@ -6,10 +6,18 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+pub mod curve;
+
 /// Targets of the issue, on a 2-core machine running everything.
 pub mod targets {
-    /// End-to-end executions/s with the provider answering at once.
-    pub const EXEC_PER_SEC_AT_0MS: f64 = 1_500.0;
+    /// End-to-end executions/s with the provider answering at once, closed
+    /// loop (saturated).
+    pub const EXEC_PER_SEC_AT_0MS: f64 = 5_000.0;
+    /// Open-loop rate at or below which the low-load latency targets hold.
+    pub const LOW_LOAD_RATE: f64 = 100.0;
+    /// Created → finished p50 / p99 at that rate, provider answering at once.
+    pub const LOW_LOAD_E2E_P50_MS: f64 = 3.0;
+    pub const LOW_LOAD_E2E_P99_MS: f64 = 10.0;
     /// Concurrent generate calls one worker holds with a 2 s provider.
     pub const IN_FLIGHT_AT_2S: i64 = 3_500;
     /// Executions/s that many calls in flight amount to (3,500 / 2 s).
@@ -448,6 +456,33 @@ pub fn render_summary(reports: &[Report]) -> String {
                 format!("< {:.0} MB", targets::WORKER_RSS_MB),
                 worker_rss.map(|kb| (kb as f64 / 1024.0) < targets::WORKER_RSS_MB),
             );
+        } else if r.rate > 0.0 {
+            // Open loop: judged on latency at the load asked for; the
+            // throughput is that load.
+            let low = r.rate <= targets::LOW_LOAD_RATE;
+            line(
+                format!("e2e {:.0} exec/s (paced {:.0}/s)", e.exec_per_sec, r.rate),
+                String::new(),
+                None,
+            );
+            line(
+                format!("e2e p50 {:.1} ms", e.p50_ms),
+                if low {
+                    format!("< {:.0} ms", targets::LOW_LOAD_E2E_P50_MS)
+                } else {
+                    String::new()
+                },
+                low.then_some(e.p50_ms < targets::LOW_LOAD_E2E_P50_MS),
+            );
+            line(
+                format!("e2e p99 {:.1} ms", e.p99_ms),
+                if low {
+                    format!("< {:.0} ms", targets::LOW_LOAD_E2E_P99_MS)
+                } else {
+                    String::new()
+                },
+                low.then_some(e.p99_ms < targets::LOW_LOAD_E2E_P99_MS),
+            );
         } else {
             line(
                 format!("e2e {:.0} exec/s", e.exec_per_sec),
@@ -586,5 +621,26 @@ mod tests {
             line.contains("closed loop, 64") && !line.contains("met"),
             "{line}"
         );
+
+        // Paced at low load: judged on created → finished latency, not on
+        // throughput.
+        let mut paced = Report {
+            label: "paced".into(),
+            provider_latency_ms: Some(0),
+            rate: 100.0,
+            ..Default::default()
+        };
+        paced.e2e.p50_ms = 2.0;
+        paced.e2e.p99_ms = 12.0;
+        let s = render_summary(&[paced]);
+        let verdict_of = |what: &str| {
+            s.lines()
+                .find(|l| l.contains(what))
+                .map(|l| l.trim_end().to_string())
+                .unwrap_or_else(|| panic!("no {what} line in {s}"))
+        };
+        assert!(verdict_of("e2e p50 2.0 ms").ends_with(" met"), "{s}");
+        assert!(verdict_of("e2e p99 12.0 ms").ends_with("NOT met"), "{s}");
+        assert!(!verdict_of("exec/s (paced 100/s)").contains("met"), "{s}");
     }
 }
