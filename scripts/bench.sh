@@ -85,6 +85,11 @@ die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
 
 mkdir -p "$RUN_DIR"
 
+# Every model call in flight is a connection to the fake provider: one file
+# descriptor in the worker and one in the provider. The 30 s setting holds
+# ~30,000; raise the soft limit to the hard one (root may go higher).
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
 # ---------------------------------------------------------------- processes
 
 PIDS=()          # started by this script, stopped in reverse order
@@ -183,6 +188,7 @@ run_setting() { # run_setting LATENCY_MS WORKER_CONCURRENCY RATE N
     local busy
     busy=$(pgrep -d, -x 'cargo|rustc|clippy-driver|cc|ld' 2>/dev/null || true)
     log "load average: $(cut -d' ' -f1-3 /proc/loadavg)${busy:+; other builds running (pids $busy): figures will be lower}"
+    log "open files limit $(ulimit -n); local ports $(tr '\t' - </proc/sys/net/ipv4/ip_local_port_range) (caps the connections to one provider address)"
 
     for port in "$API_PORT" "$PROVIDER_PORT" "$METRICS_PORT"; do
         port_free "$port" || die "port $port is in use (left over from an earlier run? see $RUN_DIR/bench-*.log)"
