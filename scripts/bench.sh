@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # `make bench`: load-test llmq on this machine and compare with the targets.
 #
-# Two settings, each on a fresh database and a fresh queue prefix, with the
+# Three settings, each on a fresh database and a fresh queue prefix, with the
 # fake provider, the API and one worker started here:
 #   (a) provider latency 0 ms, worker concurrency 1024, closed loop (64
 #       submits always in flight) — orchestration overhead: how fast the
-#       whole machine turns executions over
+#       whole machine turns executions over (judged on throughput)
+#   (a') provider latency 0 ms, open loop at a gentle 100 submits/s (3,000
+#       executions, 30 s) — latency at the load most deployments see most
+#       of the time (judged on created → finished p50 / p99)
 #   (b) provider latency 2000 ms, worker concurrency 8192, open loop at
 #       2,500 submits/s — how many slow calls one worker holds, and submit
 #       latency while the machine carries that load (an open loop measures
@@ -24,8 +27,24 @@
 #                      submits always in flight)
 #   BENCH_WARMUP       warm-up executions per setting (default 200)
 #   BENCH_TIMEOUT      seconds to wait for a setting's executions (default 240)
-#   BENCH_SETTINGS     "LATENCY_MS:WORKER_CONCURRENCY[:RATE] ..."
-#                      (default "0:1024 2000:8192:2500")
+#   BENCH_SETTINGS     "LATENCY_MS:WORKER_CONCURRENCY[:RATE[:N]] ..." (N
+#                      overrides BENCH_N for that setting)
+#                      (default "0:1024 0:1024:100:3000 2000:8192:2500")
+#   BENCH_CURVE        set to 1 (`make bench-curve`) to also gather every
+#                      0 ms setting into the latency-versus-load curve:
+#                      .run/bench-curve.json, .run/bench-curve.svg and a
+#                      Markdown table (copy the SVG to docs/ for the README)
+#
+# `make bench-curve` runs the sweep "0:1024:100:2000 0:1024:500:5000
+# 0:1024:1000:10000 0:1024:2500:20000 0:1024:5000:20000 0:1024" (about 2
+# minutes of load); `make bench-slow` runs "30000:32768:1000:60000": a 30 s
+# model at 1,000 submits/s for a minute, about 30,000 calls held by one
+# worker (BENCH_TIMEOUT 300 there).
+#
+# Isolation: the database (BENCH_DB) is dropped and recreated, the queue
+# prefix is bench.<timestamp>.<setting> and the ports are the BENCH_*_PORT
+# ones, none of which the test harness uses (it clones its databases from a
+# template and picks free ports); two bench runs at once would collide.
 #   BENCH_DB           database name, dropped and recreated (default llmq_bench)
 #   BENCH_API_PORT / BENCH_PROVIDER_PORT / BENCH_METRICS_PORT (18080 / 18081 / 19464)
 #   AMQP_URL           broker (default amqp://guest:guest@127.0.0.1:5672/%2f)
@@ -43,7 +62,8 @@ BENCH_CONCURRENCY=${BENCH_CONCURRENCY:-64}
 BENCH_RATE=${BENCH_RATE:-0}
 BENCH_WARMUP=${BENCH_WARMUP:-200}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-240}
-BENCH_SETTINGS=${BENCH_SETTINGS:-"0:1024 2000:8192:2500"}
+BENCH_SETTINGS=${BENCH_SETTINGS:-"0:1024 0:1024:100:3000 2000:8192:2500"}
+BENCH_CURVE=${BENCH_CURVE:-0}
 BENCH_DB=${BENCH_DB:-llmq_bench}
 API_PORT=${BENCH_API_PORT:-18080}
 PROVIDER_PORT=${BENCH_PROVIDER_PORT:-18081}
@@ -64,6 +84,11 @@ log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
 
 mkdir -p "$RUN_DIR"
+
+# Every model call in flight is a connection to the fake provider: one file
+# descriptor in the worker and one in the provider. The 30 s setting holds
+# ~30,000; raise the soft limit to the hard one (root may go higher).
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # ---------------------------------------------------------------- processes
 
@@ -148,16 +173,22 @@ psql_admin() {
 
 # Called plainly (not in a condition) so that `set -e` stays in force inside;
 # a run that did not complete sets failed=1.
-run_setting() { # run_setting LATENCY_MS WORKER_CONCURRENCY RATE
-    local latency=$1 concurrency=$2 rate=$3 name="${1}ms" ts rc=0 hwm rabbit_pid
+setting_name() { # setting_name LATENCY_MS RATE
+    if [ "$2" = 0 ]; then echo "${1}ms"; else echo "${1}ms-${2}per-s"; fi
+}
+
+run_setting() { # run_setting LATENCY_MS WORKER_CONCURRENCY RATE N
+    local latency=$1 concurrency=$2 rate=$3 n=$4 name ts rc=0 hwm rabbit_pid
+    name=$(setting_name "$latency" "$rate")
     local out="$RUN_DIR/bench-$name.out" json="$RUN_DIR/bench-$name.json"
     rm -f "$json" "$out"
-    log "=== setting $name: provider latency $latency ms, worker concurrency $concurrency, $BENCH_N executions, $([ "$rate" = 0 ] && echo "closed loop" || echo "open loop at $rate/s")"
+    log "=== setting $name: provider latency $latency ms, worker concurrency $concurrency, $n executions, $([ "$rate" = 0 ] && echo "closed loop" || echo "open loop at $rate/s")"
 
     # Everything shares 2 cores: other work skews the figures, so say so.
     local busy
     busy=$(pgrep -d, -x 'cargo|rustc|clippy-driver|cc|ld' 2>/dev/null || true)
     log "load average: $(cut -d' ' -f1-3 /proc/loadavg)${busy:+; other builds running (pids $busy): figures will be lower}"
+    log "open files limit $(ulimit -n); local ports $(tr '\t' - </proc/sys/net/ipv4/ip_local_port_range) (caps the connections to one provider address)"
 
     for port in "$API_PORT" "$PROVIDER_PORT" "$METRICS_PORT"; do
         port_free "$port" || die "port $port is in use (left over from an earlier run? see $RUN_DIR/bench-*.log)"
@@ -208,7 +239,7 @@ run_setting() { # run_setting LATENCY_MS WORKER_CONCURRENCY RATE
 
     "$BIN/llmq-bench" \
         --api "http://127.0.0.1:$API_PORT" --api-key "$API_KEY" --database-url "$DB_URL" \
-        -n "$BENCH_N" -c "$BENCH_CONCURRENCY" --rate "$rate" --warmup "$BENCH_WARMUP" \
+        -n "$n" -c "$BENCH_CONCURRENCY" --rate "$rate" --warmup "$BENCH_WARMUP" \
         --timeout-secs "$BENCH_TIMEOUT" --warmup-timeout-secs 60 \
         --label "$name" --provider-latency-ms "$latency" --worker-concurrency "$concurrency" \
         "${watch[@]}" --json-out "$json" | tee "$out" || rc=$?
@@ -246,15 +277,21 @@ if [ "$(psql_admin -c 'show autovacuum' 2>/dev/null || true)" = off ]; then
 fi
 
 log "building release binaries"
-cargo build --release $LOCKED -p llmq-api -p llmq-worker -p llmq-fake-provider -p llmq-bench
+cargo build --release $LOCKED --workspace
 
 : >"$RUN_DIR/bench-hwm.txt"
 failed=0
 results=()
+curve=()
 for setting in $BENCH_SETTINGS; do
-    IFS=: read -r latency concurrency rate <<<"$setting"
-    run_setting "$latency" "${concurrency:-1024}" "${rate:-$BENCH_RATE}"
-    [ -f "$RUN_DIR/bench-${latency}ms.json" ] && results+=("$RUN_DIR/bench-${latency}ms.json")
+    IFS=: read -r latency concurrency rate n <<<"$setting"
+    rate=${rate:-$BENCH_RATE}
+    run_setting "$latency" "${concurrency:-1024}" "$rate" "${n:-$BENCH_N}"
+    json="$RUN_DIR/bench-$(setting_name "$latency" "$rate").json"
+    if [ -f "$json" ]; then
+        results+=("$json")
+        [ "$latency" = 0 ] && curve+=("$json")
+    fi
 done
 
 printf '\n== llmq bench summary (%s executions per setting, %d s in all)\n' \
@@ -263,6 +300,11 @@ printf '   machine: %s cores, %s; everything (Postgres, RabbitMQ, API, worker, f
     "$(nproc)" "$(awk '/MemTotal/ {printf "%.0f GB RAM", $2/1048576}' /proc/meminfo)"
 if [ "${#results[@]}" -gt 0 ]; then
     "$BIN/llmq-bench" summary "${results[@]}"
+fi
+if [ "$BENCH_CURVE" = 1 ] && [ "${#curve[@]}" -gt 0 ]; then
+    printf '\n== latency versus load (0 ms model): %s/bench-curve.json, %s/bench-curve.svg\n\n' "$RUN_DIR" "$RUN_DIR"
+    "$BIN/llmq-bench" curve --json-out "$RUN_DIR/bench-curve.json" --svg-out "$RUN_DIR/bench-curve.svg" \
+        --title "llmq latency versus load, 0 ms model ($(nproc) cores, $(date -u +%Y-%m-%d))" "${curve[@]}"
 fi
 printf '\n'
 while read -r name hwm; do

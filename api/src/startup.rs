@@ -75,11 +75,7 @@ impl Application {
             // Well before the relay would republish the row.
             settings.republish_after().min(Duration::from_secs(2)) / 2,
         );
-        let inserts = insert_batcher(
-            pool.clone(),
-            settings.republish_after(),
-            Duration::from_millis(settings.api.batch_linger_ms),
-        );
+        let inserts = insert_batcher(pool.clone(), settings.republish_after());
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             pool,
@@ -188,11 +184,8 @@ pub async fn sync_prompts(settings: &Settings, pool: &Pool) -> anyhow::Result<()
 
 /// Inserts concurrent submissions' executions many per statement: under
 /// load one commit carries dozens of them, and a lone one runs at once.
-fn insert_batcher(pool: Pool, republish_after: Duration, linger: Duration) -> Inserts {
-    db::spawn_batcher(
-        "insert",
-        pool,
-        linger,
-        move |client, pending: &[PendingInsert]| insert_pending(client, pending, republish_after),
-    )
+fn insert_batcher(pool: Pool, republish_after: Duration) -> Inserts {
+    db::spawn_batcher("insert", pool, move |client, pending: &[PendingInsert]| {
+        insert_pending(client, pending, republish_after)
+    })
 }

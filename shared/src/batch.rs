@@ -3,26 +3,26 @@
 //! background task takes whatever has queued up (up to `max_batch`) as soon
 //! as one of `max_in_flight` slots is free and runs it as one batch.
 //!
-//! Items gather while earlier batches run, so batches grow with the load
-//! and the statement count per item falls. A `linger` lets a batch wait a
-//! little for company once its first item is in: at moderate rates, where
-//! few items overlap a running statement, it is what keeps batches from
-//! shrinking to one item each (and the CPU per item from rising). Zero
-//! linger runs a lone item at once.
+//! No timer is involved. When a slot is free, an item goes out the moment
+//! it arrives, alone: at low load nothing waits for company. Batches form
+//! only from the items that queued while every slot was busy, so they grow
+//! with the load (and the statement count per item falls) on their own.
+//! Every batch records its size (`llmq_db_batch_size`) and every item the
+//! time it queued before its batch started (`llmq_db_batch_wait_seconds`).
 
 use std::future::Future;
 use std::sync::Arc;
 
-use std::time::Duration;
-
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
 
 /// The batcher's task is gone (the process is shutting down).
 #[derive(Debug, thiserror::Error)]
 #[error("the {0} batcher has stopped")]
 pub struct Stopped(pub &'static str);
 
-type Job<I, O> = (I, oneshot::Sender<O>);
+/// An item, where its answer goes, and when it was queued.
+type Job<I, O> = (I, oneshot::Sender<O>, Instant);
 
 /// Coalesces items of type `I` into batches; every item gets its own `O`.
 pub struct Batcher<I, O> {
@@ -43,13 +43,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     /// Starts the batching task. `run` receives a batch and must answer
     /// with exactly one output per item, in order. The task ends when every
     /// `Batcher` handle is dropped, after running what was submitted.
-    pub fn spawn<F, Fut>(
-        name: &'static str,
-        max_batch: usize,
-        max_in_flight: usize,
-        linger: Duration,
-        run: F,
-    ) -> Self
+    pub fn spawn<F, Fut>(name: &'static str, max_batch: usize, max_in_flight: usize, run: F) -> Self
     where
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<O>> + Send + 'static,
@@ -62,30 +56,29 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
             let mut jobs = Vec::with_capacity(max_batch);
             loop {
                 // Wait for a free slot first: whatever queues up meanwhile
-                // goes into this batch.
+                // goes into this batch. With a slot free, `recv_many` hands
+                // over the first item as soon as it arrives.
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;
                 };
                 if rx.recv_many(&mut jobs, max_batch).await == 0 {
                     return;
                 }
-                if !linger.is_zero() {
-                    let until = tokio::time::Instant::now() + linger;
-                    while jobs.len() < max_batch {
-                        let room = max_batch - jobs.len();
-                        match tokio::time::timeout_at(until, rx.recv_many(&mut jobs, room)).await {
-                            Ok(n) if n > 0 => {}
-                            _ => break, // time is up, or every handle is gone
-                        }
-                    }
-                }
                 // A caller that stopped waiting (its request timed out and
                 // was answered 503) must not have its item written later.
-                jobs.retain(|(_, answer)| !answer.is_closed());
+                jobs.retain(|(_, answer, _)| !answer.is_closed());
                 if jobs.is_empty() {
                     continue;
                 }
-                let (items, answers): (Vec<I>, Vec<oneshot::Sender<O>>) = jobs.drain(..).unzip();
+                let started = Instant::now();
+                let wait = metrics::histogram!(crate::metrics::DB_BATCH_WAIT, "batch" => name);
+                let mut items = Vec::with_capacity(jobs.len());
+                let mut answers = Vec::with_capacity(jobs.len());
+                for (item, answer, queued) in jobs.drain(..) {
+                    wait.record(started.duration_since(queued).as_secs_f64());
+                    items.push(item);
+                    answers.push(answer);
+                }
                 metrics::histogram!(crate::metrics::DB_BATCH_SIZE, "batch" => name)
                     .record(items.len() as f64);
                 let run = run.clone();
@@ -109,7 +102,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     pub async fn submit(&self, item: I) -> Result<O, Stopped> {
         let (answer, output) = oneshot::channel();
         self.tx
-            .send((item, answer))
+            .send((item, answer, Instant::now()))
             .map_err(|_| Stopped(self.name))?;
         output.await.map_err(|_| Stopped(self.name))
     }
@@ -117,109 +110,151 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    use std::time::Duration;
 
     use super::*;
 
-    #[tokio::test]
-    async fn every_item_gets_its_own_output_and_batches_form_under_load() {
-        let batches = Arc::new(AtomicUsize::new(0));
-        let counted = batches.clone();
-        let batcher = Batcher::spawn("test", 64, 1, Duration::ZERO, move |items: Vec<u32>| {
-            counted.fetch_add(1, Ordering::SeqCst);
+    /// Each batch's start and items, in order.
+    type Log = Arc<Mutex<Vec<(Instant, Vec<u32>)>>>;
+
+    /// A batcher whose batches take `statement` (paused time) and that
+    /// records each batch's items and when it started.
+    fn recording(
+        max_batch: usize,
+        max_in_flight: usize,
+        statement: Duration,
+    ) -> (Batcher<u32, u32>, Log) {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let seen = batches.clone();
+        let batcher = Batcher::spawn("test", max_batch, max_in_flight, move |items: Vec<u32>| {
+            seen.lock().unwrap().push((Instant::now(), items.clone()));
             async move {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(statement).await;
                 items.into_iter().map(|i| i * 2).collect::<Vec<_>>()
             }
         });
-        let calls: Vec<_> = (0..200u32)
-            .map(|i| {
-                let b = batcher.clone();
-                tokio::spawn(async move { (i, b.submit(i).await.unwrap()) })
-            })
-            .collect();
-        for call in calls {
-            let (i, out) = call.await.unwrap();
-            assert_eq!(out, i * 2);
-        }
-        let n = batches.load(Ordering::SeqCst);
-        assert!(
-            (4..=20).contains(&n),
-            "200 concurrent items at most 64 per batch, one batch at a time: {n} batches"
+        (batcher, batches)
+    }
+
+    fn submit_at(
+        batcher: &Batcher<u32, u32>,
+        after: Duration,
+        item: u32,
+    ) -> tokio::task::JoinHandle<u32> {
+        let b = batcher.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            b.submit(item).await.unwrap()
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_item_is_dispatched_without_waiting() {
+        let (batcher, batches) = recording(64, 1, Duration::from_millis(3));
+        let submitted = Instant::now();
+        assert_eq!(batcher.submit(7).await.unwrap(), 14);
+        let batches = batches.lock().unwrap();
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].1, vec![7]);
+        // Paused time moves only when every task waits on a timer: a
+        // linger (or any sleep before the batch) would show up here.
+        assert_eq!(
+            batches[0].0, submitted,
+            "the batch started the instant its item came"
         );
     }
 
-    #[tokio::test]
-    async fn a_lone_item_runs_without_waiting_for_company() {
-        let batcher = Batcher::spawn(
-            "test",
-            64,
-            2,
-            Duration::ZERO,
-            |items: Vec<u32>| async move { items },
+    #[tokio::test(start_paused = true)]
+    async fn items_arriving_while_a_batch_runs_form_the_next_batch() {
+        let (batcher, batches) = recording(64, 1, Duration::from_millis(100));
+        let start = Instant::now();
+        let calls: Vec<_> = [0u64, 10, 20, 30]
+            .into_iter()
+            .zip(0u32..)
+            .map(|(ms, i)| submit_at(&batcher, Duration::from_millis(ms), i))
+            .collect();
+        for (i, call) in calls.into_iter().enumerate() {
+            assert_eq!(
+                call.await.unwrap(),
+                2 * i as u32,
+                "item {i} got its own output"
+            );
+        }
+        let batches = batches.lock().unwrap();
+        let items: Vec<_> = batches.iter().map(|(_, items)| items.clone()).collect();
+        assert_eq!(items, vec![vec![0], vec![1, 2, 3]]);
+        assert_eq!(batches[0].0, start, "the first item went out at once");
+        assert_eq!(
+            batches[1].0,
+            start + Duration::from_millis(100),
+            "the next batch starts when the first one's slot frees, not later"
         );
-        let out = tokio::time::timeout(Duration::from_secs(1), batcher.submit(7))
-            .await
-            .expect("a single item is not held back")
-            .unwrap();
-        assert_eq!(out, 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_free_second_slot_takes_an_item_at_once() {
+        let (batcher, batches) = recording(64, 2, Duration::from_millis(100));
+        let start = Instant::now();
+        let calls: Vec<_> = [0u64, 10, 20, 30]
+            .into_iter()
+            .zip(0u32..)
+            .map(|(ms, i)| submit_at(&batcher, Duration::from_millis(ms), i))
+            .collect();
+        for call in calls {
+            call.await.unwrap();
+        }
+        let batches = batches.lock().unwrap();
+        let shape: Vec<_> = batches
+            .iter()
+            .map(|(at, items)| (at.duration_since(start).as_millis(), items.clone()))
+            .collect();
+        assert_eq!(shape, vec![(0, vec![0]), (10, vec![1]), (100, vec![2, 3])]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_saturation_batches_fill_up_to_the_maximum() {
+        let (batcher, batches) = recording(64, 1, Duration::from_millis(20));
+        let calls: Vec<_> = (0..200u32)
+            .map(|i| submit_at(&batcher, Duration::ZERO, i))
+            .collect();
+        for (i, call) in calls.into_iter().enumerate() {
+            assert_eq!(call.await.unwrap(), 2 * i as u32);
+        }
+        let sizes: Vec<_> = batches
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, items)| items.len())
+            .collect();
+        assert_eq!(
+            sizes.iter().sum::<usize>(),
+            200,
+            "every item ran once: {sizes:?}"
+        );
+        assert!(
+            sizes.iter().filter(|&&n| n == 64).count() >= 2,
+            "items queued behind a running batch fill whole batches: {sizes:?}"
+        );
+        assert!(sizes.iter().all(|&n| n <= 64), "{sizes:?}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_item_whose_caller_gave_up_before_its_batch_is_never_run() {
-        let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let seen = ran.clone();
-        let batcher = Batcher::spawn("test", 64, 1, Duration::ZERO, move |items: Vec<u32>| {
-            seen.lock().unwrap().extend(items.iter().copied());
-            async move {
-                // A slow statement: later items wait behind it.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                items
-            }
-        });
-        let first = tokio::spawn({
-            let b = batcher.clone();
-            async move { b.submit(1).await.unwrap() }
-        });
+        let (batcher, batches) = recording(64, 1, Duration::from_millis(100));
+        let first = submit_at(&batcher, Duration::ZERO, 1);
         tokio::time::sleep(Duration::from_millis(10)).await;
         // Gives up (a request deadline) while the first batch still runs.
         let gave_up = tokio::time::timeout(Duration::from_millis(20), batcher.submit(2)).await;
         assert!(gave_up.is_err());
-        assert_eq!(first.await.unwrap(), 1);
-        assert_eq!(batcher.submit(3).await.unwrap(), 3);
-        assert_eq!(*ran.lock().unwrap(), vec![1, 3], "item 2 was withdrawn");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_lingering_batch_gathers_items_that_arrive_within_the_linger() {
-        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let seen = sizes.clone();
-        let batcher = Batcher::spawn(
-            "test",
-            64,
-            1,
-            Duration::from_millis(5),
-            move |items: Vec<u32>| {
-                seen.lock().unwrap().push(items.len());
-                async move { items }
-            },
-        );
-        let calls: Vec<_> = (0..3u32)
-            .map(|i| {
-                let b = batcher.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(u64::from(i))).await;
-                    b.submit(i).await.unwrap()
-                })
-            })
+        assert_eq!(first.await.unwrap(), 2);
+        assert_eq!(batcher.submit(3).await.unwrap(), 6);
+        let ran: Vec<_> = batches
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|(_, items)| items.clone())
             .collect();
-        for (i, call) in calls.into_iter().enumerate() {
-            assert_eq!(call.await.unwrap(), i as u32);
-        }
-        assert_eq!(
-            *sizes.lock().unwrap(),
-            vec![3],
-            "items 0, 1 and 2 ms apart share one batch"
-        );
+        assert_eq!(ran, vec![1, 3], "item 2 was withdrawn");
     }
 }

@@ -58,9 +58,6 @@ pub struct ApiSettings {
     /// label move reaches every replica within this. Versions themselves
     /// are immutable and cached for good.
     pub label_cache_ms: u64,
-    /// How long an insert batch waits for more submissions once its first
-    /// is in (group commit); 0 inserts a lone submission at once.
-    pub batch_linger_ms: u64,
     /// How long a client has to send a request's head, and then its whole
     /// body; past it the answer is 408 and the connection is freed.
     pub body_timeout_secs: u64,
@@ -94,10 +91,6 @@ pub struct WorkerSettings {
     /// at `retry_max_ms`, with jitter.
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
-    /// How long a claim, step or outcome batch waits for more executions'
-    /// writes once its first is in (group commit). Small next to a model
-    /// call; it keeps statements per execution low at moderate rates.
-    pub batch_linger_ms: u64,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -154,7 +147,6 @@ impl Default for ApiSettings {
             idempotency_ttl_secs: 24 * 3600,
             request_timeout_secs: 10,
             label_cache_ms: 1000,
-            batch_linger_ms: 1,
             body_timeout_secs: 10,
             max_connections: 25_000,
         }
@@ -173,7 +165,6 @@ impl Default for WorkerSettings {
             max_attempts: 4,
             retry_base_ms: 500,
             retry_max_ms: 60_000,
-            batch_linger_ms: 5,
         }
     }
 }

@@ -19,6 +19,7 @@ pub const OUTBOX_REPUBLISHED: &str = "llmq_outbox_republished_total";
 pub const LEASES_REAPED: &str = "llmq_leases_reaped_total";
 pub const MESSAGES_DEAD_LETTERED: &str = "llmq_messages_dead_lettered_total";
 pub const DB_BATCH_SIZE: &str = "llmq_db_batch_size";
+pub const DB_BATCH_WAIT: &str = "llmq_db_batch_wait_seconds";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -45,9 +46,15 @@ fn builder() -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildErro
         0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
     ];
     let sizes = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+    // A batch wait is a fraction of a statement: from 50 µs up. A `Full`
+    // matcher takes precedence over the `_seconds` suffix.
+    let waits = [
+        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 1.0,
+    ];
     PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)?
-        .set_buckets_for_metric(Matcher::Full(DB_BATCH_SIZE.into()), &sizes)
+        .set_buckets_for_metric(Matcher::Full(DB_BATCH_SIZE.into()), &sizes)?
+        .set_buckets_for_metric(Matcher::Full(DB_BATCH_WAIT.into()), &waits)
 }
 
 fn describe() {
@@ -102,6 +109,11 @@ fn describe() {
         DB_BATCH_SIZE,
         Unit::Count,
         "Items written per group-committed statement, by batch kind"
+    );
+    describe_histogram!(
+        DB_BATCH_WAIT,
+        Unit::Seconds,
+        "Time an item queued before its group-committed statement started, by batch kind"
     );
 }
 

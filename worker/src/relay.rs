@@ -29,27 +29,35 @@ pub async fn run_relay(ctx: Arc<WorkerContext>, stop: CancellationToken) {
     }
 }
 
-/// One pass; returns how many executions were published.
+/// One pass; returns how many executions were published. An idle pass is
+/// one transaction (the reap and the first due scan share it): two
+/// commits a second at the default interval, whatever the load.
 pub async fn relay_once(ctx: &WorkerContext) -> Result<usize, DbError> {
     let mut client = ctx.pool.get().await?;
-    let reaped = leases::reap_expired_leases(&client, BATCH).await?;
-    if !reaped.is_empty() {
-        tracing::warn!(
-            count = reaped.len(),
-            "requeued executions whose worker lease expired"
-        );
-        metrics::counter!(m::LEASES_REAPED).increment(reaped.len() as u64);
-    }
-    // Without a channel every publish would fail at once: leave the rows
-    // due for a later pass instead of failing each of them every pass.
-    if !ctx.publisher.is_connected().await {
-        return Ok(0);
-    }
     let mut published = 0;
+    let mut first = true;
     loop {
         let tx = client.transaction().await?;
+        if std::mem::take(&mut first) {
+            let reaped = leases::reap_expired_leases(&tx, BATCH).await?;
+            if !reaped.is_empty() {
+                tracing::warn!(
+                    count = reaped.len(),
+                    "requeued executions whose worker lease expired"
+                );
+                metrics::counter!(m::LEASES_REAPED).increment(reaped.len() as u64);
+            }
+            // Without a channel every publish would fail at once: leave
+            // the rows due for a later pass instead of failing each of
+            // them every pass.
+            if !ctx.publisher.is_connected().await {
+                tx.commit().await?;
+                return Ok(0);
+            }
+        }
         let due = outbox::lock_due_for_publish(&tx, BATCH).await?;
         if due.is_empty() {
+            tx.commit().await?;
             return Ok(published);
         }
         let results = futures::future::join_all(

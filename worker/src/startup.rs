@@ -60,7 +60,6 @@ impl Worker {
             publisher.clone(),
             &owner,
             settings.lease(),
-            Duration::from_millis(settings.worker.batch_linger_ms),
             settings.republish_after(),
         );
         let ctx = Arc::new(WorkerContext {
@@ -149,12 +148,19 @@ async fn watch_cancellations(ctx: Arc<WorkerContext>, stop: CancellationToken) {
 }
 
 /// Renews every lease this process holds, in one statement per period.
+/// An idle worker holds none and sends nothing: an execution is marked
+/// running here before its claim takes the lease, so a period that sees
+/// nothing running has no lease to renew (and one claimed just after is
+/// renewed by the next period, well within its lease).
 async fn renew_leases(ctx: Arc<WorkerContext>, stop: CancellationToken) {
     let lease = ctx.settings.lease();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(lease / 3) => {}
+        }
+        if ctx.running.lock().map(|r| r.is_empty()).unwrap_or(true) {
+            continue;
         }
         let result = async {
             let client = ctx.pool.get().await?;

@@ -47,20 +47,19 @@ impl Writer {
         publisher: Arc<Publisher>,
         owner: &str,
         lease: Duration,
-        linger: Duration,
         republish_after: Duration,
     ) -> Self {
         let owner: Arc<str> = owner.into();
         let claims = {
             let owner = owner.clone();
-            spawn_batcher("claim", pool.clone(), linger, move |client, ids| {
+            spawn_batcher("claim", pool.clone(), move |client, ids| {
                 let owner = owner.clone();
                 async move { leases::claim_executions(client, ids, &owner, lease).await }.boxed()
             })
         };
-        let steps = step_batcher("steps", pool.clone(), owner.clone(), linger);
-        let started = step_batcher("steps_started", trace_pool, owner.clone(), linger);
-        let finishes = spawn_batcher("finish", pool.clone(), linger, {
+        let steps = step_batcher("steps", pool.clone(), owner.clone());
+        let started = step_batcher("steps_started", trace_pool, owner.clone());
+        let finishes = spawn_batcher("finish", pool.clone(), {
             let owner = owner.clone();
             move |client, finishes: &[Finish]| {
                 let (owner, publisher) = (owner.clone(), publisher.clone());
@@ -171,9 +170,8 @@ fn step_batcher(
     name: &'static str,
     pool: Pool,
     owner: Arc<str>,
-    linger: Duration,
 ) -> Batcher<Vec<Step>, Answer<bool>> {
-    spawn_batcher(name, pool, linger, move |client, items: &[Vec<Step>]| {
+    spawn_batcher(name, pool, move |client, items: &[Vec<Step>]| {
         let owner = owner.clone();
         async move {
             let steps: Vec<&Step> = items.iter().flatten().collect();

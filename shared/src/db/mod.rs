@@ -159,7 +159,11 @@ fn build_pool(database_url: &str, max_size: usize, options: &str) -> Result<Pool
 /// Items per group-committed statement at most: a full batch is a few
 /// hundred rows, a statement of a few milliseconds.
 const MAX_BATCH: usize = 128;
-/// Group-committed statements of one kind in flight at once.
+/// Group-committed statements of one kind in flight at once. With two, a
+/// write arriving while one batch runs still goes out at once; one slot
+/// was measured too (same noisy machine, paced 100 / 1,000/s and closed
+/// loop): created → finished p99 73 against 18 ms at 100/s and 2,709
+/// against 2,972 executions/s saturated, so two it stays.
 const MAX_BATCHES_IN_FLIGHT: usize = 2;
 
 /// A batcher (see `crate::batch`) whose batches are written by `write` on a
@@ -167,7 +171,6 @@ const MAX_BATCHES_IN_FLIGHT: usize = 2;
 pub fn spawn_batcher<I, O, W>(
     name: &'static str,
     pool: Pool,
-    linger: Duration,
     write: W,
 ) -> crate::batch::Batcher<I, Result<O>>
 where
@@ -186,7 +189,6 @@ where
         name,
         MAX_BATCH,
         MAX_BATCHES_IN_FLIGHT,
-        linger,
         move |items: Vec<I>| {
             let (pool, write) = (pool.clone(), write.clone());
             async move { run_batch(&pool, &items, &*write).await }

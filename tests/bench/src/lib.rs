@@ -6,16 +6,31 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+pub mod curve;
+
 /// Targets of the issue, on a 2-core machine running everything.
 pub mod targets {
-    /// End-to-end executions/s with the provider answering at once.
-    pub const EXEC_PER_SEC_AT_0MS: f64 = 1_500.0;
+    /// End-to-end executions/s with the provider answering at once, closed
+    /// loop (saturated).
+    pub const EXEC_PER_SEC_AT_0MS: f64 = 5_000.0;
+    /// Open-loop rate at or below which the low-load latency targets hold.
+    pub const LOW_LOAD_RATE: f64 = 100.0;
+    /// Created → finished p50 / p99 at that rate, provider answering at once.
+    pub const LOW_LOAD_E2E_P50_MS: f64 = 3.0;
+    pub const LOW_LOAD_E2E_P99_MS: f64 = 10.0;
     /// Concurrent generate calls one worker holds with a 2 s provider.
     pub const IN_FLIGHT_AT_2S: i64 = 3_500;
     /// Executions/s that many calls in flight amount to (3,500 / 2 s).
     pub const EXEC_PER_SEC_AT_2S: f64 = 1_750.0;
     /// Worker peak RSS with a slow provider.
     pub const WORKER_RSS_MB: f64 = 512.0;
+    /// Provider latency past which a setting is the "slow models at scale"
+    /// one (`make bench-slow`: 30 s, ~30,000 calls in flight).
+    pub const SLOW_MODEL_MS: u64 = 2_000;
+    /// Its worker peak RSS.
+    pub const WORKER_RSS_MB_AT_30S: f64 = 1_024.0;
+    /// How much later than its model latency each execution may finish.
+    pub const SLOW_MODEL_SLACK_MS: f64 = 2_000.0;
     /// Submit p99 while the system is saturated.
     pub const SUBMIT_P99_MS: f64 = 20.0;
 }
@@ -401,7 +416,8 @@ pub fn render_summary(reports: &[Report]) -> String {
     );
     let _ = writeln!(s, "{}", "-".repeat(86));
     for r in reports {
-        let slow = r.provider_latency_ms.unwrap_or(0) > 0;
+        let slow_latency = r.provider_latency_ms.unwrap_or(0);
+        let slow = slow_latency > 0;
         let name = match r.provider_latency_ms {
             Some(l) => format!("{} ({l} ms)", r.label),
             None => r.label.clone(),
@@ -422,7 +438,31 @@ pub fn render_summary(reports: &[Report]) -> String {
             "all".into(),
             Some(all_done && r.submit.errors == 0),
         );
-        if slow {
+        let worker_rss = r
+            .processes
+            .iter()
+            .find(|p| p.name == "worker")
+            .and_then(|p| p.peak_rss_kb);
+        if slow_latency > targets::SLOW_MODEL_MS {
+            // The 30 s setting: everything held at once, each call finished
+            // about its model latency after it was created.
+            let latency = slow_latency as f64;
+            line(
+                format!("peak generate in flight {}", r.peak_generate_in_flight),
+                String::new(),
+                None,
+            );
+            line(
+                format!("e2e p99 {:.0} ms", e.p99_ms),
+                format!("< {:.0} ms", latency + targets::SLOW_MODEL_SLACK_MS),
+                Some(e.p99_ms < latency + targets::SLOW_MODEL_SLACK_MS),
+            );
+            line(
+                format!("worker peak RSS {}", mb(worker_rss)),
+                format!("< {:.0} MB", targets::WORKER_RSS_MB_AT_30S),
+                worker_rss.map(|kb| (kb as f64 / 1024.0) < targets::WORKER_RSS_MB_AT_30S),
+            );
+        } else if slow {
             line(
                 format!("peak generate in flight {}", r.peak_generate_in_flight),
                 format!(">= {}", targets::IN_FLIGHT_AT_2S),
@@ -438,15 +478,37 @@ pub fn render_summary(reports: &[Report]) -> String {
                 format!(">= {:.0}", targets::EXEC_PER_SEC_AT_2S),
                 Some(e.steady_exec_per_sec >= targets::EXEC_PER_SEC_AT_2S),
             );
-            let worker_rss = r
-                .processes
-                .iter()
-                .find(|p| p.name == "worker")
-                .and_then(|p| p.peak_rss_kb);
             line(
                 format!("worker peak RSS {}", mb(worker_rss)),
                 format!("< {:.0} MB", targets::WORKER_RSS_MB),
                 worker_rss.map(|kb| (kb as f64 / 1024.0) < targets::WORKER_RSS_MB),
+            );
+        } else if r.rate > 0.0 {
+            // Open loop: judged on latency at the load asked for; the
+            // throughput is that load.
+            let low = r.rate <= targets::LOW_LOAD_RATE;
+            line(
+                format!("e2e {:.0} exec/s (paced {:.0}/s)", e.exec_per_sec, r.rate),
+                String::new(),
+                None,
+            );
+            line(
+                format!("e2e p50 {:.1} ms", e.p50_ms),
+                if low {
+                    format!("< {:.0} ms", targets::LOW_LOAD_E2E_P50_MS)
+                } else {
+                    String::new()
+                },
+                low.then_some(e.p50_ms < targets::LOW_LOAD_E2E_P50_MS),
+            );
+            line(
+                format!("e2e p99 {:.1} ms", e.p99_ms),
+                if low {
+                    format!("< {:.0} ms", targets::LOW_LOAD_E2E_P99_MS)
+                } else {
+                    String::new()
+                },
+                low.then_some(e.p99_ms < targets::LOW_LOAD_E2E_P99_MS),
             );
         } else {
             line(
@@ -459,11 +521,6 @@ pub fn render_summary(reports: &[Report]) -> String {
                 String::new(),
                 None,
             );
-            let worker_rss = r
-                .processes
-                .iter()
-                .find(|p| p.name == "worker")
-                .and_then(|p| p.peak_rss_kb);
             line(
                 format!("worker peak RSS {}", mb(worker_rss)),
                 String::new(),
@@ -586,5 +643,52 @@ mod tests {
             line.contains("closed loop, 64") && !line.contains("met"),
             "{line}"
         );
+
+        // Paced at low load: judged on created → finished latency, not on
+        // throughput.
+        let mut paced = Report {
+            label: "paced".into(),
+            provider_latency_ms: Some(0),
+            rate: 100.0,
+            ..Default::default()
+        };
+        paced.e2e.p50_ms = 2.0;
+        paced.e2e.p99_ms = 12.0;
+        let s = render_summary(&[paced]);
+        let verdict_of = |what: &str| {
+            s.lines()
+                .find(|l| l.contains(what))
+                .map(|l| l.trim_end().to_string())
+                .unwrap_or_else(|| panic!("no {what} line in {s}"))
+        };
+        assert!(verdict_of("e2e p50 2.0 ms").ends_with(" met"), "{s}");
+        assert!(verdict_of("e2e p99 12.0 ms").ends_with("NOT met"), "{s}");
+        assert!(!verdict_of("exec/s (paced 100/s)").contains("met"), "{s}");
+
+        // A 30 s model: each finished about 30 s after it was created, in
+        // under a gigabyte; not judged on the 2 s setting's throughput.
+        let mut thirty = Report {
+            label: "thirty".into(),
+            provider_latency_ms: Some(30_000),
+            rate: 1000.0,
+            ..Default::default()
+        };
+        thirty.e2e.p99_ms = 33_000.0;
+        thirty.e2e.exec_per_sec = 300.0;
+        thirty.processes.push(ProcessStats {
+            name: "worker".into(),
+            pid: 1,
+            peak_rss_kb: Some(900 * 1024),
+            cpu_secs: None,
+            cpu_secs_submit: None,
+        });
+        let s = render_summary(&[thirty]);
+        let line_of = |what: &str| s.lines().find(|l| l.contains(what)).map(str::trim_end);
+        assert!(
+            line_of("e2e p99 33000 ms").unwrap().ends_with("NOT met"),
+            "{s}"
+        );
+        assert!(line_of("worker peak RSS").unwrap().ends_with(" met"), "{s}");
+        assert!(line_of(">= 1750").is_none(), "{s}");
     }
 }

@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,6 +49,21 @@ enum Command {
     Summary {
         /// Result files (JSON), one per setting.
         files: Vec<PathBuf>,
+    },
+    /// Gather results saved with --json-out into the latency-versus-load
+    /// curve: a JSON file, an SVG and a Markdown table (printed).
+    Curve {
+        /// Result files (JSON), one per setting.
+        files: Vec<PathBuf>,
+        /// Where the curve's points go (JSON).
+        #[arg(long)]
+        json_out: PathBuf,
+        /// Where the picture goes (SVG).
+        #[arg(long)]
+        svg_out: PathBuf,
+        /// Title of the picture (say which run it is).
+        #[arg(long, default_value = "llmq: latency versus load, 0 ms model")]
+        title: String,
     },
 }
 
@@ -124,11 +139,17 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Summary { files }) => summary(&files),
+        Some(Command::Curve {
+            files,
+            json_out,
+            svg_out,
+            title,
+        }) => curve(&files, &json_out, &svg_out, &title),
         None => run(cli.run).await,
     }
 }
 
-fn summary(files: &[PathBuf]) -> anyhow::Result<()> {
+fn read_reports(files: &[PathBuf]) -> anyhow::Result<Vec<Report>> {
     let mut reports = Vec::new();
     for f in files {
         let text =
@@ -138,6 +159,22 @@ fn summary(files: &[PathBuf]) -> anyhow::Result<()> {
                 .with_context(|| format!("parsing {}", f.display()))?,
         );
     }
+    Ok(reports)
+}
+
+fn curve(files: &[PathBuf], json_out: &Path, svg_out: &Path, title: &str) -> anyhow::Result<()> {
+    let points = llmq_bench::curve::points(&read_reports(files)?);
+    std::fs::write(json_out, serde_json::to_string_pretty(&points)?)
+        .with_context(|| format!("writing {}", json_out.display()))?;
+    std::fs::write(svg_out, llmq_bench::curve::render_svg(&points, title))
+        .with_context(|| format!("writing {}", svg_out.display()))?;
+    let mut out = std::io::stdout().lock();
+    write!(out, "{}", llmq_bench::curve::render_table(&points))?;
+    Ok(())
+}
+
+fn summary(files: &[PathBuf]) -> anyhow::Result<()> {
+    let reports = read_reports(files)?;
     let mut out = std::io::stdout().lock();
     write!(out, "{}", render_summary(&reports))?;
     Ok(())
