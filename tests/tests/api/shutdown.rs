@@ -232,6 +232,9 @@ async fn a_normal_api_shutdown_logs_no_error() {
         .envs(llmq_tests::worker_process::worker_env(&app.settings))
         .env("LLMQ_API__ADDR", "127.0.0.1:0")
         .env("LLMQ_API__API_KEY", &app.api_key)
+        // Its lifecycle lines are what this test reads, whatever level the
+        // suite runs at (`make test` passes warn).
+        .env("RUST_LOG", "info")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -241,13 +244,22 @@ async fn a_normal_api_shutdown_logs_no_error() {
     let mut stderr = tokio::io::BufReader::new(api.stderr.take().expect("stderr")).lines();
     let mut log = Vec::new();
     // Up and connected to the broker before it is stopped.
-    while let Ok(Some(line)) = stderr.next_line().await {
-        let connected = line.contains("publisher connected");
-        log.push(line);
-        if connected {
-            break;
+    let connected = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            let connected = line.contains("publisher connected");
+            log.push(line);
+            if connected {
+                return true;
+            }
         }
-    }
+        false
+    })
+    .await;
+    assert!(
+        matches!(connected, Ok(true)),
+        "llmq-api never logged that its publisher connected:\n{}",
+        log.join("\n")
+    );
     let pid = api.id().expect("a pid").to_string();
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &pid])
