@@ -1,7 +1,7 @@
 //! What a service can answer instead of a result, in domain terms. The API
 //! turns these into HTTP answers in one place (`crate::error`); another
-//! front end (a CLI, the OpenAI-compatible facade, batches) maps them its
-//! own way.
+//! front end (a CLI, an OpenAI-compatible facade or batches, none built
+//! yet) would map them its own way.
 
 use llmq_shared::db::DbError;
 use serde_json::Value;

@@ -1,9 +1,10 @@
 //! Planning a submission: a domain request, the compiled prompt version it
 //! names and the configured models in, a validated `NewExecution` out. Pure:
-//! no database, no broker, no HTTP, so every front end (the HTTP API, the
-//! OpenAI-compatible facade, batches) and every unit test runs the same
-//! checks. The request's fingerprint (what an `Idempotency-Key` binds to)
-//! is defined here too, over the request's meaning.
+//! no database, no broker, no HTTP, so every front end (the HTTP API
+//! today; an OpenAI-compatible facade or batches, not built yet) and every
+//! unit test runs the same checks. The request's fingerprint (what an
+//! `Idempotency-Key` binds to) is defined here too, over the request's
+//! meaning.
 
 use std::collections::BTreeMap;
 
