@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -29,9 +30,13 @@ pub(crate) use execution_columns;
 const INSERT: &str = concat!(
     "INSERT INTO executions (id, tenant_id, prompt_name, prompt_version, prompt_label, model, params, input, \
      metadata, end_user, priority, stream, webhook_url, status, publish_due_at) \
-     SELECT n.*, 'queued', now() + make_interval(secs => $14) \
+     SELECT n.id, n.tenant_id, n.prompt_name, n.prompt_version, n.prompt_label, n.model, n.params, n.input, \
+       n.metadata, n.end_user, n.priority, n.stream, n.webhook_url, 'queued', now() + make_interval(secs => $14) \
      FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::jsonb[], \
-       $8::jsonb[], $9::jsonb[], $10::text[], $11::int2[], $12::bool[], $13::text[]) AS n \
+       $8::jsonb[], $9::jsonb[], $10::text[], $11::int2[], $12::bool[], $13::text[], $15::timestamptz[]) \
+       AS n(id, tenant_id, prompt_name, prompt_version, prompt_label, model, params, input, metadata, \
+         end_user, priority, stream, webhook_url, accept_until) \
+     WHERE n.accept_until IS NULL OR n.accept_until > clock_timestamp() \
      RETURNING ",
     execution_columns!()
 );
@@ -45,24 +50,47 @@ pub async fn insert_executions(
     new: &[&NewExecution],
     republish_after: Duration,
 ) -> Result<Vec<Execution>> {
+    let unconditional: Vec<_> = new.iter().map(|n| (*n, None)).collect();
+    insert_executions_until(client, &unconditional, republish_after)
+        .await?
+        .into_iter()
+        .zip(new)
+        .map(|(e, n)| {
+            e.ok_or_else(|| DbError::Data(format!("execution {} was not inserted", n.id)))
+        })
+        .collect()
+}
+
+/// Like `insert_executions`, but a row with an `accept_until` is written
+/// only if the statement runs before that time, by the database's clock;
+/// `None` answers such a row that was not written. The submit path gives
+/// its request deadline here, so a statement that reaches the database
+/// after the client was told 503 (a frozen network that thaws, a lock
+/// that lets go) writes nothing.
+pub async fn insert_executions_until(
+    client: &impl GenericClient,
+    new: &[(&NewExecution, Option<DateTime<Utc>>)],
+    republish_after: Duration,
+) -> Result<Vec<Option<Execution>>> {
     let secs = republish_after.as_secs_f64();
-    let order: Vec<ExecutionId> = new.iter().map(|n| n.id).collect();
+    let order: Vec<ExecutionId> = new.iter().map(|(n, _)| n.id).collect();
     // Key order, so concurrent batches never wait on each other in a cycle.
     let mut new = new.to_vec();
-    new.sort_by_key(|n| n.id.0);
-    let ids: Vec<_> = new.iter().map(|n| n.id.0).collect();
-    let tenants: Vec<_> = new.iter().map(|n| n.tenant_id.as_str()).collect();
-    let names: Vec<_> = new.iter().map(|n| n.prompt_name.as_str()).collect();
-    let versions: Vec<_> = new.iter().map(|n| n.prompt_version).collect();
-    let labels: Vec<_> = new.iter().map(|n| n.prompt_label.as_deref()).collect();
-    let models: Vec<_> = new.iter().map(|n| n.model.as_str()).collect();
-    let params: Vec<_> = new.iter().map(|n| &n.params).collect();
-    let inputs: Vec<_> = new.iter().map(|n| &n.input).collect();
-    let metadata: Vec<_> = new.iter().map(|n| &n.metadata).collect();
-    let users: Vec<_> = new.iter().map(|n| n.end_user.as_deref()).collect();
-    let priorities: Vec<_> = new.iter().map(|n| n.priority).collect();
-    let streams: Vec<_> = new.iter().map(|n| n.stream).collect();
-    let webhooks: Vec<_> = new.iter().map(|n| n.webhook_url.as_deref()).collect();
+    new.sort_by_key(|(n, _)| n.id.0);
+    let ids: Vec<_> = new.iter().map(|(n, _)| n.id.0).collect();
+    let tenants: Vec<_> = new.iter().map(|(n, _)| n.tenant_id.as_str()).collect();
+    let names: Vec<_> = new.iter().map(|(n, _)| n.prompt_name.as_str()).collect();
+    let versions: Vec<_> = new.iter().map(|(n, _)| n.prompt_version).collect();
+    let labels: Vec<_> = new.iter().map(|(n, _)| n.prompt_label.as_deref()).collect();
+    let models: Vec<_> = new.iter().map(|(n, _)| n.model.as_str()).collect();
+    let params: Vec<_> = new.iter().map(|(n, _)| &n.params).collect();
+    let inputs: Vec<_> = new.iter().map(|(n, _)| &n.input).collect();
+    let metadata: Vec<_> = new.iter().map(|(n, _)| &n.metadata).collect();
+    let users: Vec<_> = new.iter().map(|(n, _)| n.end_user.as_deref()).collect();
+    let priorities: Vec<_> = new.iter().map(|(n, _)| n.priority).collect();
+    let streams: Vec<_> = new.iter().map(|(n, _)| n.stream).collect();
+    let webhooks: Vec<_> = new.iter().map(|(n, _)| n.webhook_url.as_deref()).collect();
+    let accept_until: Vec<_> = new.iter().map(|(_, until)| *until).collect();
     let rows = client
         .query(
             &client.prepare_cached(INSERT).await?,
@@ -81,6 +109,7 @@ pub async fn insert_executions(
                 &streams,
                 &webhooks,
                 &secs,
+                &accept_until,
             ],
         )
         .await?;
@@ -88,14 +117,7 @@ pub async fn insert_executions(
         .iter()
         .map(|r| execution_from_row(r).map(|e| (e.id, e)))
         .collect::<Result<std::collections::HashMap<_, _>>>()?;
-    order
-        .iter()
-        .map(|id| {
-            by_id
-                .remove(id)
-                .ok_or_else(|| DbError::Data(format!("execution {id} was not inserted")))
-        })
-        .collect()
+    Ok(order.iter().map(|id| by_id.remove(id)).collect())
 }
 
 const GET: &str = concat!(

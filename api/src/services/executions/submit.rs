@@ -4,12 +4,16 @@
 //! answer; a publish the broker did not confirm is left to the outbox
 //! relay, so an accepted execution is never lost.
 //!
-//! The deadline: until the row is handed to a write, running out of time
-//! answers `Unavailable` and nothing is written. Once its write has
-//! started the answer waits for that write's outcome (bounded by the
-//! pool's statement timeout), so `Unavailable` always means "not
-//! accepted" and a retry without an idempotency key cannot make a second
-//! execution.
+//! The deadline: running out of time answers `Unavailable`, and then
+//! nothing is written. Before the row is handed to a write it is simply
+//! withdrawn; once its batch was sent, the statement itself carries the
+//! deadline and writes the row only if it runs before it (by the
+//! database's clock; the answer waits `CLOCK_MARGIN` longer for skew). So
+//! `Unavailable` means "not accepted" and a retry without an idempotency
+//! key cannot make a second execution, and a database that stops
+//! answering still gets an answer within the deadline and the margin. The
+//! one case no client can rule out is a commit whose acknowledgement is
+//! lost on the way back; an `Idempotency-Key` covers it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -53,8 +57,10 @@ pub type Inserts = Batcher<PendingInsert, std::result::Result<Option<Execution>,
 /// Accepted executions to publish with a confirm, in the background.
 pub type PublishQueue = crate::outbox::Outbox;
 
-/// Writes one batch of pending inserts: the live ones in one statement,
-/// the expired ones not at all. Answers one output per item, in order.
+/// Writes one batch of pending inserts in one statement: each row only if
+/// the statement runs before its submit's deadline (see
+/// `insert_executions_until`); an item already past it is not sent.
+/// Answers one output per item, in order.
 pub fn insert_pending<'a>(
     client: &'a deadpool_postgres::Object,
     items: &'a [PendingInsert],
@@ -62,22 +68,26 @@ pub fn insert_pending<'a>(
 ) -> BoxFuture<'a, llmq_shared::db::Result<Vec<Option<Execution>>>> {
     async move {
         let now = Instant::now();
-        let live: Vec<&NewExecution> = items
+        let wall = chrono::Utc::now();
+        let live: Vec<(&NewExecution, Option<chrono::DateTime<chrono::Utc>>)> = items
             .iter()
             .filter(|p| p.deadline > now)
-            .map(|p| &p.new)
+            .map(|p| {
+                let left = chrono::Duration::from_std(p.deadline - now).unwrap_or_default();
+                (&p.new, Some(wall + left))
+            })
             .collect();
         let mut inserted = if live.is_empty() {
             Vec::new()
         } else {
-            db::insert_executions(client, &live, republish_after).await?
+            db::insert_executions_until(client, &live, republish_after).await?
         }
         .into_iter();
         Ok(items
             .iter()
             .map(|p| {
                 if p.deadline > now {
-                    inserted.next()
+                    inserted.next().flatten()
                 } else {
                     None
                 }
@@ -86,6 +96,11 @@ pub fn insert_pending<'a>(
     }
     .boxed()
 }
+
+/// How long past its deadline a submit waits for a write already sent:
+/// covers the skew between this host's clock and the database's, which
+/// `insert_executions_until` compares the deadline with.
+const CLOCK_MARGIN: Duration = Duration::from_secs(1);
 
 /// Everything a submission touches, and nothing more.
 pub struct SubmitDeps<'a> {
@@ -128,12 +143,16 @@ pub async fn submit_execution(
 
     let execution = match idempotency {
         // Group-committed with concurrent submits: one statement for many.
-        None => deps
-            .inserts
-            .submit(PendingInsert { new, deadline })
-            .await
-            .map_err(|e| ServiceError::Unavailable(e.to_string()))??
-            .ok_or_else(out_of_time)?,
+        // Past the deadline (plus the clock margin) the statement, if it
+        // ever runs, writes nothing: answering 503 then is safe.
+        None => tokio::time::timeout_at(
+            deadline + CLOCK_MARGIN,
+            deps.inserts.submit(PendingInsert { new, deadline }),
+        )
+        .await
+        .map_err(|_| out_of_time())?
+        .map_err(|e| ServiceError::Unavailable(e.to_string()))??
+        .ok_or_else(out_of_time)?,
         Some((key, hash)) => {
             match insert_with_key(deps, tenant, &key, &hash, new, deadline).await? {
                 Some(execution) => execution,
