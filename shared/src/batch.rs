@@ -3,17 +3,23 @@
 //! background task takes whatever has queued up (up to `max_batch`) as soon
 //! as one of `max_in_flight` slots is free and runs it as one batch.
 //!
-//! No timer is involved. When a slot is free, an item goes out the moment
-//! it arrives, alone: at low load nothing waits for company. Batches form
-//! only from the items that queued while every slot was busy, so they grow
-//! with the load (and the statement count per item falls) on their own.
+//! No timer is involved. When no batch is running, an item goes out the
+//! moment it arrives, alone: at low load nothing waits for company. While
+//! a batch runs, the next one forms from what queues behind it, and starts
+//! when the running one ends, or earlier, in a second slot, once a quarter
+//! of a full batch has queued (enough company to be worth a statement of
+//! its own). So batches grow with the load and the statement count per
+//! item falls on its own, without a second slot splitting the queue into
+//! one-item statements at saturation (measured: that cost a third of the
+//! throughput at 0 ms).
 //! Every batch records its size (`llmq_db_batch_size`) and every item the
 //! time it queued before its batch started (`llmq_db_batch_wait_seconds`).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::time::Instant;
 
 /// The batcher's task is gone (the process is shutting down).
@@ -52,6 +58,10 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         let run = Arc::new(run);
         let slots = Arc::new(Semaphore::new(max_in_flight.max(1)));
         let max_batch = max_batch.max(1);
+        // A second batch beside a running one needs this much company.
+        let company = (max_batch / 4).max(1);
+        let running = Arc::new(AtomicUsize::new(0));
+        let ended = Arc::new(Notify::new());
         tokio::spawn(async move {
             let mut jobs = Vec::with_capacity(max_batch);
             loop {
@@ -63,6 +73,16 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                 };
                 if rx.recv_many(&mut jobs, max_batch).await == 0 {
                     return;
+                }
+                // Beside a running batch, gather until it ends or enough
+                // company has queued. `recv_many` is cancel-safe.
+                let mut open = true;
+                while open && jobs.len() < company && running.load(Ordering::Acquire) > 0 {
+                    let room = max_batch - jobs.len();
+                    tokio::select! {
+                        _ = ended.notified() => {}
+                        n = rx.recv_many(&mut jobs, room) => open = n > 0,
+                    }
                 }
                 // A caller that stopped waiting (its request timed out and
                 // was answered 503) must not have its item written later.
@@ -82,6 +102,8 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                 metrics::histogram!(crate::metrics::DB_BATCH_SIZE, "batch" => name)
                     .record(items.len() as f64);
                 let run = run.clone();
+                let (running, ended) = (running.clone(), ended.clone());
+                running.fetch_add(1, Ordering::AcqRel);
                 tokio::spawn(async move {
                     let outputs = run(items).await;
                     debug_assert_eq!(outputs.len(), answers.len(), "{name}: one output per item");
@@ -90,6 +112,10 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                         let _ = answer.send(output);
                     }
                     drop(slot);
+                    running.fetch_sub(1, Ordering::AcqRel);
+                    // A stored permit wakes the gathering loop at most once
+                    // spuriously; it re-checks `running`.
+                    ended.notify_one();
                 });
             }
         });
@@ -192,8 +218,18 @@ mod tests {
         );
     }
 
+    /// Each batch as (milliseconds after `start`, items).
+    fn shape(batches: &Log, start: Instant) -> Vec<(u128, Vec<u32>)> {
+        batches
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(at, items)| (at.duration_since(start).as_millis(), items.clone()))
+            .collect()
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn a_free_second_slot_takes_an_item_at_once() {
+    async fn beside_a_running_batch_a_few_items_wait_for_it_to_end() {
         let (batcher, batches) = recording(64, 2, Duration::from_millis(100));
         let start = Instant::now();
         let calls: Vec<_> = [0u64, 10, 20, 30]
@@ -204,12 +240,30 @@ mod tests {
         for call in calls {
             call.await.unwrap();
         }
-        let batches = batches.lock().unwrap();
-        let shape: Vec<_> = batches
-            .iter()
-            .map(|(at, items)| (at.duration_since(start).as_millis(), items.clone()))
+        assert_eq!(
+            shape(&batches, start),
+            vec![(0, vec![0]), (100, vec![1, 2, 3])],
+            "three items are not worth a second statement: they go when the first ends"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn enough_company_takes_the_second_slot_at_once() {
+        // A quarter of a batch of 8 is 2 items.
+        let (batcher, batches) = recording(8, 2, Duration::from_millis(100));
+        let start = Instant::now();
+        let calls: Vec<_> = [0u64, 10, 10]
+            .into_iter()
+            .zip(0u32..)
+            .map(|(ms, i)| submit_at(&batcher, Duration::from_millis(ms), i))
             .collect();
-        assert_eq!(shape, vec![(0, vec![0]), (10, vec![1]), (100, vec![2, 3])]);
+        for call in calls {
+            call.await.unwrap();
+        }
+        assert_eq!(
+            shape(&batches, start),
+            vec![(0, vec![0]), (10, vec![1, 2])]
+        );
     }
 
     #[tokio::test(start_paused = true)]
