@@ -260,10 +260,7 @@ mod tests {
         for call in calls {
             call.await.unwrap();
         }
-        assert_eq!(
-            shape(&batches, start),
-            vec![(0, vec![0]), (10, vec![1, 2])]
-        );
+        assert_eq!(shape(&batches, start), vec![(0, vec![0]), (10, vec![1, 2])]);
     }
 
     #[tokio::test(start_paused = true)]
