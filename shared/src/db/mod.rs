@@ -159,12 +159,15 @@ fn build_pool(database_url: &str, max_size: usize, options: &str) -> Result<Pool
 /// Items per group-committed statement at most: a full batch is a few
 /// hundred rows, a statement of a few milliseconds.
 const MAX_BATCH: usize = 128;
-/// Group-committed statements of one kind in flight at once. With two, a
-/// write arriving while one batch runs still goes out at once; one slot
-/// was measured too (same noisy machine, paced 100 / 1,000/s and closed
-/// loop): created → finished p99 73 against 18 ms at 100/s and 2,709
-/// against 2,972 executions/s saturated, so two it stays.
-const MAX_BATCHES_IN_FLIGHT: usize = 2;
+/// Group-committed statements of one kind in flight at once: one, the
+/// classic group commit (a lone write goes out at once; what arrives while
+/// it runs is the next batch). Measured on a quiet machine, 0 ms model
+/// (`make bench`): one slot gave 3,944–4,001 executions/s saturated and
+/// created → finished p50 / p99 3.3 / 8.0 ms at 100/s; two slots (even
+/// with the quarter-batch rule of `crate::batch`) 3,006–3,734/s and
+/// 3.6–4.0 / 7.8–9.8 ms, with worker batches half as large and Postgres
+/// planning twice the statements.
+const MAX_BATCHES_IN_FLIGHT: usize = 1;
 
 /// A batcher (see `crate::batch`) whose batches are written by `write` on a
 /// connection of `pool`, through `run_batch`.
