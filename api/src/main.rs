@@ -39,11 +39,13 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("database is migrated and prompts are synced");
         }
         Command::Serve => {
+            // Before anything starts: a SIGTERM during start-up is kept.
+            let stop_signal = shutdown::install();
             tracing::info!(settings = ?settings, "starting llmq-api");
             let cancel = CancellationToken::new();
             let app = Application::build(settings, cancel.clone()).await?;
             tokio::spawn(async move {
-                shutdown::signal().await;
+                stop_signal.await;
                 tracing::info!("shutting down");
                 cancel.cancel();
             });

@@ -1,26 +1,46 @@
 //! The one shutdown signal of both binaries: SIGTERM (what an orchestrator
 //! sends) or Ctrl-C. If the SIGTERM handler cannot be installed, Ctrl-C
 //! still stops the process, and the log says why SIGTERM will not.
+//!
+//! [`install`] registers the handlers at once, before the process starts
+//! anything, so a SIGTERM that arrives while it is still starting (its
+//! listener already bound, its broker connecting) is kept and stops it
+//! gracefully once it runs, instead of killing it by the default action.
 
-/// Resolves on the first SIGTERM or SIGINT (Ctrl-C).
-pub async fn signal() {
+use std::future::Future;
+
+/// Installs the handlers now; the future resolves on the first SIGTERM or
+/// SIGINT (Ctrl-C) received from now on.
+pub fn install() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-                return;
-            }
-            Err(e) => {
+        let term = signal(SignalKind::terminate())
+            .inspect_err(|e| {
                 tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops this process");
+            })
+            .ok();
+        let interrupt = signal(SignalKind::interrupt())
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot listen for SIGINT"))
+            .ok();
+        async move {
+            match (term, interrupt) {
+                (Some(mut term), Some(mut interrupt)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
+                }
+                (Some(mut term), None) => drop(term.recv().await),
+                (None, Some(mut interrupt)) => drop(interrupt.recv().await),
+                (None, None) => ctrl_c().await,
             }
         }
     }
-    ctrl_c().await;
+    #[cfg(not(unix))]
+    {
+        ctrl_c()
+    }
 }
 
 async fn ctrl_c() {

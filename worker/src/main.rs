@@ -15,11 +15,13 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 async fn main() -> anyhow::Result<()> {
     telemetry::init("llmq-worker");
     let settings = Settings::load()?;
+    // Before anything starts: a SIGTERM during start-up is kept.
+    let stop_signal = shutdown::install();
     tracing::info!(settings = ?settings, "starting llmq-worker");
     let stop = CancellationToken::new();
     let worker = Worker::build(settings, stop.clone()).await?;
     tokio::spawn(async move {
-        shutdown::signal().await;
+        stop_signal.await;
         tracing::info!("shutdown requested");
         stop.cancel();
     });

@@ -212,8 +212,10 @@ async fn a_normal_shutdown_logs_no_error() {
     app.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_normal_api_shutdown_logs_no_error() {
+/// Runs the real `llmq-api` binary, sends it SIGTERM as soon as it logs a
+/// line containing `stop_after`, and checks that it stopped cleanly: exit
+/// 0, its stop line, and no ERROR line.
+async fn api_stops_cleanly_on_sigterm_after(stop_after: &str) {
     let app = TestApp::spawn().await;
     let binary = llmq_tests::worker_process::worker_binary().with_file_name("llmq-api");
     assert!(
@@ -243,10 +245,9 @@ async fn a_normal_api_shutdown_logs_no_error() {
         .expect("starting llmq-api");
     let mut stderr = tokio::io::BufReader::new(api.stderr.take().expect("stderr")).lines();
     let mut log = Vec::new();
-    // Up and connected to the broker before it is stopped.
     let connected = tokio::time::timeout(Duration::from_secs(30), async {
         while let Ok(Some(line)) = stderr.next_line().await {
-            let connected = line.contains("publisher connected");
+            let connected = line.contains(stop_after);
             log.push(line);
             if connected {
                 return true;
@@ -257,7 +258,7 @@ async fn a_normal_api_shutdown_logs_no_error() {
     .await;
     assert!(
         matches!(connected, Ok(true)),
-        "llmq-api never logged that its publisher connected:\n{}",
+        "llmq-api never logged {stop_after:?}:\n{}",
         log.join("\n")
     );
     let pid = api.id().expect("a pid").to_string();
@@ -285,4 +286,18 @@ async fn a_normal_api_shutdown_logs_no_error() {
         "errors logged on a normal stop: {errors:#?}"
     );
     app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_normal_api_shutdown_logs_no_error() {
+    // Up and connected to the broker before it is stopped.
+    api_stops_cleanly_on_sigterm_after("publisher connected").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_while_the_api_starts_stops_it_gracefully() {
+    // Before its listener, pools and broker sessions exist: the handler is
+    // installed first, so the signal waits for them instead of killing the
+    // process by the default action.
+    api_stops_cleanly_on_sigterm_after("starting llmq-api").await;
 }
