@@ -180,6 +180,15 @@ impl<'a> Cx<'a> {
         self.pending.push(step);
     }
 
+    /// Fails `step` terminally with `error` (kept for the next write) and
+    /// answers the outcome that fails the execution with it.
+    pub fn fail(&mut self, mut step: step_row::Step, error: ErrorInfo) -> Outcome {
+        step.error = Some(error.clone());
+        step.retryable = Some(false);
+        self.done(step, StepStatus::Failed);
+        Outcome::Fail(error)
+    }
+
     /// Keeps a row finished elsewhere (e.g. closed for a lost worker) for
     /// the next write, without counting it in the step metrics.
     pub fn keep(&mut self, step: step_row::Step) {

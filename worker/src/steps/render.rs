@@ -42,10 +42,7 @@ impl Step for Render {
                         code: codes::TEMPLATE_ERROR.into(),
                         message: e.to_string(),
                     };
-                    step.error = Some(error.clone());
-                    step.retryable = Some(false);
-                    cx.done(step, StepStatus::Failed);
-                    Ok(Outcome::Fail(error))
+                    Ok(cx.fail(step, error))
                 }
             }
         }

@@ -45,10 +45,7 @@ impl Step for Validate {
                         code: codes::INVALID_OUTPUT.into(),
                         message: format!("the model's answer is not JSON: {reason}"),
                     };
-                    step.error = Some(error.clone());
-                    step.retryable = Some(false);
-                    cx.done(step, StepStatus::Failed);
-                    Ok(Outcome::Fail(error))
+                    Ok(cx.fail(step, error))
                 }
             }
         }
