@@ -9,6 +9,7 @@
 
 pub mod executions;
 pub mod health;
+pub mod prompts;
 
 use std::sync::LazyLock;
 
@@ -37,6 +38,16 @@ api_routes!(
     executions::get,
     executions::steps,
     executions::cancel,
+    executions::list,
+    prompts::list,
+    prompts::show,
+    prompts::create_version,
+    prompts::version,
+    prompts::diff,
+    prompts::move_label,
+    prompts::rollback,
+    prompts::history,
+    prompts::stats,
     health::healthz,
     health::readyz,
     health::metrics,
@@ -110,7 +121,7 @@ mod tests {
 
     #[test]
     fn every_route_is_known_with_its_methods() {
-        assert_eq!(allowed_methods("/v1/executions"), Some("POST"));
+        assert_eq!(allowed_methods("/v1/executions"), Some("GET, POST"));
         assert_eq!(allowed_methods("/v1/executions/abc/cancel"), Some("POST"));
         assert_eq!(allowed_methods("/healthz"), Some("GET"));
         assert_eq!(allowed_methods("/nowhere"), None);
