@@ -150,7 +150,9 @@ pub struct PromptRef {
     pub version: i32,
     pub label: Option<String>,
     /// The arm of the label's rule: `split:<i>` (the i-th weighted
-    /// target), `segment:<name>`, or null.
+    /// target) or `segment:<name>`; absent for a label with one version
+    /// or an exact version.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub arm: Option<String>,
 }
 
