@@ -11,6 +11,7 @@ mod api {
     mod openapi;
     mod operations;
     mod pipeline;
+    mod prompt_registry;
     mod prompts;
     mod shutdown;
     mod sql;

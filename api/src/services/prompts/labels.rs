@@ -120,16 +120,17 @@ async fn apply(
     if current.is_none() && prompts::list_versions(&tx, name).await?.is_empty() {
         return Err(unknown_prompt(name));
     }
-    let (rule, protected) = decide(current.as_ref().map(|c| &c.rule), last.as_ref())?;
     let was_protected = current.as_ref().is_some_and(|c| c.protected);
-    let guarded = was_protected || deps.protected_labels.iter().any(|p| p == label);
-    let flag_change = protected.is_some_and(|p| p != was_protected);
-    if (guarded || flag_change) && !actor.admin {
-        return Err(ServiceError::Forbidden(if guarded {
-            format!("label {label:?} is protected: moving it needs the admin key")
-        } else {
-            "setting or clearing a label's protected flag needs the admin key".into()
-        }));
+    if (was_protected || deps.protected_labels.iter().any(|p| p == label)) && !actor.admin {
+        return Err(ServiceError::Forbidden(format!(
+            "label {label:?} is protected: moving it needs the admin key"
+        )));
+    }
+    let (rule, protected) = decide(current.as_ref().map(|c| &c.rule), last.as_ref())?;
+    if protected.is_some_and(|p| p != was_protected) && !actor.admin {
+        return Err(ServiceError::Forbidden(
+            "setting or clearing a label's protected flag needs the admin key".into(),
+        ));
     }
     let mut versions: Vec<i32> = rule.versions().collect();
     versions.sort_unstable();
