@@ -64,8 +64,8 @@ fn bearer_token(req: &HttpRequest) -> Option<&str> {
 async fn authenticate(state: &AppState, presented: Option<&str>) -> Result<Caller, ApiError> {
     let presented = presented.ok_or(ApiError::Unauthorized)?;
     let api = &state.settings.api;
-    let admin =
-        !api.admin_key.is_empty() && constant_time_eq(presented.as_bytes(), api.admin_key.as_bytes());
+    let admin = !api.admin_key.is_empty()
+        && constant_time_eq(presented.as_bytes(), api.admin_key.as_bytes());
     if admin || constant_time_eq(presented.as_bytes(), api.api_key.as_bytes()) {
         Ok(Caller {
             tenant: TenantId::new(DEFAULT_TENANT),

@@ -61,7 +61,11 @@ impl Client {
     }
 
     /// `path` with query pairs (values `None` are left out).
-    pub fn url(&self, path: &str, query: &[(&str, Option<String>)]) -> Result<reqwest::Url, CliError> {
+    pub fn url(
+        &self,
+        path: &str,
+        query: &[(&str, Option<String>)],
+    ) -> Result<reqwest::Url, CliError> {
         let mut url = self
             .base
             .join(path)
@@ -117,7 +121,11 @@ impl Client {
         })
     }
 
-    pub async fn get(&self, path: &str, query: &[(&str, Option<String>)]) -> Result<Value, CliError> {
+    pub async fn get(
+        &self,
+        path: &str,
+        query: &[(&str, Option<String>)],
+    ) -> Result<Value, CliError> {
         let url = self.url(path, query)?;
         Ok(self.send(Method::GET, url, None).await?.1)
     }

@@ -70,12 +70,17 @@ fn rule_text(rule: &Value) -> String {
     text
 }
 
-pub async fn prompts(client: &Client, out: &Output, command: PromptsCommand) -> Result<u8, CliError> {
+pub async fn prompts(
+    client: &Client,
+    out: &Output,
+    command: PromptsCommand,
+) -> Result<u8, CliError> {
     match command {
         PromptsCommand::List => {
             let body = client.get("/v1/prompts", &[]).await?;
             out.show(&body, || {
-                let mut text = format!("{:<24} {:>7} {:>8}  LABELS\n", "NAME", "LATEST", "VERSIONS");
+                let mut text =
+                    format!("{:<24} {:>7} {:>8}  LABELS\n", "NAME", "LATEST", "VERSIONS");
                 for p in body["prompts"].as_array().into_iter().flatten() {
                     let labels: Vec<String> = p["labels"]
                         .as_array()
@@ -122,13 +127,19 @@ pub async fn prompts(client: &Client, out: &Output, command: PromptsCommand) -> 
                                 s(v, "/created_at")
                             ));
                         }
-                        text.push_str("\nLABEL            TARGET                PROTECTED  UPDATED BY\n");
+                        text.push_str(
+                            "\nLABEL            TARGET                PROTECTED  UPDATED BY\n",
+                        );
                         for l in body["labels"].as_array().into_iter().flatten() {
                             text.push_str(&format!(
                                 "{:<16} {:<21} {:<10} {}\n",
                                 s(l, "/label"),
                                 rule_text(l),
-                                if l["protected"].as_bool() == Some(true) { "yes" } else { "no" },
+                                if l["protected"].as_bool() == Some(true) {
+                                    "yes"
+                                } else {
+                                    "no"
+                                },
                                 s(l, "/updated_by")
                             ));
                         }
@@ -139,8 +150,13 @@ pub async fn prompts(client: &Client, out: &Output, command: PromptsCommand) -> 
         }
         PromptsCommand::Diff { name, from, to } => {
             let name = checked("name", &name)?;
-            let query = [("from", Some(from.to_string())), ("to", Some(to.to_string()))];
-            let body = client.get(&format!("/v1/prompts/{name}/diff"), &query).await?;
+            let query = [
+                ("from", Some(from.to_string())),
+                ("to", Some(to.to_string())),
+            ];
+            let body = client
+                .get(&format!("/v1/prompts/{name}/diff"), &query)
+                .await?;
             out.show(&body, || {
                 let mut text = format!("{name}: v{from} -> v{to}\n");
                 let changes = body["changes"].as_array().cloned().unwrap_or_default();
@@ -165,8 +181,14 @@ pub async fn prompts(client: &Client, out: &Output, command: PromptsCommand) -> 
                 None => file
                     .canonicalize()
                     .ok()
-                    .and_then(|p| p.parent().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned()))
-                    .ok_or_else(|| CliError::Usage("give --name: the file has no directory to name it".into()))?,
+                    .and_then(|p| {
+                        p.parent()
+                            .and_then(|d| d.file_name())
+                            .map(|n| n.to_string_lossy().into_owned())
+                    })
+                    .ok_or_else(|| {
+                        CliError::Usage("give --name: the file has no directory to name it".into())
+                    })?,
             };
             let name = checked("name", &name)?;
             let text = std::fs::read_to_string(&file)
@@ -182,7 +204,10 @@ pub async fn prompts(client: &Client, out: &Output, command: PromptsCommand) -> 
                 if status == reqwest::StatusCode::CREATED {
                     format!("created {name} v{}", s(&body, "/version"))
                 } else {
-                    format!("{name} v{} already has this content; nothing created", s(&body, "/version"))
+                    format!(
+                        "{name} v{} already has this content; nothing created",
+                        s(&body, "/version")
+                    )
                 }
             })?;
         }
@@ -201,7 +226,11 @@ pub async fn prompts(client: &Client, out: &Output, command: PromptsCommand) -> 
             let (_, moved) = client.send(Method::PUT, url, Some(&body)).await?;
             out.show(&moved, || move_text(name, &moved))?;
         }
-        PromptsCommand::Rollback { name, label, reason } => {
+        PromptsCommand::Rollback {
+            name,
+            label,
+            reason,
+        } => {
             let (name, label) = (checked("name", &name)?, checked("label", &label)?);
             let url = client.url(&format!("/v1/prompts/{name}/labels/{label}/rollback"), &[])?;
             let body = json!({ "reason": reason });
@@ -214,9 +243,15 @@ pub async fn prompts(client: &Client, out: &Output, command: PromptsCommand) -> 
                 .get(&format!("/v1/prompts/{name}/labels/{label}/history"), &[])
                 .await?;
             out.show(&body, || {
-                let mut text = String::from("WHEN                            ACTOR       FROM -> TO  REASON\n");
+                let mut text = String::from(
+                    "WHEN                            ACTOR       FROM -> TO  REASON\n",
+                );
                 for m in body["moves"].as_array().into_iter().flatten() {
-                    let from = if m["from"].is_null() { "-".into() } else { rule_text(&m["from"]) };
+                    let from = if m["from"].is_null() {
+                        "-".into()
+                    } else {
+                        rule_text(&m["from"])
+                    };
                     text.push_str(&format!(
                         "{:<31} {:<11} {from} -> {}  {}\n",
                         s(m, "/moved_at"),
@@ -231,7 +266,10 @@ pub async fn prompts(client: &Client, out: &Output, command: PromptsCommand) -> 
         PromptsCommand::Stats { name, label, since } => {
             let name = checked("name", &name)?;
             let body = client
-                .get(&format!("/v1/prompts/{name}/stats"), &[("label", label), ("since", since)])
+                .get(
+                    &format!("/v1/prompts/{name}/stats"),
+                    &[("label", label), ("since", since)],
+                )
                 .await?;
             out.show(&body, || {
                 let pct = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{:.1}%", x * 100.0));
@@ -261,14 +299,22 @@ pub async fn prompts(client: &Client, out: &Output, command: PromptsCommand) -> 
 
 /// `4` → one version; `3:90,4:10` → weighted targets.
 pub fn parse_target(raw: &str) -> Result<Value, CliError> {
-    let bad = || CliError::Usage(format!("target {raw:?}: give a version (4) or weights (3:90,4:10)"));
+    let bad = || {
+        CliError::Usage(format!(
+            "target {raw:?}: give a version (4) or weights (3:90,4:10)"
+        ))
+    };
     if let Ok(v) = raw.trim().parse::<i32>() {
         return Ok(json!({ "version": v }));
     }
     let mut targets = Vec::new();
     for part in raw.split(',') {
         let (v, w) = part.split_once(':').ok_or_else(bad)?;
-        let version: i32 = v.trim().trim_start_matches('v').parse().map_err(|_| bad())?;
+        let version: i32 = v
+            .trim()
+            .trim_start_matches('v')
+            .parse()
+            .map_err(|_| bad())?;
         let weight: u32 = w.trim().parse().map_err(|_| bad())?;
         targets.push(json!({ "version": version, "weight": weight }));
     }
@@ -303,13 +349,19 @@ pub struct RunSpec {
 pub async fn run(client: &Client, out: &Output, spec: RunSpec) -> Result<u8, CliError> {
     let name = checked("name", &spec.name)?;
     let raw = match spec.input.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path).map_err(|e| CliError::Usage(format!("{path}: {e}")))?,
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|e| CliError::Usage(format!("{path}: {e}")))?
+        }
         None => spec.input.clone(),
     };
-    let input: Value =
-        serde_json::from_str(&raw).map_err(|e| CliError::Usage(format!("--input is not JSON: {e}")))?;
+    let input: Value = serde_json::from_str(&raw)
+        .map_err(|e| CliError::Usage(format!("--input is not JSON: {e}")))?;
     let mut body = json!({ "prompt": name, "input": input });
-    for (k, v) in [("label", spec.label), ("user", spec.user), ("segment", spec.segment)] {
+    for (k, v) in [
+        ("label", spec.label),
+        ("user", spec.user),
+        ("segment", spec.segment),
+    ] {
         if let Some(v) = v {
             body[k] = v.into();
         }
@@ -326,18 +378,27 @@ pub async fn run(client: &Client, out: &Output, spec: RunSpec) -> Result<u8, Cli
             s(&execution, "/status"),
             name,
             s(&execution, "/prompt/version"),
-            execution["prompt"]["arm"].as_str().map(|a| format!(", {a}")).unwrap_or_default()
+            execution["prompt"]["arm"]
+                .as_str()
+                .map(|a| format!(", {a}"))
+                .unwrap_or_default()
         ))?;
     }
     let started = Instant::now();
     let mut last = s(&execution, "/status");
     while !matches!(last.as_str(), "succeeded" | "failed" | "cancelled") {
         if started.elapsed() > spec.timeout {
-            eprintln!("llmq: stopped following {id} after {:?}; it goes on", spec.timeout);
+            eprintln!(
+                "llmq: stopped following {id} after {:?}; it goes on",
+                spec.timeout
+            );
             return Ok(exit::EXECUTION_FAILED);
         }
         execution = client
-            .get(&format!("/v1/executions/{id}"), &[("wait", Some("2".into()))])
+            .get(
+                &format!("/v1/executions/{id}"),
+                &[("wait", Some("2".into()))],
+            )
             .await?;
         let status = s(&execution, "/status");
         if status != last && !out.json {

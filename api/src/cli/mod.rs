@@ -26,10 +26,21 @@ pub mod exit {
 #[command(name = "llmq", version, about = "Command-line client of the llmq API")]
 pub struct Cli {
     /// Base URL of the API.
-    #[arg(long, env = "LLMQ_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "LLMQ_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     pub url: String,
     /// API key (the admin key to move protected labels).
-    #[arg(long, env = "LLMQ_API_KEY", default_value = "dev-key", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "LLMQ_API_KEY",
+        default_value = "dev-key",
+        hide_env_values = true,
+        global = true
+    )]
     pub key: String,
     /// Print the API's answers as JSON.
     #[arg(long, global = true)]

@@ -10,8 +10,8 @@ use serde::Deserialize;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::resources::{ExecutionResource, StepList, StepResource, SubmitExecution};
 use crate::resources::prompts::ExecutionList;
+use crate::resources::{ExecutionResource, StepList, StepResource, SubmitExecution};
 use crate::services::executions::{self as service, list as listing, Submitted};
 use crate::services::within;
 use crate::state::AppState;

@@ -74,7 +74,10 @@ pub async fn show(
     Ok(HttpResponse::Ok().json(PromptResource {
         name,
         versions: v.into_iter().map(Into::into).collect(),
-        labels: l.into_iter().map(|l| LabelResource::new(l, protected)).collect(),
+        labels: l
+            .into_iter()
+            .map(|l| LabelResource::new(l, protected))
+            .collect(),
     }))
 }
 
@@ -129,8 +132,11 @@ pub async fn version(
 ) -> Result<HttpResponse, ApiError> {
     let (raw, number) = path.into_inner();
     let name = name(&raw, "name")?;
-    let (info, definition) =
-        within(state.deadline(), versions::get_version(&state.pool, &name, number)).await?;
+    let (info, definition) = within(
+        state.deadline(),
+        versions::get_version(&state.pool, &name, number),
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(VersionResource::new(&name, info, &definition)))
 }
 
@@ -253,7 +259,9 @@ pub async fn history(
     let (name, label) = (name(&raw_name, "name")?, name(&raw_label, "label")?);
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::BadRequest("limit must be between 1 and 1000".into()));
+        return Err(ApiError::BadRequest(
+            "limit must be between 1 and 1000".into(),
+        ));
     }
     let work = labels::label_history(&state.pool, &name, &label, limit);
     let moves = within(state.deadline(), work).await?;
@@ -289,7 +297,11 @@ pub async fn stats(
     query: web::Query<StatsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let name = name(&path, "name")?;
-    let label = query.label.as_deref().map(|l| name_ref(l, "label")).transpose()?;
+    let label = query
+        .label
+        .as_deref()
+        .map(|l| name_ref(l, "label"))
+        .transpose()?;
     let since = query
         .since
         .as_deref()

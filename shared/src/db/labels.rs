@@ -33,9 +33,11 @@ pub struct LabelMove {
     pub moved_at: DateTime<Utc>,
 }
 
-const GET_LABEL: &str = "SELECT label, version, targets, segments, segment_key, protected, updated_at, updated_by \
+const GET_LABEL: &str =
+    "SELECT label, version, targets, segments, segment_key, protected, updated_at, updated_by \
      FROM prompt_labels WHERE prompt_name = $1 AND label = $2";
-const LIST_LABELS: &str = "SELECT label, version, targets, segments, segment_key, protected, updated_at, updated_by \
+const LIST_LABELS: &str =
+    "SELECT label, version, targets, segments, segment_key, protected, updated_at, updated_by \
      FROM prompt_labels WHERE prompt_name = $1 ORDER BY label";
 const LOCK_LABEL: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 7433002))";
 const MISSING_VERSIONS: &str = "SELECT v FROM UNNEST($2::int[]) AS v \
@@ -48,7 +50,8 @@ const WRITE_LABEL: &str = "INSERT INTO prompt_labels \
        updated_at = now(), updated_by = EXCLUDED.updated_by";
 const RECORD_MOVE: &str = "INSERT INTO prompt_label_moves (prompt_name, label, from_rule, to_rule, actor, reason) \
      VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, label, from_rule, to_rule, actor, reason, moved_at";
-const HISTORY: &str = "SELECT id, label, from_rule, to_rule, actor, reason, moved_at FROM prompt_label_moves \
+const HISTORY: &str =
+    "SELECT id, label, from_rule, to_rule, actor, reason, moved_at FROM prompt_label_moves \
      WHERE prompt_name = $1 AND label = $2 ORDER BY id DESC LIMIT $3";
 
 /// The label, if it exists.

@@ -209,7 +209,8 @@ const LIST_PROMPTS: &str = "SELECT v.prompt_name, max(v.version) AS latest, coun
        COALESCE((SELECT array_agg(l.label ORDER BY l.label) FROM prompt_labels l \
                  WHERE l.prompt_name = v.prompt_name), '{}') AS labels \
      FROM prompt_versions v GROUP BY v.prompt_name ORDER BY v.prompt_name";
-const LIST_VERSIONS: &str = "SELECT version, content_hash, source, created_at FROM prompt_versions \
+const LIST_VERSIONS: &str =
+    "SELECT version, content_hash, source, created_at FROM prompt_versions \
      WHERE prompt_name = $1 ORDER BY version";
 const VERSION_INFO: &str = "SELECT version, content_hash, source, created_at FROM prompt_versions \
      WHERE prompt_name = $1 AND version = $2";

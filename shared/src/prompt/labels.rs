@@ -123,9 +123,11 @@ impl LabelRule {
         user: Option<&str>,
         segment: Option<&str>,
     ) -> Assignment {
-        if let Some((name, targets)) =
-            segment.and_then(|s| self.segments.get_key_value(s).filter(|(_, t)| !t.is_empty()))
-        {
+        if let Some((name, targets)) = segment.and_then(|s| {
+            self.segments
+                .get_key_value(s)
+                .filter(|(_, t)| !t.is_empty())
+        }) {
             let (version, _) = pick(targets, prompt, label, user);
             return Assignment {
                 version,
@@ -264,7 +266,13 @@ mod tests {
                     weight: b,
                 },
             ],
-            segments: BTreeMap::from([("beta".into(), vec![Target { version: 3, weight: 1 }])]),
+            segments: BTreeMap::from([(
+                "beta".into(),
+                vec![Target {
+                    version: 3,
+                    weight: 1,
+                }],
+            )]),
             segment_key: None,
         }
     }

@@ -13,7 +13,10 @@ const ADMIN: &str = "test-admin-key";
 /// `target/<profile>/llmq`, beside the test executable's `deps/`.
 fn llmq_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
-    let mut dir = exe.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    let mut dir = exe
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
     if dir.ends_with("deps") {
         dir.pop();
     }
@@ -87,27 +90,89 @@ async fn the_cli_pushes_shows_diffs_promotes_rolls_back_and_reports_stats() {
 
     let diff = llmq(&app, &key, &["prompts", "diff", "summarize", "2", "3"]).await;
     assert_eq!(code(&diff), 0);
-    assert!(stdout(&diff).contains("+ template: \"Briefly: {{ text }}\""), "{}", stdout(&diff));
-    let show = json(&llmq(&app, &key, &["--json", "prompts", "show", "summarize", "--version", "3"]).await);
+    assert!(
+        stdout(&diff).contains("+ template: \"Briefly: {{ text }}\""),
+        "{}",
+        stdout(&diff)
+    );
+    let show = json(
+        &llmq(
+            &app,
+            &key,
+            &["--json", "prompts", "show", "summarize", "--version", "3"],
+        )
+        .await,
+    );
     assert_eq!(show["source"], "api");
 
     // production is protected: the ordinary key is refused (3), the admin
     // key promotes, and rolls back.
-    let refused = llmq(&app, &key, &["prompts", "promote", "summarize", "production", "3"]).await;
+    let refused = llmq(
+        &app,
+        &key,
+        &["prompts", "promote", "summarize", "production", "3"],
+    )
+    .await;
     assert_eq!(code(&refused), 3);
     assert!(String::from_utf8_lossy(&refused.stderr).contains("admin key"));
-    let promoted = llmq(&app, ADMIN, &["prompts", "promote", "summarize", "production", "3", "--reason", "cli"]).await;
+    let promoted = llmq(
+        &app,
+        ADMIN,
+        &[
+            "prompts",
+            "promote",
+            "summarize",
+            "production",
+            "3",
+            "--reason",
+            "cli",
+        ],
+    )
+    .await;
     assert_eq!(code(&promoted), 0, "{promoted:?}");
     assert_eq!(stdout(&promoted).trim(), "summarize production: v2 -> v3");
-    let ran = json(&llmq(&app, &key, &["--json", "run", "summarize", "--input", r#"{"text": "hello"}"#]).await);
+    let ran = json(
+        &llmq(
+            &app,
+            &key,
+            &[
+                "--json",
+                "run",
+                "summarize",
+                "--input",
+                r#"{"text": "hello"}"#,
+            ],
+        )
+        .await,
+    );
     assert_eq!(ran["prompt"]["version"], 3);
     assert_eq!(ran["status"], "succeeded");
-    let split = llmq(&app, ADMIN, &["prompts", "promote", "summarize", "staging", "2:90,3:10"]).await;
-    assert_eq!(stdout(&split).trim(), "summarize staging: (new) -> v2:90,v3:10");
-    let back = llmq(&app, ADMIN, &["prompts", "rollback", "summarize", "production"]).await;
+    let split = llmq(
+        &app,
+        ADMIN,
+        &["prompts", "promote", "summarize", "staging", "2:90,3:10"],
+    )
+    .await;
+    assert_eq!(
+        stdout(&split).trim(),
+        "summarize staging: (new) -> v2:90,v3:10"
+    );
+    let back = llmq(
+        &app,
+        ADMIN,
+        &["prompts", "rollback", "summarize", "production"],
+    )
+    .await;
     assert_eq!(code(&back), 0);
     assert_eq!(stdout(&back).trim(), "summarize production: v3 -> v2");
-    let history = json(&llmq(&app, &key, &["--json", "prompts", "history", "summarize", "production"]).await);
+    let history = json(
+        &llmq(
+            &app,
+            &key,
+            &["--json", "prompts", "history", "summarize", "production"],
+        )
+        .await,
+    );
     assert_eq!(history["moves"].as_array().unwrap().len(), 2);
     assert_eq!(history["moves"][1]["reason"], "cli");
     let shown = llmq(&app, &key, &["prompts", "show", "summarize"]).await;
@@ -127,14 +192,34 @@ async fn the_cli_pushes_shows_diffs_promotes_rolls_back_and_reports_stats() {
 async fn the_cli_run_follows_an_execution_and_its_exit_code_says_how_it_ended() {
     let app = spawn().await;
     let key = app.api_key.clone();
-    let ok = llmq(&app, &key, &["run", "summarize", "--input", r#"{"text": "The quick brown fox."}"#]).await;
+    let ok = llmq(
+        &app,
+        &key,
+        &[
+            "run",
+            "summarize",
+            "--input",
+            r#"{"text": "The quick brown fox."}"#,
+        ],
+    )
+    .await;
     assert_eq!(code(&ok), 0, "{ok:?}");
     let text = stdout(&ok);
     let first = text.lines().next().unwrap();
     assert!(first.ends_with("queued (summarize v2)"), "{text}");
     assert!(text.lines().any(|l| l.ends_with(" succeeded")), "{text}");
 
-    let failed = llmq(&app, &key, &["run", "summarize", "--input", r#"{"text": "no [[fault:400]]"}"#]).await;
+    let failed = llmq(
+        &app,
+        &key,
+        &[
+            "run",
+            "summarize",
+            "--input",
+            r#"{"text": "no [[fault:400]]"}"#,
+        ],
+    )
+    .await;
     assert_eq!(code(&failed), 5, "{failed:?}");
     assert!(String::from_utf8_lossy(&failed.stderr).contains("failed"));
 
@@ -142,7 +227,12 @@ async fn the_cli_run_follows_an_execution_and_its_exit_code_says_how_it_ended() 
     assert_eq!(code(&not_json), 2);
     let usage = llmq(&app, &key, &["prompts", "promote", "summarize"]).await;
     assert_eq!(code(&usage), 2);
-    let invalid = llmq(&app, &key, &["run", "summarize", "--input", r#"{"txt": 1}"#]).await;
+    let invalid = llmq(
+        &app,
+        &key,
+        &["run", "summarize", "--input", r#"{"txt": 1}"#],
+    )
+    .await;
     assert_eq!(code(&invalid), 3);
     assert!(String::from_utf8_lossy(&invalid.stderr).contains("invalid_input"));
     let unknown = llmq(&app, &key, &["prompts", "show", "nope"]).await;

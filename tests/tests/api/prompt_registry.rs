@@ -17,7 +17,13 @@ const ADMIN: &str = "test-admin-key";
 
 async fn spawn(worker: bool) -> TestApp {
     let builder = TestApp::builder().configure(|s| s.api.admin_key = ADMIN.into());
-    if worker { builder } else { builder.without_worker() }.spawn().await
+    if worker {
+        builder
+    } else {
+        builder.without_worker()
+    }
+    .spawn()
+    .await
 }
 
 async fn send(
@@ -62,7 +68,14 @@ fn summarize_v3() -> Value {
 
 async fn create_version(app: &TestApp, prompt: &str, definition: Value) -> (StatusCode, Value) {
     let path = format!("/v1/prompts/{prompt}/versions");
-    send(app, reqwest::Method::POST, &path, &app.api_key, Some(definition)).await
+    send(
+        app,
+        reqwest::Method::POST,
+        &path,
+        &app.api_key,
+        Some(definition),
+    )
+    .await
 }
 
 fn version_of(execution: &Value) -> i64 {
@@ -74,7 +87,10 @@ async fn a_version_created_through_the_api_is_the_next_and_the_same_content_answ
     let app = spawn(false).await;
     let (status, created) = create_version(&app, "summarize", summarize_v3()).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
-    assert_eq!(created, json!({"name": "summarize", "version": 3, "created": true}));
+    assert_eq!(
+        created,
+        json!({"name": "summarize", "version": 3, "created": true})
+    );
 
     // Same content, keys in another order: the existing version, 200.
     let mut again = summarize_v3();
@@ -89,7 +105,12 @@ async fn a_version_created_through_the_api_is_the_next_and_the_same_content_answ
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| (v["version"].as_i64().unwrap(), v["source"].as_str().unwrap()))
+        .map(|v| {
+            (
+                v["version"].as_i64().unwrap(),
+                v["source"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(sources, vec![(1, "file"), (2, "file"), (3, "api")]);
     assert_eq!(shown["labels"][0]["label"], "production");
@@ -97,7 +118,10 @@ async fn a_version_created_through_the_api_is_the_next_and_the_same_content_answ
     assert_eq!(shown["labels"][0]["protected"], true);
 
     let v3 = get(&app, "/v1/prompts/summarize/versions/3").await;
-    assert_eq!(v3["definition"]["template"], "Summarize briefly: {{ text }}");
+    assert_eq!(
+        v3["definition"]["template"],
+        "Summarize briefly: {{ text }}"
+    );
     assert_eq!(v3["source"], "api");
 
     let diff = get(&app, "/v1/prompts/summarize/diff?from=2&to=3").await;
@@ -105,16 +129,25 @@ async fn a_version_created_through_the_api_is_the_next_and_the_same_content_answ
     let template = changes.iter().find(|c| c["path"] == "template").unwrap();
     assert_eq!(template["change"], "changed");
     assert_eq!(template["to"], "Summarize briefly: {{ text }}");
-    assert!(changes.iter().any(|c| c["path"] == "params.max_tokens" && c["change"] == "removed"));
+    assert!(changes
+        .iter()
+        .any(|c| c["path"] == "params.max_tokens" && c["change"] == "removed"));
     assert!(changes.iter().any(|c| c["path"] == "params.temperature"));
 
     let list = get(&app, "/v1/prompts").await;
-    let names: Vec<&str> = list["prompts"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = list["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, vec!["classify", "summarize"]);
     assert_eq!(list["prompts"][1]["latest_version"], 3);
 
     // An exact version created through the API runs.
-    let execution = app.submit_accepted(&json!({"prompt": "summarize", "version": 3, "input": {"text": "x"}})).await;
+    let execution = app
+        .submit_accepted(&json!({"prompt": "summarize", "version": 3, "input": {"text": "x"}}))
+        .await;
     assert_eq!(version_of(&execution), 3);
     app.cleanup().await;
 }
@@ -127,13 +160,25 @@ async fn an_invalid_definition_is_refused_naming_the_field_and_nothing_is_stored
     let (status, body) = create_version(&app, "summarize", unknown).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["error"]["code"], "invalid_definition");
-    assert!(body["error"]["message"].as_str().unwrap().contains("temprature"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("temprature"),
+        "{body}"
+    );
 
     let mut broken = summarize_v3();
     broken["template"] = json!("{{ text ");
     let (status, body) = create_version(&app, "summarize", broken).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().starts_with("template"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("template"),
+        "{body}"
+    );
 
     let (status, body) = create_version(&app, "Not A Name", summarize_v3()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
@@ -147,10 +192,20 @@ async fn protected_labels_refuse_a_key_without_admin_and_the_audit_log_lists_eve
     let app = spawn(false).await;
     let path = "/v1/prompts/summarize/labels/production";
     let body = json!({"version": 1, "reason": "try v1"});
-    let (status, refused) = send(&app, reqwest::Method::PUT, path, &app.api_key, Some(body.clone())).await;
+    let (status, refused) = send(
+        &app,
+        reqwest::Method::PUT,
+        path,
+        &app.api_key,
+        Some(body.clone()),
+    )
+    .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
     assert_eq!(refused["error"]["code"], "forbidden");
-    assert!(refused["error"]["message"].as_str().unwrap().contains("admin key"));
+    assert!(refused["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("admin key"));
     let rollback = format!("{path}/rollback");
     let (status, _) = send(&app, reqwest::Method::POST, &rollback, &app.api_key, None).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
@@ -160,41 +215,86 @@ async fn protected_labels_refuse_a_key_without_admin_and_the_audit_log_lists_eve
     assert_eq!(status, StatusCode::CONFLICT, "{nothing}");
 
     let first = promote(&app, "summarize", "production", body).await;
-    assert_eq!(first["from"]["targets"], json!([{"version": 2, "weight": 1}]));
+    assert_eq!(
+        first["from"]["targets"],
+        json!([{"version": 2, "weight": 1}])
+    );
     assert_eq!(first["to"]["targets"], json!([{"version": 1, "weight": 1}]));
     assert_eq!(first["actor"], "admin-key");
 
     // An unprotected label moves with the ordinary key...
     let staging = "/v1/prompts/summarize/labels/staging";
-    let (status, created) =
-        send(&app, reqwest::Method::PUT, staging, &app.api_key, Some(json!({"version": 2}))).await;
+    let (status, created) = send(
+        &app,
+        reqwest::Method::PUT,
+        staging,
+        &app.api_key,
+        Some(json!({"version": 2})),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{created}");
     assert_eq!(created["from"], Value::Null);
     assert_eq!(created["actor"], "api-key");
     // ...but setting its protected flag needs the admin key, and then so
     // does moving it.
     let protect = json!({"version": 2, "protected": true});
-    let (status, _) = send(&app, reqwest::Method::PUT, staging, &app.api_key, Some(protect.clone())).await;
+    let (status, _) = send(
+        &app,
+        reqwest::Method::PUT,
+        staging,
+        &app.api_key,
+        Some(protect.clone()),
+    )
+    .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     promote(&app, "summarize", "staging", protect).await;
-    let (status, _) = send(&app, reqwest::Method::PUT, staging, &app.api_key, Some(json!({"version": 1}))).await;
+    let (status, _) = send(
+        &app,
+        reqwest::Method::PUT,
+        staging,
+        &app.api_key,
+        Some(json!({"version": 1})),
+    )
+    .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 
     // Bad moves are refused naming what is wrong.
-    let (status, unknown) =
-        send(&app, reqwest::Method::PUT, path, ADMIN, Some(json!({"version": 9}))).await;
+    let (status, unknown) = send(
+        &app,
+        reqwest::Method::PUT,
+        path,
+        ADMIN,
+        Some(json!({"version": 9})),
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{unknown}");
     assert!(unknown["error"]["message"].as_str().unwrap().contains('9'));
-    let (status, both) =
-        send(&app, reqwest::Method::PUT, path, ADMIN, Some(json!({"version": 1, "targets": []}))).await;
+    let (status, both) = send(
+        &app,
+        reqwest::Method::PUT,
+        path,
+        ADMIN,
+        Some(json!({"version": 1, "targets": []})),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{both}");
     let zero = json!({"targets": [{"version": 1, "weight": 0}, {"version": 2, "weight": 1}]});
     let (status, body) = send(&app, reqwest::Method::PUT, path, ADMIN, Some(zero)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(body["error"]["message"].as_str().unwrap().contains("targets[0].weight"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("targets[0].weight"));
 
     promote(&app, "summarize", "production", json!({"targets": [{"version": 1, "weight": 90}, {"version": 2, "weight": 10}], "reason": "canary"})).await;
-    let (status, back) = send(&app, reqwest::Method::POST, &rollback, ADMIN, Some(json!({"reason": "bad canary"}))).await;
+    let (status, back) = send(
+        &app,
+        reqwest::Method::POST,
+        &rollback,
+        ADMIN,
+        Some(json!({"reason": "bad canary"})),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{back}");
     assert_eq!(back["to"]["targets"], json!([{"version": 1, "weight": 1}]));
 
@@ -203,7 +303,13 @@ async fn protected_labels_refuse_a_key_without_admin_and_the_audit_log_lists_eve
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| (m["reason"].as_str().unwrap_or("").to_string(), m["to"]["targets"].clone(), m["actor"].as_str().unwrap().to_string()))
+        .map(|m| {
+            (
+                m["reason"].as_str().unwrap_or("").to_string(),
+                m["to"]["targets"].clone(),
+                m["actor"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     assert_eq!(moves.len(), 3, "{history}");
     assert_eq!(moves[0].0, "bad canary");
@@ -213,7 +319,10 @@ async fn protected_labels_refuse_a_key_without_admin_and_the_audit_log_lists_eve
     let rows: i64 = app
         .db()
         .await
-        .query_one("SELECT count(*) FROM prompt_label_moves WHERE prompt_name = 'summarize'", &[])
+        .query_one(
+            "SELECT count(*) FROM prompt_label_moves WHERE prompt_name = 'summarize'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -222,7 +331,8 @@ async fn protected_labels_refuse_a_key_without_admin_and_the_audit_log_lists_eve
 }
 
 #[tokio::test]
-async fn promote_and_roll_back_while_submitting_each_execution_runs_the_version_live_when_it_resolved() {
+async fn promote_and_roll_back_while_submitting_each_execution_runs_the_version_live_when_it_resolved(
+) {
     let app = Arc::new(spawn(true).await);
     let stop = CancellationToken::new();
     // (started, finished, execution) of every submission.
@@ -247,14 +357,27 @@ async fn promote_and_roll_back_while_submitting_each_execution_runs_the_version_
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let promoted = Instant::now();
-    promote(&app, "summarize", "production", json!({"version": 1, "reason": "promote v1"})).await;
+    promote(
+        &app,
+        "summarize",
+        "production",
+        json!({"version": 1, "reason": "promote v1"}),
+    )
+    .await;
     let promoted_done = Instant::now();
     let seen = count().await;
     while count().await < seen + 20 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let rolled = Instant::now();
-    let (status, _) = send(&app, reqwest::Method::POST, "/v1/prompts/summarize/labels/production/rollback", ADMIN, None).await;
+    let (status, _) = send(
+        &app,
+        reqwest::Method::POST,
+        "/v1/prompts/summarize/labels/production/rollback",
+        ADMIN,
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     let rolled_done = Instant::now();
     let seen = count().await;
@@ -282,9 +405,15 @@ async fn promote_and_roll_back_while_submitting_each_execution_runs_the_version_
         }
         after += 1;
     }
-    assert!(before >= 20 && during >= 10, "before {before}, during {during}, of {after}");
+    assert!(
+        before >= 20 && during >= 10,
+        "before {before}, during {during}, of {after}"
+    );
 
-    let ids: Vec<String> = submitted.iter().map(|(_, _, e)| e["id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> = submitted
+        .iter()
+        .map(|(_, _, e)| e["id"].as_str().unwrap().to_string())
+        .collect();
     let finished = app.wait_all_terminal(&ids, Duration::from_secs(120)).await;
     for (e, (_, _, accepted)) in finished.iter().zip(&submitted) {
         assert_eq!(e["status"], "succeeded", "{e}");
@@ -294,14 +423,20 @@ async fn promote_and_roll_back_while_submitting_each_execution_runs_the_version_
     let row_versions: Vec<i32> = app
         .db()
         .await
-        .query("SELECT DISTINCT prompt_version FROM executions ORDER BY 1", &[])
+        .query(
+            "SELECT DISTINCT prompt_version FROM executions ORDER BY 1",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
     assert_eq!(row_versions, vec![1, 2]);
-    Arc::into_inner(app).expect("no other owner").cleanup().await;
+    Arc::into_inner(app)
+        .expect("no other owner")
+        .cleanup()
+        .await;
 }
 
 #[tokio::test]
@@ -317,7 +452,9 @@ async fn a_second_api_process_sees_a_label_move_without_restart() {
         .spawn()
         .await;
     let cancel = CancellationToken::new();
-    let second = Application::build(app.settings.clone(), cancel.child_token()).await.unwrap();
+    let second = Application::build(app.settings.clone(), cancel.child_token())
+        .await
+        .unwrap();
     let second_url = format!("http://127.0.0.1:{}", second.port());
     let second_task = tokio::spawn(second.run_until_stopped());
     let submit_second = || async {
@@ -349,7 +486,10 @@ async fn a_second_api_process_sees_a_label_move_without_restart() {
     let seen_after = seen_after.expect("the second API process never saw the move");
     // Reported, not asserted: how long a move takes to reach a replica.
     eprintln!("label move reached the second API process after {seen_after:?}");
-    tracing::info!(elapsed_ms = seen_after.as_secs_f64() * 1000.0, "label move propagation");
+    tracing::info!(
+        elapsed_ms = seen_after.as_secs_f64() * 1000.0,
+        "label move propagation"
+    );
     // And it stays moved.
     assert_eq!(version_of(&submit_second().await), 1);
     cancel.cancel();
@@ -397,14 +537,21 @@ async fn a_fifty_fifty_split_is_balanced_and_sticky_per_user_and_a_segment_wins(
     let mut versions_seen = std::collections::BTreeSet::new();
     for u in 0..20 {
         let user = format!("user-{u}");
-        let first = version_of(&submit(json!({"prompt": "summarize", "user": user, "input": {"text": "a"}})).await);
+        let first = version_of(
+            &submit(json!({"prompt": "summarize", "user": user, "input": {"text": "a"}})).await,
+        );
         for _ in 0..4 {
-            let again = submit(json!({"prompt": "summarize", "user": user, "input": {"text": "b"}})).await;
+            let again =
+                submit(json!({"prompt": "summarize", "user": user, "input": {"text": "b"}})).await;
             assert_eq!(version_of(&again), first, "{user}");
         }
         versions_seen.insert(first);
     }
-    assert_eq!(versions_seen.len(), 2, "20 users all on one side of a 50/50 split");
+    assert_eq!(
+        versions_seen.len(),
+        2,
+        "20 users all on one side of a 50/50 split"
+    );
 
     // A segment wins over the split, by field or by the named metadata key.
     for body in [
@@ -434,18 +581,34 @@ async fn the_file_sync_refuses_a_file_that_names_a_version_created_through_the_a
     let dir = std::env::temp_dir().join(format!("llmq-registry-{}", uuid::Uuid::now_v7().simple()));
     std::fs::create_dir_all(dir.join("summarize")).unwrap();
     for v in ["v1.toml", "v2.toml"] {
-        std::fs::copy(llmq_tests::app::prompts_dir().join("summarize").join(v), dir.join("summarize").join(v)).unwrap();
+        std::fs::copy(
+            llmq_tests::app::prompts_dir().join("summarize").join(v),
+            dir.join("summarize").join(v),
+        )
+        .unwrap();
     }
     let v3 = dir.join("summarize").join("v3.toml");
-    std::fs::write(&v3, "model = \"gpt-4o-mini\"\ntemplate = \"{{ text }}\"\n[input_schema]\ntype = \"object\"\n").unwrap();
+    std::fs::write(
+        &v3,
+        "model = \"gpt-4o-mini\"\ntemplate = \"{{ text }}\"\n[input_schema]\ntype = \"object\"\n",
+    )
+    .unwrap();
     let mut settings = app.settings.clone();
     settings.prompts_dir = dir.clone();
-    let err = llmq_api::startup::sync_prompts(&settings, &app.pool).await.unwrap_err();
+    let err = llmq_api::startup::sync_prompts(&settings, &app.pool)
+        .await
+        .unwrap_err();
     let message = format!("{err:#}");
-    assert!(message.contains("v3.toml") && message.contains("created through the API"), "{message}");
+    assert!(
+        message.contains("v3.toml") && message.contains("created through the API"),
+        "{message}"
+    );
     // The API's version is untouched.
     let v3_now = get(&app, "/v1/prompts/summarize/versions/3").await;
-    assert_eq!(v3_now["definition"]["template"], "Summarize briefly: {{ text }}");
+    assert_eq!(
+        v3_now["definition"]["template"],
+        "Summarize briefly: {{ text }}"
+    );
     assert_eq!(v3_now["source"], "api");
     let _ = std::fs::remove_dir_all(&dir);
     app.cleanup().await;
@@ -463,9 +626,17 @@ async fn executions_are_listed_newest_first_a_page_at_a_time() {
         if i == 6 {
             body["version"] = json!(1);
         }
-        ids.push(app.submit_accepted(&body).await["id"].as_str().unwrap().to_string());
+        ids.push(
+            app.submit_accepted(&body).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
-    app.submit_accepted(&json!({"prompt": "classify", "input": {"text": "x", "labels": ["a", "b"]}})).await;
+    app.submit_accepted(
+        &json!({"prompt": "classify", "input": {"text": "x", "labels": ["a", "b"]}}),
+    )
+    .await;
     let mut listed = Vec::new();
     let mut cursor: Option<String> = None;
     let mut pages = 0;
@@ -476,7 +647,13 @@ async fn executions_are_listed_newest_first_a_page_at_a_time() {
         };
         let page = get(&app, &path).await;
         pages += 1;
-        listed.extend(page["executions"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_string()));
+        listed.extend(
+            page["executions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_string()),
+        );
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_string()),
             None => break,
@@ -496,11 +673,29 @@ async fn executions_are_listed_newest_first_a_page_at_a_time() {
     assert_eq!(v1["executions"][0]["id"], ids[0].as_str());
     let queued = get(&app, "/v1/executions?status=queued&limit=100").await;
     assert_eq!(queued["executions"].as_array().unwrap().len(), 8);
-    assert_eq!(get(&app, "/v1/executions?status=succeeded").await["executions"], json!([]));
+    assert_eq!(
+        get(&app, "/v1/executions?status=succeeded").await["executions"],
+        json!([])
+    );
 
-    assert_error(app.get_authorized("/v1/executions?cursor=nonsense").await, StatusCode::BAD_REQUEST, "bad_request").await;
-    assert_error(app.get_authorized("/v1/executions?status=done").await, StatusCode::BAD_REQUEST, "bad_request").await;
-    assert_error(app.get_authorized("/v1/executions?limit=0").await, StatusCode::BAD_REQUEST, "bad_request").await;
+    assert_error(
+        app.get_authorized("/v1/executions?cursor=nonsense").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    assert_error(
+        app.get_authorized("/v1/executions?status=done").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    assert_error(
+        app.get_authorized("/v1/executions?limit=0").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
     app.cleanup().await;
 }
 
@@ -510,12 +705,21 @@ async fn per_version_stats_equal_a_direct_count() {
     let mut ids = Vec::new();
     for i in 0..6 {
         // Every third one fails: the fake provider refuses it (400).
-        let text = if i % 3 == 0 { format!("fail {i} [[fault:400]]") } else { format!("ok {i}") };
+        let text = if i % 3 == 0 {
+            format!("fail {i} [[fault:400]]")
+        } else {
+            format!("ok {i}")
+        };
         let mut body = json!({"prompt": "summarize", "input": {"text": text}});
         if i >= 4 {
             body["version"] = json!(1);
         }
-        ids.push(app.submit_accepted(&body).await["id"].as_str().unwrap().to_string());
+        ids.push(
+            app.submit_accepted(&body).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     app.wait_all_terminal(&ids, Duration::from_secs(60)).await;
     // An invalid_output failure, as the structured-output check records it.
@@ -551,7 +755,9 @@ async fn per_version_stats_equal_a_direct_count() {
         assert_eq!(v["succeeded"].as_i64().unwrap(), ok);
         assert_eq!(v["invalid_output"].as_i64().unwrap(), invalid);
         assert!((v["success_rate"].as_f64().unwrap() - ok as f64 / n as f64).abs() < 1e-9);
-        assert!((v["invalid_output_rate"].as_f64().unwrap() - invalid as f64 / n as f64).abs() < 1e-9);
+        assert!(
+            (v["invalid_output_rate"].as_f64().unwrap() - invalid as f64 / n as f64).abs() < 1e-9
+        );
         let p50: Option<f64> = row.get(3);
         assert!((v["p50_latency_ms"].as_f64().unwrap() - p50.unwrap()).abs() < 1e-6);
         let tokens: Option<f64> = row.get(4);
@@ -567,12 +773,27 @@ async fn per_version_stats_equal_a_direct_count() {
     assert_eq!(v2["invalid_output"], 1);
 
     // Through a label, and since a time after everything: nothing.
-    let none = get(&app, "/v1/prompts/summarize/stats?since=2999-01-01T00:00:00Z").await;
+    let none = get(
+        &app,
+        "/v1/prompts/summarize/stats?since=2999-01-01T00:00:00Z",
+    )
+    .await;
     assert_eq!(none["versions"], json!([]));
     let labelled = get(&app, "/v1/prompts/summarize/stats?label=production").await;
     assert_eq!(labelled["versions"].as_array().unwrap().len(), 1);
     assert_eq!(labelled["versions"][0]["version"], 2);
-    assert_error(app.get_authorized("/v1/prompts/nope/stats").await, StatusCode::NOT_FOUND, "not_found").await;
-    assert_error(app.get_authorized("/v1/prompts/summarize/stats?since=yesterday").await, StatusCode::BAD_REQUEST, "bad_request").await;
+    assert_error(
+        app.get_authorized("/v1/prompts/nope/stats").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert_error(
+        app.get_authorized("/v1/prompts/summarize/stats?since=yesterday")
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
     app.cleanup().await;
 }

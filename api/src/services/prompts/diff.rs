@@ -23,7 +23,12 @@ pub struct FieldChange {
 }
 
 /// The changes from version `from` to version `to` of `name`.
-pub async fn diff_versions(pool: &Pool, name: &str, from: i32, to: i32) -> Result<Vec<FieldChange>> {
+pub async fn diff_versions(
+    pool: &Pool,
+    name: &str,
+    from: i32,
+    to: i32,
+) -> Result<Vec<FieldChange>> {
     let (_, a) = get_version(pool, name, from).await?;
     let (_, b) = get_version(pool, name, to).await?;
     let a = serde_json::to_value(a).unwrap_or(Value::Null);

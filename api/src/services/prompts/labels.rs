@@ -56,9 +56,14 @@ pub async fn move_label(
     if let Some(problem) = request.rule.problem() {
         return Err(ServiceError::InvalidRequest(problem));
     }
-    apply(deps, name, label, actor, request.reason.as_deref(), |_, _| {
-        Ok((request.rule.clone(), request.protected))
-    })
+    apply(
+        deps,
+        name,
+        label,
+        actor,
+        request.reason.as_deref(),
+        |_, _| Ok((request.rule.clone(), request.protected)),
+    )
     .await
 }
 
@@ -73,19 +78,29 @@ pub async fn rollback_label(
     actor: &Actor,
 ) -> Result<LabelMove> {
     let reason = reason.unwrap_or_else(|| "rollback".into());
-    apply(deps, name, label, actor, Some(&reason), |_, last| {
-        match last.and_then(|m| m.from.clone()) {
+    apply(
+        deps,
+        name,
+        label,
+        actor,
+        Some(&reason),
+        |_, last| match last.and_then(|m| m.from.clone()) {
             Some(previous) => Ok((previous, None)),
             None => Err(ServiceError::Conflict(format!(
                 "label {label:?} of {name:?} has no earlier target to roll back to"
             ))),
-        }
-    })
+        },
+    )
     .await
 }
 
 /// The label's moves, newest first.
-pub async fn label_history(pool: &Pool, name: &str, label: &str, limit: i64) -> Result<Vec<LabelMove>> {
+pub async fn label_history(
+    pool: &Pool,
+    name: &str,
+    label: &str,
+    limit: i64,
+) -> Result<Vec<LabelMove>> {
     let client = pool.get().await.map_err(DbError::from)?;
     let moves = db::label_history(&client, name, label, limit).await?;
     if moves.is_empty() && db::get_label(&client, name, label).await?.is_none() {
@@ -94,7 +109,11 @@ pub async fn label_history(pool: &Pool, name: &str, label: &str, limit: i64) -> 
     Ok(moves)
 }
 
-async fn not_found(client: &impl llmq_shared::db::GenericClient, name: &str, label: &str) -> ServiceError {
+async fn not_found(
+    client: &impl llmq_shared::db::GenericClient,
+    name: &str,
+    label: &str,
+) -> ServiceError {
     match prompts::list_versions(client, name).await {
         Ok(v) if v.is_empty() => unknown_prompt(name),
         Ok(_) => ServiceError::NotFound(format!("prompt {name:?} has no label {label:?}")),
@@ -139,7 +158,11 @@ async fn apply(
     if !missing.is_empty() {
         return Err(ServiceError::NotFound(format!(
             "prompt {name:?} has no version {}",
-            missing.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")
+            missing
+                .iter()
+                .map(i32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
     let recorded = db::write_move(

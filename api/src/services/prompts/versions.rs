@@ -4,9 +4,9 @@
 //! never overwritten by the file sync. The same content posted twice
 //! answers the version that already has it.
 
+use llmq_shared::db::labels::StoredLabel;
 use llmq_shared::db::prompts::{self as db, Created, PromptSummary, VersionInfo};
 use llmq_shared::db::{labels, DbError, Pool};
-use llmq_shared::db::labels::StoredLabel;
 use llmq_shared::prompt::{CompiledPrompt, PromptDefinition, PromptError};
 use serde_json::Value;
 
@@ -15,13 +15,12 @@ use crate::services::error::{Result, ServiceError};
 
 /// A definition posted as JSON: its fields checked, then compiled.
 pub fn parse_definition(name: &str, body: Value) -> Result<PromptDefinition> {
-    let definition: PromptDefinition = serde_json::from_value(body).map_err(|e| {
-        ServiceError::Rejected {
+    let definition: PromptDefinition =
+        serde_json::from_value(body).map_err(|e| ServiceError::Rejected {
             code: "invalid_definition",
             message: format!("definition: {e}"),
             details: None,
-        }
-    })?;
+        })?;
     CompiledPrompt::compile(name, 0, definition.clone()).map_err(|e| ServiceError::Rejected {
         code: "invalid_definition",
         message: match e {
