@@ -15,7 +15,7 @@ PKG ?=
 TEST_SCOPE := $(if $(PKG),$(foreach p,$(PKG),-p $(p)),--workspace)
 TEST_ARGS ?=
 
-.PHONY: help setup build run test bench bench-curve bench-slow chaos migrate fmt lint clean-run model
+.PHONY: help setup build run test bench bench-curve bench-split bench-slow chaos migrate fmt lint clean-run model
 
 help: ## Show this help
 	@printf 'Usage: make <target>\n\n'
@@ -42,6 +42,9 @@ bench: ## Run the benchmarks (scripts/bench.sh)
 
 bench-curve: ## Latency-versus-load sweep at 0 ms: .run/bench-curve.{json,svg}
 	@BENCH_CURVE=1 BENCH_SETTINGS="0:1024:100:2000 0:1024:500:5000 0:1024:1000:10000 0:1024:2500:20000 0:1024:5000:20000 0:1024" bash scripts/bench.sh
+
+bench-split: ## The 0 ms setting with production split 90/10 over the benchmark prompt's v2 and v1
+	@BENCH_SPLIT=$${BENCH_SPLIT:-2:90,1:10} BENCH_SETTINGS=$${BENCH_SETTINGS:-0:1024} bash scripts/bench.sh
 
 bench-slow: ## A 30 s model at 1,000 submits/s for a minute (~30,000 calls in flight)
 	@BENCH_TIMEOUT=$${BENCH_TIMEOUT:-300} BENCH_SETTINGS="30000:32768:1000:60000" bash scripts/bench.sh

@@ -48,6 +48,9 @@
 #   BENCH_DB           database name, dropped and recreated (default llmq_bench)
 #   BENCH_API_PORT / BENCH_PROVIDER_PORT / BENCH_METRICS_PORT (18080 / 18081 / 19464)
 #   AMQP_URL           broker (default amqp://guest:guest@127.0.0.1:5672/%2f)
+#   BENCH_SPLIT        e.g. "2:90,1:10": before each setting, point the
+#                      benchmark prompt's production label at this weighted
+#                      split (submits then resolve through it); unset: no split
 #   BENCH_AFTER_MIGRATE_SQL  SQL run on the fresh database after the migrations
 #                      (experiments, e.g. "ANALYZE executions" or an index change)
 # Logs and results: .run/bench-*.log, .run/bench-*.json. The database is kept
@@ -74,8 +77,13 @@ PG_PORT=5432
 PG_USER=postgres
 DB_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$BENCH_DB"
 API_KEY=bench-key
+ADMIN_KEY=bench-admin-key
+SPLIT_ARGS=()
+[ -n "${BENCH_SPLIT:-}" ] && SPLIT_ARGS=(--split "$BENCH_SPLIT" --admin-key "$ADMIN_KEY")
 RUN_DIR=.run
-BIN=target/release
+# BENCH_BIN: binaries already built elsewhere (e.g. target/debug for a
+# smoke run of the script itself; its figures mean nothing).
+BIN=${BENCH_BIN:-target/release}
 
 LOCKED=""
 if [ "${CI:-}" = true ] && [ -f Cargo.lock ]; then LOCKED=--locked; fi
@@ -209,7 +217,7 @@ run_setting() { # run_setting LATENCY_MS WORKER_CONCURRENCY RATE N
     local common=(
         "DATABASE_URL=$DB_URL" "AMQP_URL=$AMQP_URL" "LLMQ_QUEUE_PREFIX=$QUEUE_PREFIX"
         "LLMQ_PROMPTS_DIR=prompts" "LLMQ_API__ADDR=127.0.0.1:$API_PORT" "LLMQ_API__API_KEY=$API_KEY"
-        "RUST_LOG=warn"
+        "LLMQ_API__ADMIN_KEY=$ADMIN_KEY" "RUST_LOG=warn"
     )
 
     start fake-provider "$RUN_DIR/bench-fake-provider-$name.log" \
@@ -242,7 +250,7 @@ run_setting() { # run_setting LATENCY_MS WORKER_CONCURRENCY RATE N
         -n "$n" -c "$BENCH_CONCURRENCY" --rate "$rate" --warmup "$BENCH_WARMUP" \
         --timeout-secs "$BENCH_TIMEOUT" --warmup-timeout-secs 60 \
         --label "$name" --provider-latency-ms "$latency" --worker-concurrency "$concurrency" \
-        "${watch[@]}" --json-out "$json" | tee "$out" || rc=$?
+        "${watch[@]}" "${SPLIT_ARGS[@]}" --json-out "$json" | tee "$out" || rc=$?
 
     hwm=$(vm_hwm_kb "$worker_pid")
     if kill -0 "$worker_pid" 2>/dev/null; then
@@ -276,8 +284,10 @@ if [ "$(psql_admin -c 'show autovacuum' 2>/dev/null || true)" = off ]; then
     log "note: PostgreSQL runs with autovacuum = off: the fresh database has no planner statistics"
 fi
 
-log "building release binaries"
-cargo build --release $LOCKED --workspace
+if [ -z "${BENCH_BIN:-}" ]; then
+    log "building release binaries"
+    cargo build --release $LOCKED --workspace
+fi
 
 : >"$RUN_DIR/bench-hwm.txt"
 failed=0

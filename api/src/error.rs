@@ -25,6 +25,8 @@ pub enum ApiError {
     #[error("missing or unknown API key")]
     Unauthorized,
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
@@ -68,6 +70,7 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => "bad_request",
             Self::Unauthorized => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::Conflict(_) => "conflict",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
@@ -86,6 +89,7 @@ impl From<ServiceError> for ApiError {
         match e {
             ServiceError::InvalidRequest(m) => Self::BadRequest(m),
             ServiceError::NotFound(m) => Self::NotFound(m),
+            ServiceError::Forbidden(m) => Self::Forbidden(m),
             ServiceError::Conflict(m) => Self::Conflict(m),
             ServiceError::Rejected {
                 code,
@@ -113,6 +117,7 @@ impl ResponseError for ApiError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,

@@ -17,6 +17,16 @@ use crate::resources::{
     components(schemas(
         SubmitExecution, WebhookSpec, ExecutionResource, PromptRef, Links, StepList, StepResource,
         ErrorBody, ErrorDetail, Readiness,
+        crate::resources::prompts::PromptList, crate::resources::prompts::PromptListItem,
+        crate::resources::prompts::VersionSummary, crate::resources::prompts::LabelResource,
+        crate::resources::prompts::PromptResource, crate::resources::prompts::VersionResource,
+        crate::resources::prompts::CreatedVersion, crate::resources::prompts::VersionDiff,
+        crate::resources::prompts::MoveLabel, crate::resources::prompts::SegmentTarget,
+        crate::resources::prompts::RollbackLabel, crate::resources::prompts::LabelMoveResource,
+        crate::resources::prompts::LabelHistory, crate::resources::prompts::VersionStatsResource,
+        crate::resources::prompts::PromptStats, crate::resources::prompts::ExecutionList,
+        crate::services::prompts::diff::FieldChange,
+        llmq_shared::prompt::LabelRule, llmq_shared::prompt::Target,
         llmq_shared::execution::ExecutionStatus, llmq_shared::execution::Usage, llmq_shared::execution::ErrorInfo,
     )),
     modifiers(&BearerAuth)

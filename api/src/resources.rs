@@ -2,6 +2,8 @@
 //! returned. Conversion to and from the domain types lives here so
 //! handlers stay thin.
 
+pub mod prompts;
+
 use chrono::{DateTime, Utc};
 use llmq_shared::execution::{codes, ErrorInfo, Execution, ExecutionStatus, Usage};
 use llmq_shared::ids::{Label, PromptName};
@@ -46,8 +48,13 @@ pub struct SubmitExecution {
     /// Opaque, returned as is.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
-    /// The end user, for per-user limits and analytics.
+    /// The end user, for per-user limits and analytics; a label split
+    /// assigns the same user the same version.
     pub user: Option<String>,
+    /// A segment of the label's rule (e.g. `beta`): its target wins over
+    /// the split. Unknown segments fall back to the split.
+    #[schema(pattern = r"^[a-z0-9._-]{1,64}$")]
+    pub segment: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
@@ -111,6 +118,10 @@ impl SubmitExecution {
         if let Some(user) = &self.user {
             no_nul("user", user)?;
         }
+        if let Some(segment) = &self.segment {
+            llmq_shared::prompt::validate_name(segment)
+                .map_err(|e| invalid(format!("segment: {e}")))?;
+        }
         Ok(SubmitRequest {
             prompt,
             target,
@@ -120,6 +131,7 @@ impl SubmitExecution {
             priority,
             metadata,
             user: self.user,
+            segment: self.segment,
         })
     }
 }
@@ -137,6 +149,11 @@ pub struct PromptRef {
     pub name: String,
     pub version: i32,
     pub label: Option<String>,
+    /// The arm of the label's rule: `split:<i>` (the i-th weighted
+    /// target) or `segment:<name>`; absent for a label with one version
+    /// or an exact version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arm: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -182,6 +199,7 @@ impl From<&Execution> for ExecutionResource {
                 name: e.prompt_name.clone(),
                 version: e.prompt_version,
                 label: e.prompt_label.clone(),
+                arm: e.prompt_arm.clone(),
             },
             model: e.model.clone(),
             input: e.input.clone(),

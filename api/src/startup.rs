@@ -71,7 +71,7 @@ impl Application {
             broker.clone(),
         );
         sessions.spawn(consume_events);
-        sessions.close();
+        let label_moves = events.label_moves();
         let (to_publish, pipeline) = Pipeline::start(
             publisher.clone(),
             pool.clone(),
@@ -90,6 +90,12 @@ impl Application {
             to_publish,
             metrics: llmq_shared::metrics::install(),
         });
+        sessions.spawn(invalidate_moved_labels(
+            label_moves,
+            state.clone(),
+            broker.clone(),
+        ));
+        sessions.close();
 
         let listener = TcpListener::bind(&settings.api.addr)
             .with_context(|| format!("binding {}", settings.api.addr))?;
@@ -206,6 +212,30 @@ impl Application {
         tracing::info!("llmq-api stopped");
         served.into_iter().collect::<Result<Vec<()>, _>>()?;
         Ok(())
+    }
+}
+
+/// Forgets a label's cached rule as soon as any API process announces that
+/// it moved; after missed announcements (this task lagged), every label.
+/// Runs until the broker sessions stop.
+async fn invalidate_moved_labels(
+    mut moves: tokio::sync::broadcast::Receiver<llmq_shared::events::LabelMoved>,
+    state: web::Data<AppState>,
+    stop: CancellationToken,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            moved = moves.recv() => match moved {
+                Ok(m) => {
+                    tracing::debug!(prompt = %m.prompt, label = %m.label, "label moved elsewhere; cache cleared");
+                    state.labels.invalidate(&m.prompt, &m.label);
+                }
+                Err(RecvError::Lagged(_)) => state.labels.invalidate_all(),
+                Err(RecvError::Closed) => return,
+            }
+        }
     }
 }
 

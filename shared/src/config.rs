@@ -68,6 +68,12 @@ pub struct ApiSettings {
     /// Connections one HTTP worker thread holds open at once; further
     /// ones wait in the listen backlog.
     pub max_connections: usize,
+    /// The key that may move protected labels (and set the protected
+    /// flag), until scoped keys exist; it is also accepted wherever
+    /// `api_key` is. Empty: no key may move a protected label.
+    pub admin_key: String,
+    /// Labels that are protected whatever their flag says.
+    pub protected_labels: Vec<String>,
 }
 
 /// The roles a worker process can run.
@@ -154,6 +160,8 @@ impl Default for ApiSettings {
             label_cache_ms: 1000,
             body_timeout_secs: 10,
             max_connections: 25_000,
+            admin_key: "dev-admin-key".into(),
+            protected_labels: vec!["production".into()],
         }
     }
 }
@@ -271,6 +279,7 @@ impl std::fmt::Debug for Settings {
             .field("db_pool_size", &self.db_pool_size)
             .field("api.addr", &self.api.addr)
             .field("api.api_key", &redact(&self.api.api_key))
+            .field("api.admin_key", &redact(&self.api.admin_key))
             .field("worker.concurrency", &self.worker.concurrency)
             .field("worker.roles", &self.worker.roles)
             .field("provider.base_url", &self.provider.base_url)

@@ -63,6 +63,33 @@ impl Publisher {
     }
 }
 
+/// Routing key of `LabelMoved` messages on the events exchange.
+pub const LABEL_EVENTS_KEY: &str = "prompts.labels";
+
+/// A prompt label moved: every API process forgets where it pointed.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LabelMoved {
+    pub prompt: String,
+    pub label: String,
+}
+
+impl Publisher {
+    /// Announces a label move to every API process. Best effort: a replica
+    /// that misses it trusts its cached rule for at most the label TTL.
+    pub async fn publish_label_moved(&self, moved: &LabelMoved) {
+        if let Ok(body) = serde_json::to_vec(moved) {
+            if let Err(e) = self.publish_event(LABEL_EVENTS_KEY, &body).await {
+                tracing::warn!(prompt = %moved.prompt, label = %moved.label, error = %e,
+                    "label move not announced; replicas see it within the label TTL");
+            }
+        }
+    }
+}
+
+/// Label moves buffered for the cache invalidator before it lags (and
+/// then forgets every label).
+const LABEL_BUFFER: usize = 1024;
+
 /// Events buffered per watcher before the oldest are dropped (a watcher
 /// that lags re-reads Postgres anyway).
 const WATCH_BUFFER: usize = 16;
@@ -73,6 +100,7 @@ const SUBSCRIBE_BUFFER: usize = 4096;
 pub struct Subscriber {
     by_id: Mutex<HashMap<ExecutionId, broadcast::Sender<ExecutionEvent>>>,
     all: broadcast::Sender<ExecutionEvent>,
+    labels: broadcast::Sender<LabelMoved>,
 }
 
 impl Subscriber {
@@ -91,6 +119,7 @@ impl Subscriber {
         let subscriber = Arc::new(Self {
             by_id: Mutex::new(HashMap::new()),
             all: broadcast::channel(SUBSCRIBE_BUFFER).0,
+            labels: broadcast::channel(LABEL_BUFFER).0,
         });
         let (url, name) = (url.to_string(), name.to_string());
         let this = subscriber.clone();
@@ -123,6 +152,11 @@ impl Subscriber {
     /// Every event this process hears, from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<ExecutionEvent> {
         self.all.subscribe()
+    }
+
+    /// Every label move this process hears, from now on.
+    pub fn label_moves(&self) -> broadcast::Receiver<LabelMoved> {
+        self.labels.subscribe()
     }
 
     /// Hands one event to its watchers and the subscribers.
@@ -192,6 +226,11 @@ async fn consume(
                 return Ok(());
             }
             next = consumer.next() => match next {
+                Some(Ok(delivery)) if delivery.routing_key.as_str() == LABEL_EVENTS_KEY => {
+                    if let Ok(moved) = serde_json::from_slice::<LabelMoved>(&delivery.data) {
+                        let _ = subscriber.labels.send(moved);
+                    }
+                }
                 Some(Ok(delivery)) => {
                     if let Ok(batch) = serde_json::from_slice::<TerminalEvents>(&delivery.data) {
                         for event in batch.events {
@@ -231,6 +270,15 @@ async fn open(
             FieldTable::default(),
         )
         .await?;
+    channel
+        .queue_bind(
+            q.name().clone(),
+            s(&topology.events_exchange),
+            s(LABEL_EVENTS_KEY),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     let consume = BasicConsumeOptions {
         no_ack: true,
         ..Default::default()
@@ -249,6 +297,7 @@ mod tests {
         Arc::new(Subscriber {
             by_id: Mutex::new(HashMap::new()),
             all: broadcast::channel(SUBSCRIBE_BUFFER).0,
+            labels: broadcast::channel(LABEL_BUFFER).0,
         })
     }
 

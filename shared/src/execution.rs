@@ -114,6 +114,9 @@ pub struct Execution {
     pub prompt_name: String,
     pub prompt_version: i32,
     pub prompt_label: Option<String>,
+    /// The arm of the label's rule it came through: `split:<i>`,
+    /// `segment:<name>`, or none.
+    pub prompt_arm: Option<String>,
     pub model: String,
     pub params: serde_json::Value,
     pub input: serde_json::Value,
@@ -140,6 +143,9 @@ pub struct NewExecution {
     pub prompt_name: String,
     pub prompt_version: i32,
     pub prompt_label: Option<String>,
+    /// The arm of the label's rule it came through: `split:<i>`,
+    /// `segment:<name>`, or none.
+    pub prompt_arm: Option<String>,
     pub model: String,
     pub params: serde_json::Value,
     pub input: serde_json::Value,

@@ -3,6 +3,7 @@
 //! binary, one module per concern, one isolated `TestApp` per test.
 
 mod api {
+    mod cli;
     mod executions;
     mod failures;
     mod group_commit;
@@ -11,6 +12,7 @@ mod api {
     mod openapi;
     mod operations;
     mod pipeline;
+    mod prompt_registry;
     mod prompts;
     mod shutdown;
     mod sql;

@@ -10,8 +10,9 @@ use serde::Deserialize;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
+use crate::resources::prompts::ExecutionList;
 use crate::resources::{ExecutionResource, StepList, StepResource, SubmitExecution};
-use crate::services::executions::{self as service, Submitted};
+use crate::services::executions::{self as service, list as listing, Submitted};
 use crate::services::within;
 use crate::state::AppState;
 
@@ -73,6 +74,60 @@ pub async fn submit(
     Ok(response
         .insert_header((header::LOCATION, resource.links.self_.clone()))
         .json(resource))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct ListQuery {
+    /// Only this prompt's executions.
+    pub prompt: Option<String>,
+    /// Only this version's (of `prompt`).
+    pub version: Option<i32>,
+    /// queued, running, succeeded, failed or cancelled.
+    pub status: Option<String>,
+    /// Only this end user's.
+    pub user: Option<String>,
+    /// Page size, 1..=100 (default 20).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// List executions, newest first, a page at a time.
+#[utoipa::path(
+    tag = "executions",
+    params(ListQuery),
+    responses(
+        (status = 200, body = ExecutionList),
+        (status = 400, description = "A bad limit, status or cursor", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/executions")]
+pub async fn list(
+    state: web::Data<AppState>,
+    caller: Caller,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let q = query.into_inner();
+    let query = listing::ListQuery {
+        prompt: q.prompt,
+        version: q.version,
+        status: q.status,
+        user: q.user,
+        limit: q.limit,
+        cursor: q.cursor,
+    };
+    let page = within(
+        state.deadline(),
+        listing::list_executions(&state.pool, &caller.tenant, &query),
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(ExecutionList {
+        executions: page.items.iter().map(ExecutionResource::from).collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
 /// Cancel a queued or running execution.

@@ -14,6 +14,7 @@
 
 pub mod executions;
 pub mod health;
+pub mod prompts;
 
 use std::sync::LazyLock;
 
@@ -43,6 +44,16 @@ route_list!(
     executions::get,
     executions::steps,
     executions::cancel,
+    executions::list,
+    prompts::list,
+    prompts::show,
+    prompts::create_version,
+    prompts::version,
+    prompts::diff,
+    prompts::move_label,
+    prompts::rollback,
+    prompts::history,
+    prompts::stats,
 );
 
 route_list!(
@@ -166,7 +177,7 @@ mod tests {
     #[test]
     fn every_route_is_known_with_its_methods() {
         let all = Served::All;
-        assert_eq!(all.allowed_methods("/v1/executions"), Some("POST"));
+        assert_eq!(all.allowed_methods("/v1/executions"), Some("GET, POST"));
         assert_eq!(
             all.allowed_methods("/v1/executions/abc/cancel"),
             Some("POST")
@@ -177,7 +188,10 @@ mod tests {
 
     #[test]
     fn a_split_listener_knows_only_its_own_routes() {
-        assert_eq!(Served::Api.allowed_methods("/v1/executions"), Some("POST"));
+        assert_eq!(
+            Served::Api.allowed_methods("/v1/executions"),
+            Some("GET, POST")
+        );
         assert_eq!(Served::Api.allowed_methods("/metrics"), None);
         assert_eq!(Served::Ops.allowed_methods("/metrics"), Some("GET"));
         assert_eq!(Served::Ops.allowed_methods("/v1/executions"), None);

@@ -14,6 +14,9 @@ pub enum ServiceError {
     /// The execution, prompt, version or label does not exist for the caller.
     #[error("{0}")]
     NotFound(String),
+    /// The caller may not do this (a protected label without the admin key).
+    #[error("{0}")]
+    Forbidden(String),
     /// The request conflicts with the state of record (an idempotency key
     /// reused with another body, cancelling a finished execution).
     #[error("{0}")]

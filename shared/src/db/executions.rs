@@ -20,7 +20,7 @@ use crate::step::Step;
 
 macro_rules! execution_columns {
     () => {
-        "id, tenant_id, prompt_name, prompt_version, prompt_label, model, params, input, output, status, \
+        "id, tenant_id, prompt_name, prompt_version, prompt_label, prompt_arm, model, params, input, output, status, \
          error_code, error_message, attempts, prompt_tokens, completion_tokens, total_tokens, cost_usd, \
          metadata, end_user, priority, stream, webhook_url, created_at, started_at, finished_at"
     };
@@ -28,14 +28,14 @@ macro_rules! execution_columns {
 pub(crate) use execution_columns;
 
 const INSERT: &str = concat!(
-    "INSERT INTO executions (id, tenant_id, prompt_name, prompt_version, prompt_label, model, params, input, \
+    "INSERT INTO executions (id, tenant_id, prompt_name, prompt_version, prompt_label, prompt_arm, model, params, input, \
      metadata, end_user, priority, stream, webhook_url, status, publish_due_at) \
-     SELECT n.id, n.tenant_id, n.prompt_name, n.prompt_version, n.prompt_label, n.model, n.params, n.input, \
+     SELECT n.id, n.tenant_id, n.prompt_name, n.prompt_version, n.prompt_label, n.prompt_arm, n.model, n.params, n.input, \
        n.metadata, n.end_user, n.priority, n.stream, n.webhook_url, 'queued', now() + make_interval(secs => $14) \
      FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::jsonb[], \
-       $8::jsonb[], $9::jsonb[], $10::text[], $11::int2[], $12::bool[], $13::text[], $15::timestamptz[]) \
+       $8::jsonb[], $9::jsonb[], $10::text[], $11::int2[], $12::bool[], $13::text[], $15::timestamptz[], $16::text[]) \
        AS n(id, tenant_id, prompt_name, prompt_version, prompt_label, model, params, input, metadata, \
-         end_user, priority, stream, webhook_url, accept_until) \
+         end_user, priority, stream, webhook_url, accept_until, prompt_arm) \
      WHERE n.accept_until IS NULL OR n.accept_until > clock_timestamp() \
      RETURNING ",
     execution_columns!()
@@ -82,6 +82,7 @@ pub async fn insert_executions_until(
     let names: Vec<_> = new.iter().map(|(n, _)| n.prompt_name.as_str()).collect();
     let versions: Vec<_> = new.iter().map(|(n, _)| n.prompt_version).collect();
     let labels: Vec<_> = new.iter().map(|(n, _)| n.prompt_label.as_deref()).collect();
+    let arms: Vec<_> = new.iter().map(|(n, _)| n.prompt_arm.as_deref()).collect();
     let models: Vec<_> = new.iter().map(|(n, _)| n.model.as_str()).collect();
     let params: Vec<_> = new.iter().map(|(n, _)| &n.params).collect();
     let inputs: Vec<_> = new.iter().map(|(n, _)| &n.input).collect();
@@ -110,6 +111,7 @@ pub async fn insert_executions_until(
                 &webhooks,
                 &secs,
                 &accept_until,
+                &arms,
             ],
         )
         .await?;
@@ -380,6 +382,7 @@ pub(crate) fn execution_from_row(row: &Row) -> Result<Execution> {
         prompt_name: row.try_get("prompt_name")?,
         prompt_version: row.try_get("prompt_version")?,
         prompt_label: row.try_get("prompt_label")?,
+        prompt_arm: row.try_get("prompt_arm")?,
         model: row.try_get("model")?,
         params: row.try_get("params")?,
         input: row.try_get("input")?,
@@ -399,6 +402,67 @@ pub(crate) fn execution_from_row(row: &Row) -> Result<Execution> {
     })
 }
 
+/// What `list_executions` filters on; `None` is no filter.
+#[derive(Clone, Debug, Default)]
+pub struct ExecutionFilter<'a> {
+    pub prompt: Option<&'a str>,
+    pub version: Option<i32>,
+    pub status: Option<&'a str>,
+    pub user: Option<&'a str>,
+    /// Only executions older than this one (the previous page's last).
+    pub before: Option<ExecutionId>,
+}
+
+const LIST_FILTERS: &str = "AND ($3::int IS NULL OR prompt_version = $3) \
+     AND ($4::text IS NULL OR status = $4) AND ($5::text IS NULL OR end_user = $5) \
+     AND ($6::uuid IS NULL OR id < $6) ORDER BY id DESC LIMIT $7";
+/// One prompt's: the (tenant_id, prompt_name, id DESC) index, newest first.
+static LIST_BY_PROMPT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM executions WHERE tenant_id = $1 AND prompt_name = $2 {LIST_FILTERS}",
+        execution_columns!()
+    )
+});
+/// Every prompt's: the primary key (UUIDv7, time ordered) walked backwards.
+static LIST_ALL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM executions WHERE tenant_id = $1 AND $2::text IS NULL {LIST_FILTERS}",
+        execution_columns!()
+    )
+});
+
+/// A tenant's executions matching `filter`, newest first, at most `limit`.
+pub async fn list_executions(
+    client: &impl GenericClient,
+    tenant: &str,
+    filter: &ExecutionFilter<'_>,
+    limit: i64,
+) -> Result<Vec<Execution>> {
+    let sql = if filter.prompt.is_some() {
+        LIST_BY_PROMPT.as_str()
+    } else {
+        LIST_ALL.as_str()
+    };
+    let before = filter.before.map(|id| id.0);
+    client
+        .query(
+            &client.prepare_cached(sql).await?,
+            &[
+                &tenant,
+                &filter.prompt,
+                &filter.version,
+                &filter.status,
+                &filter.user,
+                &before,
+                &limit,
+            ],
+        )
+        .await?
+        .iter()
+        .map(execution_from_row)
+        .collect()
+}
+
 /// Every statement of this module, for the test that prepares them all.
 pub static ALL_SQL: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
     vec![
@@ -409,5 +473,7 @@ pub static ALL_SQL: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
         SCHEDULE_RETRY,
         REQUEST_CANCEL,
         CANCEL_UNCLAIMED,
+        LIST_BY_PROMPT.as_str(),
+        LIST_ALL.as_str(),
     ]
 });

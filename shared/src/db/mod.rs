@@ -5,9 +5,11 @@
 
 pub mod executions;
 pub mod idempotency;
+pub mod labels;
 pub mod leases;
 pub mod outbox;
 pub mod prompts;
+pub mod stats;
 pub mod steps;
 
 use std::time::Duration;

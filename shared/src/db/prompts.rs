@@ -17,7 +17,7 @@ pub struct StoredPromptVersion {
 }
 
 const SELECT_HASH: &str =
-    "SELECT content_hash FROM prompt_versions WHERE prompt_name = $1 AND version = $2";
+    "SELECT content_hash, source FROM prompt_versions WHERE prompt_name = $1 AND version = $2";
 const INSERT_VERSION: &str =
     "INSERT INTO prompt_versions (prompt_name, version, definition, content_hash, source) \
      VALUES ($1, $2, $3, $4, $5)";
@@ -27,6 +27,11 @@ const SYNC_LABEL: &str = "INSERT INTO prompt_labels (prompt_name, label, version
      ON CONFLICT (prompt_name, label) DO UPDATE SET version = EXCLUDED.version, updated_at = now() \
      WHERE prompt_labels.updated_by = 'sync' AND prompt_labels.version < EXCLUDED.version";
 const SYNC_LOCK: &str = "SELECT pg_advisory_xact_lock(7433001)";
+
+/// `source` of a version read from a prompt file.
+pub const SOURCE_FILE: &str = "file";
+/// `source` of a version created with `POST /v1/prompts/{name}/versions`.
+pub const SOURCE_API: &str = "api";
 
 /// Loads prompt files into the registry inside one transaction. A version
 /// already stored with different content is an error, not an overwrite.
@@ -47,6 +52,16 @@ pub async fn sync_prompt_files(
             .await?;
         match existing {
             Some(row) if row.get::<_, String>(0) == hash => {}
+            Some(row) if row.get::<_, String>(1) == SOURCE_API => {
+                return Err(DbError::Conflict(format!(
+                    "prompt {} v{} in {} conflicts with version {} created through the API; \
+                     the sync never overwrites it: rename the file to the next free version",
+                    file.name,
+                    file.version,
+                    file.path.display(),
+                    file.version
+                )))
+            }
             Some(_) => {
                 return Err(DbError::Conflict(format!(
                     "prompt {} v{} in {} differs from the stored version; versions are immutable, add v{} instead",
@@ -60,7 +75,7 @@ pub async fn sync_prompt_files(
                 let definition = to_json(&file.definition)?;
                 tx.execute(
                     &tx.prepare_cached(INSERT_VERSION).await?,
-                    &[&file.name, &file.version, &definition, &hash, &"file"],
+                    &[&file.name, &file.version, &definition, &hash, &SOURCE_FILE],
                 )
                 .await?;
                 inserted += 1;
@@ -167,8 +182,141 @@ fn from_row(row: &Row) -> Result<StoredPromptVersion> {
     })
 }
 
+/// A version's registry facts, without its definition.
+#[derive(Clone, Debug)]
+pub struct VersionInfo {
+    pub version: i32,
+    pub content_hash: String,
+    pub source: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A prompt in the registry listing.
+#[derive(Clone, Debug)]
+pub struct PromptSummary {
+    pub name: String,
+    pub latest_version: i32,
+    pub versions: i64,
+    pub labels: Vec<String>,
+}
+
+const CREATE_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 7433003))";
+const SAME_CONTENT: &str = "SELECT version FROM prompt_versions \
+     WHERE prompt_name = $1 AND content_hash = $2 ORDER BY version LIMIT 1";
+const NEXT_VERSION: &str =
+    "SELECT COALESCE(max(version), 0) + 1 FROM prompt_versions WHERE prompt_name = $1";
+const LIST_PROMPTS: &str = "SELECT v.prompt_name, max(v.version) AS latest, count(*) AS versions, \
+       COALESCE((SELECT array_agg(l.label ORDER BY l.label) FROM prompt_labels l \
+                 WHERE l.prompt_name = v.prompt_name), '{}') AS labels \
+     FROM prompt_versions v GROUP BY v.prompt_name ORDER BY v.prompt_name";
+const LIST_VERSIONS: &str =
+    "SELECT version, content_hash, source, created_at FROM prompt_versions \
+     WHERE prompt_name = $1 ORDER BY version";
+const VERSION_INFO: &str = "SELECT version, content_hash, source, created_at FROM prompt_versions \
+     WHERE prompt_name = $1 AND version = $2";
+
+/// Whether `create_version` stored a new version or found the same content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Created {
+    New(i32),
+    /// An existing version has exactly this content (same content hash).
+    Existing(i32),
+}
+
+/// Stores `definition` as the prompt's next version, in the caller's
+/// transaction; a definition identical to an existing version's answers
+/// that version instead (versions are content-addressed: one content, one
+/// number). Creation of one prompt's versions is serialized.
+pub async fn create_version(
+    client: &impl GenericClient,
+    name: &str,
+    definition: &PromptDefinition,
+) -> Result<Created> {
+    client
+        .execute(&client.prepare_cached(CREATE_LOCK).await?, &[&name])
+        .await?;
+    let hash = definition.content_hash();
+    if let Some(row) = client
+        .query_opt(&client.prepare_cached(SAME_CONTENT).await?, &[&name, &hash])
+        .await?
+    {
+        return Ok(Created::Existing(row.get(0)));
+    }
+    let next: i32 = client
+        .query_one(&client.prepare_cached(NEXT_VERSION).await?, &[&name])
+        .await?
+        .get(0);
+    let json = to_json(definition)?;
+    client
+        .execute(
+            &client.prepare_cached(INSERT_VERSION).await?,
+            &[&name, &next, &json, &hash, &SOURCE_API],
+        )
+        .await?;
+    Ok(Created::New(next))
+}
+
+/// Every prompt with its newest version and its labels.
+pub async fn list_prompts(client: &impl GenericClient) -> Result<Vec<PromptSummary>> {
+    client
+        .query(&client.prepare_cached(LIST_PROMPTS).await?, &[])
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(PromptSummary {
+                name: r.try_get(0)?,
+                latest_version: r.try_get(1)?,
+                versions: r.try_get(2)?,
+                labels: r.try_get(3)?,
+            })
+        })
+        .collect()
+}
+
+/// The prompt's versions, oldest first; empty for an unknown prompt.
+pub async fn list_versions(client: &impl GenericClient, name: &str) -> Result<Vec<VersionInfo>> {
+    client
+        .query(&client.prepare_cached(LIST_VERSIONS).await?, &[&name])
+        .await?
+        .iter()
+        .map(info_from_row)
+        .collect()
+}
+
+/// One version's registry facts.
+pub async fn version_info(
+    client: &impl GenericClient,
+    name: &str,
+    version: i32,
+) -> Result<Option<VersionInfo>> {
+    client
+        .query_opt(
+            &client.prepare_cached(VERSION_INFO).await?,
+            &[&name, &version],
+        )
+        .await?
+        .as_ref()
+        .map(info_from_row)
+        .transpose()
+}
+
+fn info_from_row(r: &Row) -> Result<VersionInfo> {
+    Ok(VersionInfo {
+        version: r.try_get("version")?,
+        content_hash: r.try_get("content_hash")?,
+        source: r.try_get("source")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
 /// Every statement of this module, for the test that prepares them all.
 pub const ALL_SQL: &[&str] = &[
+    CREATE_LOCK,
+    SAME_CONTENT,
+    NEXT_VERSION,
+    LIST_PROMPTS,
+    LIST_VERSIONS,
+    VERSION_INFO,
     SELECT_HASH,
     INSERT_VERSION,
     SYNC_LABEL,

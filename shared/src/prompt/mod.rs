@@ -18,7 +18,7 @@ pub use cache::PromptCache;
 pub use compiled::{ChatMessage, CompiledPrompt, InputViolation};
 pub use definition::{validate_name, PromptDefinition, PromptLimits};
 pub use files::{load_prompt_dir, PromptFile};
-pub use labels::LabelCache;
+pub use labels::{Assignment, LabelCache, LabelRule, Target};
 
 pub const DEFAULT_LABEL: &str = "production";
 

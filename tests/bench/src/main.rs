@@ -126,6 +126,66 @@ struct RunArgs {
     /// --concurrency in flight); 0 sends as fast as --concurrency allows.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
+    /// Point the prompt's `production` label at weighted versions before
+    /// the warm-up, e.g. `2:90,1:10` (a 90/10 split); submits then go
+    /// through the split.
+    #[arg(long, env = "LLMQ_BENCH_SPLIT")]
+    split: Option<String>,
+    /// Key that may move the protected `production` label (for --split).
+    #[arg(long, env = "LLMQ_BENCH_ADMIN_KEY", default_value = "bench-admin-key")]
+    admin_key: String,
+}
+
+/// `2:90,1:10` → the label body `{"targets": [...]}`.
+fn split_body(raw: &str) -> anyhow::Result<serde_json::Value> {
+    let mut targets = Vec::new();
+    for part in raw.split(',') {
+        let (v, w) = part
+            .split_once(':')
+            .with_context(|| format!("--split {raw:?}: expected VERSION:WEIGHT,..."))?;
+        let version: i32 = v.trim().parse().with_context(|| format!("--split version {v:?}"))?;
+        let weight: u32 = w.trim().parse().with_context(|| format!("--split weight {w:?}"))?;
+        targets.push(serde_json::json!({"version": version, "weight": weight}));
+    }
+    Ok(serde_json::json!({"targets": targets, "reason": "llmq-bench --split"}))
+}
+
+/// Moves the prompt's production label to the split asked for.
+async fn apply_split(http: &reqwest::Client, args: &RunArgs, raw: &str) -> anyhow::Result<()> {
+    let url = format!(
+        "{}/v1/prompts/{}/labels/production",
+        args.api.trim_end_matches('/'),
+        args.prompt
+    );
+    let response = http
+        .put(&url)
+        .bearer_auth(&args.admin_key)
+        .json(&split_body(raw)?)
+        .send()
+        .await?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("moving {} production to {raw}: {status} {body}", args.prompt);
+    }
+    eprintln!("[bench] {} production label: split {raw}", args.prompt);
+    Ok(())
+}
+
+/// How many measured executions ran each version (a split's arms).
+async fn report_versions(db: &tokio_postgres::Client, ids: &[Uuid]) -> anyhow::Result<()> {
+    let rows = db
+        .query(
+            "SELECT prompt_version, prompt_arm, count(*) FROM executions WHERE id = ANY($1) \
+             GROUP BY 1, 2 ORDER BY 1",
+            &[&ids],
+        )
+        .await?;
+    for r in rows {
+        let (version, arm, n): (i32, Option<String>, i64) = (r.get(0), r.get(1), r.get(2));
+        eprintln!("[bench] v{version} ({}): {n} executions", arm.as_deref().unwrap_or("no arm"));
+    }
+    Ok(())
 }
 
 fn parse_watch(s: &str) -> Result<(String, u32), String> {
@@ -215,6 +275,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .timeout(Duration::from_secs(60))
         .build()?;
     wait_ready(&http, &args.api).await?;
+    if let Some(split) = &args.split {
+        apply_split(&http, &args, split).await?;
+    }
 
     if args.warmup > 0 {
         eprintln!(
@@ -271,6 +334,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     stop.store(true, Ordering::Relaxed);
     let _ = poller.await;
     let after = CpuSnapshot::take(&args.watch);
+    if args.split.is_some() {
+        report_versions(&db, &phase.ids).await?;
+    }
 
     let processes = args
         .watch

@@ -35,6 +35,7 @@ fn new_execution(version: i32) -> NewExecution {
         prompt_name: "summarize".into(),
         prompt_version: version,
         prompt_label: None,
+        prompt_arm: None,
         model: "gpt-4o-mini".into(),
         params: json!({}),
         input: json!({ "text": "batched" }),

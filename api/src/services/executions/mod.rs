@@ -3,6 +3,7 @@
 //! function takes only the pools, caches and queues it uses, never the
 //! HTTP request or the whole application state.
 
+pub mod list;
 pub mod plan;
 pub mod read;
 pub mod submit;

@@ -47,6 +47,8 @@ pub struct SubmitRequest {
     pub priority: i16,
     pub metadata: Map<String, Value>,
     pub user: Option<String>,
+    /// The segment whose target a label's rule gives first.
+    pub segment: Option<String>,
 }
 
 impl SubmitRequest {
@@ -61,6 +63,7 @@ impl SubmitRequest {
             priority: DEFAULT_PRIORITY,
             metadata: Map::new(),
             user: None,
+            segment: None,
         }
     }
 
@@ -96,6 +99,9 @@ impl SubmitRequest {
         }
         if let Some(user) = &self.user {
             meaning.insert("user".into(), user.as_str().into());
+        }
+        if let Some(segment) = &self.segment {
+            meaning.insert("segment".into(), segment.as_str().into());
         }
         json_sha256(&Value::Object(meaning))
     }
@@ -145,6 +151,8 @@ pub fn plan_execution(
         prompt_name: compiled.name.clone(),
         prompt_version: compiled.version,
         prompt_label: label.map(Label::into_string),
+        // Set by the submit, which knows the label's rule.
+        prompt_arm: None,
         model,
         params: Value::Object(params),
         input: request.input,

@@ -24,10 +24,10 @@ use futures::FutureExt;
 use llmq_shared::batch::Batcher;
 use llmq_shared::config::ModelSettings;
 use llmq_shared::db::prompts::{resolve_prompt, Unresolved, VersionRef};
-use llmq_shared::db::{executions as db, idempotency, DbError, Pool};
+use llmq_shared::db::{executions as db, idempotency, labels, prompts, DbError, Pool};
 use llmq_shared::execution::{Execution, NewExecution};
 use llmq_shared::ids::{IdempotencyKey, Label, TenantId};
-use llmq_shared::prompt::{CompiledPrompt, LabelCache, PromptCache};
+use llmq_shared::prompt::{CompiledPrompt, LabelCache, LabelRule, PromptCache};
 use tokio::time::Instant;
 
 use super::plan::{plan_execution, PromptTarget, SubmitRequest};
@@ -137,8 +137,9 @@ pub async fn submit_execution(
             return Ok(Submitted::Existing(existing));
         }
     }
-    let (compiled, label) = within_until(deadline, resolve(deps, &request)).await?;
-    let new = plan_execution(tenant, request, &compiled, label, deps.models)?;
+    let (compiled, label, arm) = within_until(deadline, resolve(deps, &request)).await?;
+    let mut new = plan_execution(tenant, request, &compiled, label, deps.models)?;
+    new.prompt_arm = arm;
     tracing::Span::current().record("execution.id", tracing::field::display(new.id));
 
     let execution = match idempotency {
@@ -224,37 +225,40 @@ async fn insert_with_key(
     Ok(Some(execution))
 }
 
-/// The compiled prompt version a request names, with the label it was
-/// reached through. Versions are immutable, so a compiled one is reused
-/// for good; a label is trusted for `api.label_cache_ms` after it was read.
+/// The compiled prompt version a request names, with the label and the
+/// arm of its rule it was reached through. Versions are immutable, so a
+/// compiled one is reused for good; a label's rule is cached until a move
+/// invalidates it or `api.label_cache_ms` passes. On a warm cache this
+/// reads nothing from the database, split or not.
 async fn resolve(
     deps: &SubmitDeps<'_>,
     request: &SubmitRequest,
-) -> Result<(Arc<CompiledPrompt>, Option<Label>)> {
+) -> Result<(Arc<CompiledPrompt>, Option<Label>, Option<String>)> {
     let name = request.prompt.as_str();
-    let cached = match &request.target {
-        PromptTarget::Version(v) => deps.prompts.get(name, *v).map(|p| (p, None)),
-        PromptTarget::Label(l) => deps
-            .labels
-            .get(name, l.as_str())
-            .and_then(|v| deps.prompts.get(name, v))
-            .map(|p| (p, Some(l.clone()))),
+    let (version, label, arm) = match &request.target {
+        PromptTarget::Version(v) => (*v, None, None),
+        PromptTarget::Label(l) => {
+            let rule = label_rule(deps, name, l.as_str()).await?;
+            let segment = request.segment.as_deref().or_else(|| {
+                rule.segment_key
+                    .as_deref()
+                    .and_then(|k| request.metadata.get(k))
+                    .and_then(|v| v.as_str())
+            });
+            let assigned = rule.assign(name, l.as_str(), request.user.as_deref(), segment);
+            (assigned.version, Some(l.clone()), assigned.arm)
+        }
     };
-    if let Some(found) = cached {
-        return Ok(found);
+    if let Some(found) = deps.prompts.get(name, version) {
+        return Ok((found, label, arm));
     }
-    let version_ref = match &request.target {
-        PromptTarget::Version(v) => VersionRef::Number(*v),
-        PromptTarget::Label(l) => VersionRef::Label(l.as_str()),
-    };
     let client = deps.pool.get().await.map_err(DbError::from)?;
-    let stored = resolve_prompt(&client, name, version_ref)
+    let stored = resolve_prompt(&client, name, VersionRef::Number(version))
         .await?
         .map_err(|why| {
-            ServiceError::NotFound(match (why, &request.target) {
-                (Unresolved::UnknownPrompt, _) => format!("no prompt named {name:?}"),
-                (_, PromptTarget::Version(v)) => format!("prompt {name:?} has no version {v}"),
-                (_, PromptTarget::Label(l)) => format!("prompt {name:?} has no label {l:?}"),
+            ServiceError::NotFound(match why {
+                Unresolved::UnknownPrompt => format!("no prompt named {name:?}"),
+                _ => format!("prompt {name:?} has no version {version}"),
             })
         })?;
     drop(client);
@@ -262,14 +266,27 @@ async fn resolve(
         .prompts
         .get_or_compile(&stored.name, stored.version, || stored.definition)
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
-    if let Some(label) = &stored.label {
-        deps.labels.put(&stored.name, label, stored.version);
+    Ok((compiled, label, arm))
+}
+
+/// The rule of a label, from the cache or else the registry.
+async fn label_rule(deps: &SubmitDeps<'_>, name: &str, label: &str) -> Result<Arc<LabelRule>> {
+    if let Some(rule) = deps.labels.get(name, label) {
+        return Ok(rule);
     }
-    let label = match &request.target {
-        PromptTarget::Label(l) => Some(l.clone()),
-        PromptTarget::Version(_) => None,
+    let generation = deps.labels.generation();
+    let client = deps.pool.get().await.map_err(DbError::from)?;
+    let Some(stored) = labels::get_label(&client, name, label).await? else {
+        let exists = !prompts::list_versions(&client, name).await?.is_empty();
+        return Err(ServiceError::NotFound(if exists {
+            format!("prompt {name:?} has no label {label:?}")
+        } else {
+            format!("no prompt named {name:?}")
+        }));
     };
-    Ok((compiled, label))
+    let rule = Arc::new(stored.rule);
+    deps.labels.put(name, label, rule.clone(), generation);
+    Ok(rule)
 }
 
 /// The execution a live idempotency key points at, if the body matches;
