@@ -29,6 +29,8 @@ pub(crate) struct ChatRequest {
     /// `tools` is a non-empty array and `tool_choice` is not `"none"`.
     pub(crate) tools_enabled: bool,
     pub(crate) format: ResponseFormat,
+    /// `response_format` as sent, for the call log.
+    pub(crate) response_format: Option<Value>,
 }
 
 /// Why a request was rejected (mapped to an `invalid_request_error`).
@@ -109,6 +111,7 @@ impl ChatRequest {
             messages,
             tools_enabled: has_tools && !choice_none,
             format,
+            response_format: obj.get("response_format").cloned(),
         })
     }
 
