@@ -208,10 +208,11 @@ pub struct MessageTemplate {
 }
 
 /// What the model must answer.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum OutputSpec {
     /// Free text, kept as a JSON string.
+    #[default]
     Text,
     /// A JSON value; with a schema, the answer is validated against it and
     /// repaired up to `max_repairs` times.
@@ -226,12 +227,6 @@ pub enum OutputSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         strict: Option<bool>,
     },
-}
-
-impl Default for OutputSpec {
-    fn default() -> Self {
-        Self::Text
-    }
 }
 
 /// Repairs of a `json` answer when the version names no `max_repairs`.
