@@ -132,6 +132,10 @@ pub enum StructuredOutput {
     /// strict}}`: the provider constrains the answer to the schema
     /// (OpenAI's recent models, vLLM, llama.cpp servers).
     JsonSchema,
+    /// `response_format: {type: "json_object", schema}`, as llama.cpp's
+    /// servers (llama-cpp-python) take it: the schema becomes a grammar
+    /// that constrains the answer. The schema is in the system message too.
+    JsonObjectSchema,
     /// `response_format: {type: "json_object"}` and the schema in the
     /// system message: the provider guarantees JSON, not the schema.
     #[default]

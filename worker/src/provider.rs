@@ -115,6 +115,10 @@ impl Endpoint {
                     "strict": strict,
                 }
             })),
+            (StructuredOutput::JsonObjectSchema, Some(schema)) => Some(json!({
+                "type": "json_object",
+                "schema": schema,
+            })),
             (StructuredOutput::None, _) => None,
             _ => Some(json!({ "type": "json_object" })),
         }
@@ -340,6 +344,12 @@ mod tests {
         assert_eq!(
             e.response_format("p", Some(&schema), false).unwrap(),
             json!({"type": "json_object"})
+        );
+        assert!(e.needs_schema_in_prompt(Some(&schema)));
+        let e = endpoint(StructuredOutput::JsonObjectSchema);
+        assert_eq!(
+            e.response_format("p", Some(&schema), false).unwrap(),
+            json!({"type": "json_object", "schema": schema})
         );
         assert!(e.needs_schema_in_prompt(Some(&schema)));
         let e = endpoint(StructuredOutput::None);

@@ -94,7 +94,14 @@ impl ChatRequest {
             .and_then(|f| f.get("type"))
             .and_then(Value::as_str)
         {
-            Some("json_object") => ResponseFormat::JsonObject,
+            // llama.cpp servers take a schema beside `json_object`.
+            Some("json_object") => match obj
+                .get("response_format")
+                .and_then(|f| f.get("schema"))
+            {
+                Some(schema) => ResponseFormat::JsonSchema(schema.clone()),
+                None => ResponseFormat::JsonObject,
+            },
             Some("json_schema") => ResponseFormat::JsonSchema(
                 obj.get("response_format")
                     .and_then(|f| f.get("json_schema"))
