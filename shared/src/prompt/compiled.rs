@@ -50,6 +50,9 @@ pub struct CompiledPrompt {
     messages: Vec<(String, String)>,
     validator: jsonschema::Validator,
     output_validator: Option<jsonschema::Validator>,
+    /// `definition.params` as the provider's body names them, computed
+    /// once: every submit starts from it.
+    params: serde_json::Map<String, Value>,
 }
 
 impl CompiledPrompt {
@@ -101,9 +104,11 @@ impl CompiledPrompt {
         let (Some(validator), true) = (validator, errors.is_empty()) else {
             return Err(invalid(errors));
         };
+        let params = definition.params.to_map();
         let compiled = Self {
             name: name.to_string(),
             version,
+            params,
             definition,
             env,
             messages,
@@ -126,6 +131,11 @@ impl CompiledPrompt {
             return Err(invalid(errors));
         }
         Ok(compiled)
+    }
+
+    /// The version's parameters as sent to the provider (`extra` flattened).
+    pub fn params(&self) -> &serde_json::Map<String, Value> {
+        &self.params
     }
 
     /// Every way `input` breaks the input schema; empty when it conforms.

@@ -95,10 +95,7 @@ impl ChatRequest {
             .and_then(Value::as_str)
         {
             // llama.cpp servers take a schema beside `json_object`.
-            Some("json_object") => match obj
-                .get("response_format")
-                .and_then(|f| f.get("schema"))
-            {
+            Some("json_object") => match obj.get("response_format").and_then(|f| f.get("schema")) {
                 Some(schema) => ResponseFormat::JsonSchema(schema.clone()),
                 None => ResponseFormat::JsonObject,
             },

@@ -167,6 +167,13 @@ async fn an_invalid_answer_is_repaired_with_its_errors_and_succeeds() {
         "{added}"
     );
     assert_eq!(steps[4]["output"]["valid"], true);
+    // The execution's usage counts both calls.
+    let total = |s: &Value| s["usage"]["total_tokens"].as_i64().unwrap();
+    assert_eq!(
+        execution["usage"]["total_tokens"].as_i64().unwrap(),
+        total(&steps[1]) + total(&steps[3]),
+        "{execution:#}"
+    );
     app.cleanup().await;
 }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use llmq_shared::execution::{codes, ErrorInfo};
+use llmq_shared::execution::{codes, ErrorInfo, Usage};
 use llmq_shared::mask::mask_json;
 use llmq_shared::prompt::InputViolation;
 use llmq_shared::step::{self as step_row, StepKind, StepStatus};
@@ -86,10 +86,15 @@ impl Step for Validate {
                     errors,
                     validate_seq: step.seq,
                 };
+                let spent = generated.usage;
                 cx.done(step, StepStatus::Failed);
                 match generate(cx, out, Some(&repair)).await? {
                     Outcome::Continue => {}
                     other => return Ok(other),
+                }
+                // The execution's usage is every call's, repairs included.
+                if let Some(repaired) = out.generated.as_mut() {
+                    repaired.usage = add_usage(spent, repaired.usage);
                 }
                 // The repaired answer is durable before it is judged.
                 if !cx.checkpoint(out).await? {
@@ -121,6 +126,18 @@ fn check(cx: &Cx<'_>, generated: &Generated) -> Vec<InputViolation> {
         }];
     }
     cx.prompt.validate_output(&generated.output)
+}
+
+fn add_usage(a: Usage, b: Usage) -> Usage {
+    Usage {
+        prompt_tokens: a.prompt_tokens.saturating_add(b.prompt_tokens),
+        completion_tokens: a.completion_tokens.saturating_add(b.completion_tokens),
+        total_tokens: a.total_tokens.saturating_add(b.total_tokens),
+        cost_usd: match (a.cost_usd, b.cost_usd) {
+            (None, None) => None,
+            (x, y) => Some(x.unwrap_or(0.0) + y.unwrap_or(0.0)),
+        },
+    }
 }
 
 fn list(errors: &[InputViolation]) -> String {

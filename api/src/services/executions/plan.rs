@@ -148,7 +148,7 @@ pub fn plan_execution(
             )
         })?;
     }
-    let mut params = compiled.definition.params.to_map();
+    let mut params = compiled.params().clone();
     params.extend(request.params);
     Ok(NewExecution {
         id: ExecutionId::new(),
