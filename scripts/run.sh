@@ -190,6 +190,8 @@ else
                 echo
                 echo "[models.$(toml_str "$model")]"
                 echo "upstream = $(toml_str "$MODEL_ALIAS")"
+                # llama-cpp-python turns a json_object schema into a grammar.
+                echo 'structured_output = "json_object_schema"'
             done < <(prompt_models)
         fi
     } >"$LLMQ_CONFIG"

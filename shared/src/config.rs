@@ -101,6 +101,9 @@ pub struct WorkerSettings {
     /// at `retry_max_ms`, with jitter.
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
+    /// Test-only: how long `validate` waits before it checks an answer, so
+    /// a test can kill a worker while it validates. Always 0 in production.
+    pub validate_delay_ms: u64,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -126,6 +129,29 @@ pub struct ModelSettings {
     pub completion_price_per_mtok: f64,
     /// Model tried once this one's retries are exhausted.
     pub fallback: Option<String>,
+    /// How a `json` prompt asks this model for JSON.
+    pub structured_output: StructuredOutput,
+}
+
+/// How the worker asks a model for a `json` prompt's answer. Whatever the
+/// mode, the answer is parsed and validated against the schema by llmq.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StructuredOutput {
+    /// `response_format: {type: "json_schema", json_schema: {name, schema,
+    /// strict}}`: the provider constrains the answer to the schema
+    /// (OpenAI's recent models, vLLM, llama.cpp servers).
+    JsonSchema,
+    /// `response_format: {type: "json_object", schema}`, as llama.cpp's
+    /// servers (llama-cpp-python) take it: the schema becomes a grammar
+    /// that constrains the answer. The schema is in the system message too.
+    JsonObjectSchema,
+    /// `response_format: {type: "json_object"}` and the schema in the
+    /// system message: the provider guarantees JSON, not the schema.
+    #[default]
+    JsonMode,
+    /// No `response_format`; the schema in the system message only.
+    None,
 }
 
 impl Default for Settings {
@@ -178,6 +204,7 @@ impl Default for WorkerSettings {
             max_attempts: 4,
             retry_base_ms: 500,
             retry_max_ms: 60_000,
+            validate_delay_ms: 0,
         }
     }
 }

@@ -8,11 +8,13 @@
 pub mod amqp;
 pub mod app;
 pub mod database;
+pub mod prompts;
 pub mod skip;
 pub mod worker_process;
 
 pub use app::{assert_error, is_terminal, TestApp, TestAppBuilder};
 pub use database::TestDatabase;
+pub use prompts::TempPrompts;
 pub use skip::skip;
 pub use worker_process::WorkerProcess;
 

@@ -61,6 +61,10 @@ pub fn worker_env(settings: &Settings) -> Vec<(String, String)> {
         ("LLMQ_WORKER__RETRY_BASE_MS", w.retry_base_ms.to_string()),
         ("LLMQ_WORKER__RETRY_MAX_MS", w.retry_max_ms.to_string()),
         (
+            "LLMQ_WORKER__VALIDATE_DELAY_MS",
+            w.validate_delay_ms.to_string(),
+        ),
+        (
             "LLMQ_PROVIDER__BASE_URL",
             settings.provider.base_url.clone(),
         ),

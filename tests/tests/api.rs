@@ -16,6 +16,8 @@ mod api {
     mod prompts;
     mod shutdown;
     mod sql;
+    mod structured_output;
     mod telemetry;
+    mod templates;
     mod validation;
 }

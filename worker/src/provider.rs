@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use async_openai::types::chat::CreateChatCompletionResponse;
-use llmq_shared::config::Settings;
+use llmq_shared::config::{Settings, StructuredOutput};
 use llmq_shared::execution::{codes, Usage};
 use llmq_shared::prompt::ChatMessage;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
@@ -76,6 +76,8 @@ pub struct Endpoint {
     pub upstream_model: String,
     pub prompt_price_per_mtok: f64,
     pub completion_price_per_mtok: f64,
+    /// How a `json` prompt asks this model for JSON.
+    pub structured_output: StructuredOutput,
 }
 
 impl Endpoint {
@@ -91,7 +93,41 @@ impl Endpoint {
             upstream_model: m.upstream.unwrap_or_else(|| model.to_string()),
             prompt_price_per_mtok: m.prompt_price_per_mtok,
             completion_price_per_mtok: m.completion_price_per_mtok,
+            structured_output: m.structured_output,
         }
+    }
+
+    /// The `response_format` asking this model for a `json` answer, if its
+    /// mode sends one: the schema itself in `json_schema` mode (named after
+    /// the prompt, `strict` as the version says), else JSON mode.
+    pub fn response_format(
+        &self,
+        prompt: &str,
+        schema: Option<&Value>,
+        strict: bool,
+    ) -> Option<Value> {
+        match (self.structured_output, schema) {
+            (StructuredOutput::JsonSchema, Some(schema)) => Some(json!({
+                "type": "json_schema",
+                "json_schema": {
+                    "name": schema_name(prompt),
+                    "schema": schema,
+                    "strict": strict,
+                }
+            })),
+            (StructuredOutput::JsonObjectSchema, Some(schema)) => Some(json!({
+                "type": "json_object",
+                "schema": schema,
+            })),
+            (StructuredOutput::None, _) => None,
+            _ => Some(json!({ "type": "json_object" })),
+        }
+    }
+
+    /// Whether the schema must be spelled out in the system message: the
+    /// provider is not given it in `response_format`.
+    pub fn needs_schema_in_prompt(&self, schema: Option<&Value>) -> bool {
+        !(self.structured_output == StructuredOutput::JsonSchema && schema.is_some())
     }
 
     pub fn cost(&self, usage: &Usage) -> Option<f64> {
@@ -125,10 +161,16 @@ impl ProviderClient {
         endpoint: &Endpoint,
         messages: &[ChatMessage],
         params: &Map<String, Value>,
+        response_format: Option<&Value>,
     ) -> Value {
         let mut body = Map::new();
         for (k, v) in params {
             body.insert(k.clone(), v.clone());
+        }
+        // A `json` prompt's format is the model's structured-output mode,
+        // whatever the parameters said.
+        if let Some(format) = response_format {
+            body.insert("response_format".into(), format.clone());
         }
         body.insert(
             "model".into(),
@@ -192,6 +234,26 @@ impl ProviderClient {
     }
 }
 
+/// OpenAI's rule for a schema's name: `[a-zA-Z0-9_-]`, at most 64.
+fn schema_name(prompt: &str) -> String {
+    let name: String = prompt
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    if name.is_empty() {
+        "output".into()
+    } else {
+        name
+    }
+}
+
 fn snippet(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..bytes.len().min(120)]).into_owned()
 }
@@ -249,6 +311,56 @@ fn status_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Provide
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn endpoint(mode: StructuredOutput) -> Endpoint {
+        let mut settings = Settings::default();
+        settings.models.insert(
+            "m".into(),
+            llmq_shared::config::ModelSettings {
+                structured_output: mode,
+                ..Default::default()
+            },
+        );
+        Endpoint::resolve(&settings, "m")
+    }
+
+    #[test]
+    fn the_models_mode_decides_the_response_format() {
+        let schema = json!({"type": "object"});
+        let e = endpoint(StructuredOutput::JsonSchema);
+        let f = e
+            .response_format("sentiment.v1", Some(&schema), false)
+            .unwrap();
+        assert_eq!(f["type"], "json_schema");
+        assert_eq!(f["json_schema"]["name"], "sentiment_v1");
+        assert_eq!(f["json_schema"]["schema"], schema);
+        assert!(!e.needs_schema_in_prompt(Some(&schema)));
+        // No schema to send: JSON mode.
+        assert_eq!(
+            e.response_format("p", None, false).unwrap()["type"],
+            "json_object"
+        );
+        let e = endpoint(StructuredOutput::JsonMode);
+        assert_eq!(
+            e.response_format("p", Some(&schema), false).unwrap(),
+            json!({"type": "json_object"})
+        );
+        assert!(e.needs_schema_in_prompt(Some(&schema)));
+        let e = endpoint(StructuredOutput::JsonObjectSchema);
+        assert_eq!(
+            e.response_format("p", Some(&schema), false).unwrap(),
+            json!({"type": "json_object", "schema": schema})
+        );
+        assert!(e.needs_schema_in_prompt(Some(&schema)));
+        let e = endpoint(StructuredOutput::None);
+        assert_eq!(e.response_format("p", Some(&schema), false), None);
+        // The format replaces whatever the parameters said.
+        let mut params = Map::new();
+        params.insert("response_format".into(), json!({"type": "text"}));
+        let format = json!({"type": "json_object"});
+        let body = ProviderClient::request_body(&e, &[], &params, Some(&format));
+        assert_eq!(body["response_format"], format);
+    }
 
     #[test]
     fn statuses_are_classified_once() {

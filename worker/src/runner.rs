@@ -118,8 +118,7 @@ pub async fn run_execution(
     } else {
         Vec::new()
     };
-    let next_seq = earlier.iter().map(|s| s.seq).max().unwrap_or(0) + 1;
-    let mut cx = Cx::new(ctx, &execution, &prompt, stop, cancel, next_seq);
+    let mut cx = Cx::new(ctx, &execution, &prompt, stop, cancel, &earlier);
     close_lost_steps(&mut cx, &earlier);
     run_steps(&mut cx, &earlier).await
 }

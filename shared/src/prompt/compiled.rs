@@ -1,12 +1,28 @@
 //! A prompt version compiled once: its strict template environment (a
-//! missing variable is an error, never an empty string) and its input
-//! validator, which names the path of every violation.
+//! missing variable is an error, never an empty string) with the filters
+//! prompts need, its input validator, which names the path of every
+//! violation, and the validator of a `json` output's schema.
+//!
+//! Compiling checks the whole contract: the definition's fields
+//! (`PromptDefinition::check`), that every template parses, that both
+//! schemas are valid JSON Schemas, and that every example input passes the
+//! input schema and renders. Each error names its field.
+//!
+//! Filters, besides minijinja's built-ins (`join`, `default`, `upper`,
+//! `length`, ...):
+//! - `truncate(n, end="...")`: at most `n` characters, `end` included
+//!   when the text is cut;
+//! - `truncate_tokens(n)`: at most `n` tokens of the model's tokenizer
+//!   (see `super::tokens`);
+//! - `tojson` / `tojson(indent=2)`: the value as JSON, unescaped.
 
+use minijinja::value::{Kwargs, Value as JinjaValue};
 use minijinja::{Environment, UndefinedBehavior};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{PromptDefinition, PromptError, Result};
+use super::definition::FieldError;
+use super::{tokens, PromptDefinition, PromptError, Result};
 
 /// One chat message of a rendered prompt.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -15,7 +31,8 @@ pub struct ChatMessage {
     pub content: String,
 }
 
-/// One input violation, with the JSON path of the offending value.
+/// One input (or output) violation, with the JSON path of the offending
+/// value.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct InputViolation {
     /// Dotted path from the execution body, e.g. `input.text`.
@@ -29,57 +46,117 @@ pub struct CompiledPrompt {
     pub version: i32,
     pub definition: PromptDefinition,
     env: Environment<'static>,
+    /// (role, template name) in order.
+    messages: Vec<(String, String)>,
     validator: jsonschema::Validator,
+    output_validator: Option<jsonschema::Validator>,
+    /// `definition.params` as the provider's body names them, computed
+    /// once: every submit starts from it.
+    params: serde_json::Map<String, Value>,
 }
-
-const SYSTEM: &str = "system";
-const USER: &str = "user";
 
 impl CompiledPrompt {
     pub fn compile(name: &str, version: i32, definition: PromptDefinition) -> Result<Self> {
-        let invalid = |message: String| PromptError::InvalidDefinition {
+        let invalid = |errors: Vec<FieldError>| PromptError::InvalidDefinition {
             name: name.to_string(),
             version,
-            message,
+            message: errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
         };
+        let errors = definition.check();
+        if !errors.is_empty() {
+            return Err(invalid(errors));
+        }
+        let tokenizer = tokens::tokenizer_for(&definition.model, definition.tokenizer.as_deref());
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
-        env.add_template_owned(USER, definition.template.clone())
-            .map_err(|e| invalid(format!("template: {e}")))?;
-        if let Some(system) = &definition.system {
-            env.add_template_owned(SYSTEM, system.clone())
-                .map_err(|e| invalid(format!("system template: {e}")))?;
+        env.add_filter("truncate", truncate);
+        env.add_filter("tojson", tojson);
+        env.add_filter("truncate_tokens", move |s: String, n: usize| {
+            tokens::truncate_tokens(tokenizer, &s, n)
+        });
+        let mut messages = Vec::new();
+        let mut errors = Vec::new();
+        let uses_list = !definition.messages.is_empty();
+        for (i, (role, source)) in definition.message_templates().into_iter().enumerate() {
+            let template_name = format!("{i}:{role}");
+            let field = match (uses_list, role) {
+                (true, _) => format!("messages[{i}].content"),
+                (false, "system") => "system".to_string(),
+                (false, _) => "template".to_string(),
+            };
+            match env.add_template_owned(template_name.clone(), source.to_string()) {
+                Ok(()) => messages.push((role.to_string(), template_name)),
+                Err(e) => errors.push(FieldError::new(field, render_message(&e))),
+            }
         }
         let validator = jsonschema::validator_for(&definition.input_schema)
-            .map_err(|e| invalid(format!("input_schema: {e}")))?;
-        Ok(Self {
+            .map_err(|e| errors.push(FieldError::new("input_schema", e.to_string())))
+            .ok();
+        let output_validator = definition.output.schema().and_then(|schema| {
+            jsonschema::validator_for(schema)
+                .map_err(|e| errors.push(FieldError::new("output.schema", e.to_string())))
+                .ok()
+        });
+        let (Some(validator), true) = (validator, errors.is_empty()) else {
+            return Err(invalid(errors));
+        };
+        let params = definition.params.to_map();
+        let compiled = Self {
             name: name.to_string(),
             version,
+            params,
             definition,
             env,
+            messages,
             validator,
-        })
+            output_validator,
+        };
+        let mut errors = Vec::new();
+        for (i, example) in compiled.definition.examples.iter().enumerate() {
+            for v in compiled.validate_input(example) {
+                errors.push(FieldError::new(
+                    format!("examples[{i}]"),
+                    format!("{}: {}", v.path, v.message),
+                ));
+            }
+            if let Err(e) = compiled.render(example) {
+                errors.push(FieldError::new(format!("examples[{i}]"), e.to_string()));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(invalid(errors));
+        }
+        Ok(compiled)
+    }
+
+    /// The version's parameters as sent to the provider (`extra` flattened).
+    pub fn params(&self) -> &serde_json::Map<String, Value> {
+        &self.params
     }
 
     /// Every way `input` breaks the input schema; empty when it conforms.
     pub fn validate_input(&self, input: &Value) -> Vec<InputViolation> {
-        self.validator
-            .iter_errors(input)
-            .map(|e| InputViolation {
-                path: dotted_path("input", &e.instance_path().to_string()),
-                message: e.to_string(),
-            })
-            .collect()
+        violations(&self.validator, "input", input)
     }
 
-    /// Renders the system and user messages with `input` as the context.
-    /// Strict: a variable the input lacks is an error, never an empty string.
+    /// Every way a `json` answer breaks the output schema; empty when it
+    /// conforms or the version has no schema. Paths start at `output`.
+    pub fn validate_output(&self, output: &Value) -> Vec<InputViolation> {
+        match &self.output_validator {
+            Some(v) => violations(v, "output", output),
+            None => Vec::new(),
+        }
+    }
+
+    /// Renders the messages with `input` as the context. Strict: a
+    /// variable the input lacks is an error, never an empty string.
     pub fn render(&self, input: &Value) -> Result<Vec<ChatMessage>> {
-        let mut messages = Vec::with_capacity(2);
-        for (role, name) in [(SYSTEM, SYSTEM), (USER, USER)] {
-            if name == SYSTEM && self.definition.system.is_none() {
-                continue;
-            }
+        let mut out = Vec::with_capacity(self.messages.len());
+        for (role, name) in &self.messages {
             let template = self
                 .env
                 .get_template(name)
@@ -87,19 +164,100 @@ impl CompiledPrompt {
             let content = template
                 .render(input)
                 .map_err(|e| PromptError::Render(render_message(&e)))?;
-            messages.push(ChatMessage {
-                role: role.to_string(),
+            out.push(ChatMessage {
+                role: role.clone(),
                 content,
             });
         }
-        Ok(messages)
+        Ok(out)
     }
 }
 
+/// Every violation of `validator` by `value`, one per failing path: a
+/// missing required property is reported at the property's own path, and
+/// each unexpected property at its own.
+fn violations(validator: &jsonschema::Validator, root: &str, value: &Value) -> Vec<InputViolation> {
+    use jsonschema::error::ValidationErrorKind as Kind;
+    let mut out = Vec::new();
+    for e in validator.iter_errors(value) {
+        let at = dotted_path(root, e.instance_path().as_str());
+        match e.kind() {
+            Kind::Required { property } => {
+                let property = property
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| property.to_string());
+                out.push(InputViolation {
+                    path: format!("{at}.{property}"),
+                    message: "required property missing".into(),
+                });
+            }
+            Kind::AdditionalProperties { unexpected } => {
+                for property in unexpected {
+                    out.push(InputViolation {
+                        path: format!("{at}.{property}"),
+                        message: "property not allowed by the schema".into(),
+                    });
+                }
+            }
+            _ => out.push(InputViolation {
+                path: at,
+                message: e.to_string(),
+            }),
+        }
+    }
+    out
+}
+
+/// `truncate(n, end="...")`: at most `n` characters; when cut, the text
+/// ends with `end`, which counts towards `n`.
+fn truncate(
+    value: String,
+    length: usize,
+    kwargs: Kwargs,
+) -> std::result::Result<String, minijinja::Error> {
+    let end: Option<String> = kwargs.get("end")?;
+    kwargs.assert_all_used()?;
+    let end = end.unwrap_or_else(|| "...".to_string());
+    if value.chars().count() <= length {
+        return Ok(value);
+    }
+    let end_len = end.chars().count().min(length);
+    let mut cut: String = value.chars().take(length - end_len).collect();
+    cut.extend(end.chars().take(end_len));
+    Ok(cut)
+}
+
+/// `tojson(indent=N)`: the value as JSON text, not HTML-escaped (prompts
+/// are not HTML).
+fn tojson(value: JinjaValue, kwargs: Kwargs) -> std::result::Result<String, minijinja::Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let json = serde_json::to_value(&value).map_err(|e| {
+        minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string())
+    })?;
+    let text = match indent {
+        None => serde_json::to_string(&json),
+        Some(n) => {
+            let indent = " ".repeat(n);
+            let mut buf = Vec::new();
+            let formatter = serde_json::ser::PrettyFormatter::with_indent(indent.as_bytes());
+            let mut ser = serde_json::Serializer::with_formatter(&mut buf, formatter);
+            serde::Serialize::serialize(&json, &mut ser)
+                .map(|()| String::from_utf8_lossy(&buf).into_owned())
+        }
+    };
+    text.map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string()))
+}
+
 fn render_message(e: &minijinja::Error) -> String {
+    let line = e
+        .line()
+        .map(|l| format!(" at line {l}"))
+        .unwrap_or_default();
     match e.detail() {
-        Some(detail) => format!("{} ({detail})", e.kind()),
-        None => e.kind().to_string(),
+        Some(detail) => format!("{} ({detail}){line}", e.kind()),
+        None => format!("{}{line}", e.kind()),
     }
 }
 

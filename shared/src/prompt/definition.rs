@@ -1,8 +1,19 @@
 //! One prompt version as written in its file and stored in Postgres, and
 //! the rule for prompt and label names.
+//!
+//! The definition is a contract: every field is typed, unknown fields are
+//! refused (`deny_unknown_fields`), and [`PromptDefinition::check`] tests
+//! what types cannot say (ranges, either `template` or `messages`, a JSON
+//! output's schema). Errors name the field by its path (`params.top_p`,
+//! `output.schema`), whether the definition came from a file or the API.
+//!
+//! Compatibility: the content hash of a version is the hash of its
+//! serialized definition, so a field added here must serialize to nothing
+//! when it is absent (`skip_serializing_if`); otherwise every stored
+//! version would "change" and the file sync would refuse it.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// Per-version overrides of timeouts and retries; unset values fall back
 /// to the worker's defaults.
@@ -16,6 +27,245 @@ pub struct PromptLimits {
     pub fallback_model: Option<String>,
 }
 
+/// `stop`: one sequence or a list of them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The sampling parameters of a version, sent to the provider as they are
+/// named here. `extra` carries provider-specific ones (e.g. `top_k` for a
+/// llama.cpp server) through unchecked.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PromptParams {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Stop>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logit_bias: Option<Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_effort: Option<String>,
+    /// For `text` output; for a `json` output the worker sets the format
+    /// (the model setting `structured_output`) and this is ignored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<Value>,
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    pub extra: Map<String, Value>,
+}
+
+impl PromptParams {
+    /// The parameters as the provider's request body names them, `extra`
+    /// flattened in.
+    pub fn to_map(&self) -> Map<String, Value> {
+        let mut map = match serde_json::to_value(self) {
+            Ok(Value::Object(map)) => map,
+            _ => Map::new(),
+        };
+        if let Some(Value::Object(extra)) = map.remove("extra") {
+            for (k, v) in extra {
+                map.entry(k).or_insert(v);
+            }
+        }
+        map
+    }
+
+    /// A request's parameter overrides checked like a file's: the named
+    /// parameters must have their types and ranges, anything else passes
+    /// through as `extra` (except what llmq itself sets). Errors name
+    /// `params.<field>`.
+    pub fn check_overrides(
+        overrides: &Map<String, Value>,
+    ) -> std::result::Result<(), Vec<FieldError>> {
+        let mut known = Map::new();
+        let mut extra = Map::new();
+        for (k, v) in overrides {
+            if KNOWN_PARAMS.contains(&k.as_str()) {
+                known.insert(k.clone(), v.clone());
+            } else {
+                extra.insert(k.clone(), v.clone());
+            }
+        }
+        known.insert("extra".into(), Value::Object(extra));
+        let params: PromptParams = serde_path_to_error::deserialize(&Value::Object(known))
+            .map_err(|e| {
+                vec![FieldError::new(
+                    format!("params.{}", e.path()),
+                    e.into_inner().to_string(),
+                )]
+            })?;
+        let mut errors = Vec::new();
+        params.check(&mut errors);
+        // `extra` is how files spell it; a request names them directly.
+        for e in &mut errors {
+            e.field = e.field.replace("params.extra.", "params.");
+        }
+        errors.retain(|e| !e.message.starts_with("is a named parameter"));
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Ranges the provider would refuse, named by field.
+    pub fn check(&self, errors: &mut Vec<FieldError>) {
+        let range =
+            |errors: &mut Vec<FieldError>, field: &str, v: Option<f64>, lo: f64, hi: f64| {
+                if let Some(v) = v {
+                    if !(lo..=hi).contains(&v) {
+                        errors.push(FieldError::new(
+                            format!("params.{field}"),
+                            format!("{v} is outside {lo}..={hi}"),
+                        ));
+                    }
+                }
+            };
+        range(errors, "temperature", self.temperature, 0.0, 2.0);
+        range(errors, "top_p", self.top_p, 0.0, 1.0);
+        range(errors, "presence_penalty", self.presence_penalty, -2.0, 2.0);
+        range(
+            errors,
+            "frequency_penalty",
+            self.frequency_penalty,
+            -2.0,
+            2.0,
+        );
+        for (field, v) in [
+            ("max_tokens", self.max_tokens),
+            ("max_completion_tokens", self.max_completion_tokens),
+        ] {
+            if v == Some(0) {
+                errors.push(FieldError::new(
+                    format!("params.{field}"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        if let Some(Stop::Many(list)) = &self.stop {
+            if list.is_empty() || list.len() > 4 {
+                errors.push(FieldError::new(
+                    "params.stop",
+                    "a list of 1 to 4 stop sequences",
+                ));
+            }
+        }
+        for key in self.extra.keys() {
+            if KNOWN_PARAMS.contains(&key.as_str()) || key == "extra" {
+                errors.push(FieldError::new(
+                    format!("params.extra.{key}"),
+                    "is a named parameter: set it in [params] itself",
+                ));
+            }
+            if matches!(key.as_str(), "model" | "messages" | "stream" | "tools") {
+                errors.push(FieldError::new(
+                    format!("params.extra.{key}"),
+                    "is set by llmq, not by a prompt",
+                ));
+            }
+        }
+    }
+}
+
+/// The named fields of [`PromptParams`] (everything but `extra`).
+pub const KNOWN_PARAMS: &[&str] = &[
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "reasoning_effort",
+    "response_format",
+];
+
+/// One message template of a version written as a list of messages.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageTemplate {
+    /// `system`, `user` or `assistant` (a few-shot answer).
+    pub role: String,
+    /// A template over the input, like `template`.
+    pub content: String,
+}
+
+/// What the model must answer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum OutputSpec {
+    /// Free text, kept as a JSON string.
+    #[default]
+    Text,
+    /// A JSON value; with a schema, the answer is validated against it and
+    /// repaired up to `max_repairs` times.
+    Json {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        schema: Option<Value>,
+        /// Repairs after the first answer (default [`DEFAULT_MAX_REPAIRS`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_repairs: Option<u32>,
+        /// Ask the provider for strict schema adherence (`json_schema`
+        /// mode only; OpenAI then requires `additionalProperties: false`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        strict: Option<bool>,
+    },
+}
+
+/// Repairs of a `json` answer when the version names no `max_repairs`.
+pub const DEFAULT_MAX_REPAIRS: u32 = 2;
+/// The most repairs a version may ask for: every repair is a paid call.
+pub const MAX_REPAIRS_LIMIT: u32 = 5;
+
+impl OutputSpec {
+    pub fn is_json(&self) -> bool {
+        matches!(self, Self::Json { .. })
+    }
+
+    /// The JSON Schema a `json` answer must satisfy, if any.
+    pub fn schema(&self) -> Option<&Value> {
+        match self {
+            Self::Json { schema, .. } => schema.as_ref(),
+            Self::Text => None,
+        }
+    }
+
+    /// Repairs allowed after the first answer (0 for text).
+    pub fn max_repairs(&self) -> u32 {
+        match self {
+            Self::Json { max_repairs, .. } => max_repairs.unwrap_or(DEFAULT_MAX_REPAIRS),
+            Self::Text => 0,
+        }
+    }
+
+    pub fn strict(&self) -> bool {
+        matches!(
+            self,
+            Self::Json {
+                strict: Some(true),
+                ..
+            }
+        )
+    }
+}
+
 /// One prompt version as written in its file and stored in Postgres.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,22 +274,211 @@ pub struct PromptDefinition {
     pub description: Option<String>,
     pub model: String,
     #[serde(default)]
-    pub params: serde_json::Map<String, Value>,
+    pub params: PromptParams,
+    /// The system message's template (with `template`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<String>,
-    pub template: String,
+    /// The user message's template (`user` is accepted as its name too).
+    #[serde(default, alias = "user", skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// Instead of `system` + `template`: the messages in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<MessageTemplate>,
     pub input_schema: Value,
-    #[serde(default = "text_output")]
-    pub output: Value,
+    #[serde(default)]
+    pub output: OutputSpec,
+    /// Tools the model may call (names; used by the tool-calling step).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<String>,
+    /// Tokenizer of `truncate_tokens` (`o200k_base`, `cl100k_base`); by
+    /// default the one of the model's family.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
+    /// Inputs that must pass the input schema and render: checked at load.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub examples: Vec<Value>,
     #[serde(default)]
     pub limits: PromptLimits,
 }
 
-pub(super) fn text_output() -> Value {
-    serde_json::json!({"type": "text"})
+/// One thing wrong with a definition, named by the field's path.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FieldError {
+    /// Dotted path of the field, e.g. `params.top_p` or `examples[1]`.
+    pub field: String,
+    pub message: String,
 }
 
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+/// The roles a message template may have.
+pub const MESSAGE_ROLES: &[&str] = &["system", "user", "assistant"];
+
 impl PromptDefinition {
+    /// Parses a prompt file's TOML, naming the field of the first error.
+    pub fn from_toml(text: &str) -> std::result::Result<Self, FieldError> {
+        let deserializer = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            // toml's message carries the line and column; keep its first line.
+            let message = inner.message().trim().to_string();
+            let at = inner
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            FieldError::new(
+                if field == "." { String::new() } else { field },
+                format!("{message}{at}"),
+            )
+        })
+    }
+
+    /// Parses a definition sent as JSON (the registry API), naming the
+    /// field of the first error.
+    pub fn from_json(value: &Value) -> std::result::Result<Self, FieldError> {
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let field = e.path().to_string();
+            FieldError::new(
+                if field == "." { String::new() } else { field },
+                e.into_inner().to_string(),
+            )
+        })
+    }
+
+    /// What types cannot say. Compiling (`CompiledPrompt::compile`) runs it
+    /// and then checks the templates, schemas and examples.
+    pub fn check(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        if self.model.trim().is_empty() {
+            errors.push(FieldError::new("model", "must not be empty"));
+        }
+        self.params.check(&mut errors);
+        match (&self.template, self.messages.is_empty()) {
+            (None, true) => errors.push(FieldError::new(
+                "template",
+                "a version needs `template` (the user message) or `messages`",
+            )),
+            (Some(_), false) => errors.push(FieldError::new(
+                "messages",
+                "give either `system` + `template` or `messages`, not both",
+            )),
+            (None, false) => {
+                if self.system.is_some() {
+                    errors.push(FieldError::new(
+                        "system",
+                        "with `messages`, the system message is one of them",
+                    ));
+                }
+                for (i, m) in self.messages.iter().enumerate() {
+                    if !MESSAGE_ROLES.contains(&m.role.as_str()) {
+                        errors.push(FieldError::new(
+                            format!("messages[{i}].role"),
+                            format!("{:?} is not one of {}", m.role, MESSAGE_ROLES.join(", ")),
+                        ));
+                    }
+                }
+                if !self.messages.iter().any(|m| m.role == "user") {
+                    errors.push(FieldError::new(
+                        "messages",
+                        "needs at least one user message",
+                    ));
+                }
+            }
+            (Some(_), true) => {}
+        }
+        if !self.input_schema.is_object() {
+            errors.push(FieldError::new(
+                "input_schema",
+                "must be a JSON Schema object",
+            ));
+        }
+        if let OutputSpec::Json {
+            schema,
+            max_repairs,
+            ..
+        } = &self.output
+        {
+            if schema.as_ref().is_some_and(|s| !s.is_object()) {
+                errors.push(FieldError::new(
+                    "output.schema",
+                    "must be a JSON Schema object",
+                ));
+            }
+            if max_repairs.is_some_and(|n| n > MAX_REPAIRS_LIMIT) {
+                errors.push(FieldError::new(
+                    "output.max_repairs",
+                    format!("at most {MAX_REPAIRS_LIMIT}: every repair is a paid model call"),
+                ));
+            }
+        }
+        for (i, tool) in self.tools.iter().enumerate() {
+            if let Err(message) = validate_name(tool) {
+                errors.push(FieldError::new(format!("tools[{i}]"), message));
+            }
+        }
+        if let Some(t) = &self.tokenizer {
+            if !super::tokens::TOKENIZERS.contains(&t.as_str()) {
+                errors.push(FieldError::new(
+                    "tokenizer",
+                    format!(
+                        "{t:?} is not one of {}",
+                        super::tokens::TOKENIZERS.join(", ")
+                    ),
+                ));
+            }
+        }
+        if self.limits.max_attempts == Some(0) {
+            errors.push(FieldError::new("limits.max_attempts", "must be at least 1"));
+        }
+        if self.limits.generate_timeout_secs == Some(0) {
+            errors.push(FieldError::new(
+                "limits.generate_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        errors
+    }
+
+    /// The messages as (role, template) pairs, in order.
+    pub fn message_templates(&self) -> Vec<(&str, &str)> {
+        if !self.messages.is_empty() {
+            return self
+                .messages
+                .iter()
+                .map(|m| (m.role.as_str(), m.content.as_str()))
+                .collect();
+        }
+        let mut out = Vec::with_capacity(2);
+        if let Some(system) = &self.system {
+            out.push(("system", system.as_str()));
+        }
+        if let Some(user) = &self.template {
+            out.push(("user", user.as_str()));
+        }
+        out
+    }
+
     /// sha256 of the definition with object keys sorted, so the same file
     /// always hashes the same whatever map order serde used.
     pub fn content_hash(&self) -> String {

@@ -1,4 +1,6 @@
 //! Reading the prompt files, `<dir>/<name>/v<N>.toml`, one per version.
+//! A file that breaks the contract stops the load with an error naming
+//! the file and the field (`prompts/x/v2.toml is not valid: params.top_p: ...`).
 
 use std::path::{Path, PathBuf};
 
@@ -51,13 +53,15 @@ pub fn load_prompt_dir(dir: &Path) -> Result<Vec<PromptFile>> {
                 .filter(|v| *v > 0)
                 .ok_or_else(|| invalid("file name must be v<N>.toml with N > 0".into()))?;
             let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-            let definition: PromptDefinition = figment::Figment::from(
-                <figment::providers::Toml as figment::providers::Format>::string(&text),
-            )
-            .extract()
-            .map_err(|e| invalid(e.to_string()))?;
+            let definition =
+                PromptDefinition::from_toml(&text).map_err(|e| invalid(e.to_string()))?;
             validate_name(&name).map_err(invalid)?;
-            CompiledPrompt::compile(&name, version, definition.clone())?;
+            // The whole contract (fields, templates, schemas, examples),
+            // reported against the file.
+            CompiledPrompt::compile(&name, version, definition.clone()).map_err(|e| match e {
+                PromptError::InvalidDefinition { message, .. } => invalid(message),
+                other => other,
+            })?;
             files.push(PromptFile {
                 name: name.clone(),
                 version,

@@ -1,8 +1,9 @@
 //! Prompts: the versioned definitions in `prompts/<name>/v<N>.toml`
 //! (`definition`), reading them from disk (`files`), their compiled form,
 //! a strict template environment and an input validator (`compiled`), the
-//! process-wide cache of compiled versions (`cache`) and the short-lived
-//! cache of where labels point (`labels`). Versions are immutable, so a
+//! process-wide cache of compiled versions (`cache`), the short-lived
+//! cache of where labels point (`labels`) and the tokenizers of the
+//! `truncate_tokens` filter (`tokens`). Versions are immutable, so a
 //! compiled version never has to be invalidated; a label can move, so a
 //! replica trusts where it pointed only for a configured time.
 
@@ -11,12 +12,16 @@ mod compiled;
 mod definition;
 mod files;
 mod labels;
+pub mod tokens;
 
 use std::path::PathBuf;
 
 pub use cache::PromptCache;
 pub use compiled::{ChatMessage, CompiledPrompt, InputViolation};
-pub use definition::{validate_name, PromptDefinition, PromptLimits};
+pub use definition::{
+    validate_name, FieldError, MessageTemplate, OutputSpec, PromptDefinition, PromptLimits,
+    PromptParams, Stop, DEFAULT_MAX_REPAIRS,
+};
 pub use files::{load_prompt_dir, PromptFile};
 pub use labels::{Assignment, LabelCache, LabelRule, Target};
 

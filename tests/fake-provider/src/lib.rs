@@ -12,9 +12,14 @@
 //! | `[[fault:hang]]` | never answers (sleeps an hour) |
 //! | `[[fault:malformed]]` | 200 `application/json` with a truncated body |
 //! | `[[fault:nul]]` | 200, the usual answer with a NUL character (`\u0000`) in its text |
+//! | `[[fault:not_json]]` | 200, an answer that is not JSON at all |
+//! | `[[fault:wrong_json]]` | 200, the JSON object `{"llmq_fake_unexpected": true}`, which breaks a schema with required or no additional properties |
 //!
 //! Any marker may end with `:times=N`: only the first `N` requests with the same key (the text
-//! of all messages) are affected. With `tools` in the request, `[[tool:NAME {json args}]]` in
+//! of all messages) are affected. For `not_json` and `wrong_json`, `N` counts rounds of a
+//! repair conversation instead (1 + the assistant messages in the request): `:times=1` answers
+//! the first request badly and its repair well, however often either is retried. Every
+//! request's `response_format` is kept in the call log ([`CallRecord::response_format`]). With `tools` in the request, `[[tool:NAME {json args}]]` in
 //! the last user message yields a `tool_calls` answer until a `tool` message follows it.
 //!
 //! The answer is deterministic: `"fake completion: "` + the first 12 words of the last user
@@ -76,7 +81,11 @@ pub struct CallRecord {
     pub model: String,
     /// Whether `"stream": true` was requested.
     pub stream: bool,
-    /// `"ok"`, `"429"`, `"500"`, `"400"`, `"hang"`, `"malformed"` or `"nul"`.
+    /// The request's `response_format`, as sent (`None` when absent).
+    #[serde(default)]
+    pub response_format: Option<serde_json::Value>,
+    /// `"ok"`, `"429"`, `"500"`, `"400"`, `"hang"`, `"malformed"`, `"nul"`, `"not_json"` or
+    /// `"wrong_json"`.
     pub outcome: String,
     /// Arrival time, Unix epoch milliseconds.
     pub received_at_ms: u128,

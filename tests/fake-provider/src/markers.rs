@@ -21,6 +21,11 @@ pub(crate) enum Fault {
     Malformed,
     /// 200 with a NUL character (`\u0000`) inside the answer's text.
     Nul,
+    /// 200 with an answer that is not JSON at all.
+    NotJson,
+    /// 200 with a JSON object that breaks any schema requiring properties
+    /// or forbidding extra ones.
+    WrongJson,
 }
 
 impl Fault {
@@ -33,7 +38,16 @@ impl Fault {
             Fault::Hang => "hang",
             Fault::Malformed => "malformed",
             Fault::Nul => "nul",
+            Fault::NotJson => "not_json",
+            Fault::WrongJson => "wrong_json",
         }
+    }
+
+    /// Faults of the answer's content: their `times=N` counts rounds of a
+    /// repair conversation (1 + the assistant messages in the request),
+    /// not requests, so a retried request is answered the same way.
+    fn counts_rounds(&self) -> bool {
+        matches!(self, Fault::NotJson | Fault::WrongJson)
     }
 }
 
@@ -132,6 +146,8 @@ fn parse_fault(spec: &str) -> Option<FaultMarker> {
         "hang" => Effect::Fault(Fault::Hang),
         "malformed" => Effect::Fault(Fault::Malformed),
         "nul" => Effect::Fault(Fault::Nul),
+        "not_json" => Effect::Fault(Fault::NotJson),
+        "wrong_json" => Effect::Fault(Fault::WrongJson),
         other => {
             let ms = other.strip_prefix("latency=")?.trim().parse().ok()?;
             Effect::Latency(ms)
@@ -227,12 +243,17 @@ pub(crate) fn strip(text: &str) -> String {
     out
 }
 
-/// Decides what happens to the `attempt`-th (1-based) request carrying `markers`: the last
-/// applicable latency marker wins, and the first applicable fault marker wins.
-pub(crate) fn plan(markers: &[FaultMarker], attempt: u64) -> Plan {
+/// Decides what happens to the `attempt`-th (1-based) request carrying `markers`, in `round`
+/// (1-based) of its conversation: the last applicable latency marker wins, and the first
+/// applicable fault marker wins.
+pub(crate) fn plan(markers: &[FaultMarker], attempt: u64, round: u64) -> Plan {
     let mut plan = Plan::default();
     for m in markers {
-        if m.times.is_some_and(|n| attempt > n) {
+        let count = match &m.effect {
+            Effect::Fault(f) if f.counts_rounds() => round,
+            _ => attempt,
+        };
+        if m.times.is_some_and(|n| count > n) {
             continue;
         }
         match &m.effect {
@@ -258,23 +279,23 @@ mod tests {
         );
         assert_eq!(m.len(), 3);
         assert_eq!(
-            plan(&m, 1),
+            plan(&m, 1, 1),
             Plan {
                 latency_ms: Some(50),
                 fault: Some(Fault::RateLimit { retry_after: 3 })
             }
         );
-        assert_eq!(plan(&m, 3).fault, Some(Fault::Hang));
+        assert_eq!(plan(&m, 3, 1).fault, Some(Fault::Hang));
     }
 
     #[test]
     fn times_limits_fault() {
         let m = fault_markers("[[fault:500:times=2]]");
-        assert_eq!(plan(&m, 1).outcome(), "500");
-        assert_eq!(plan(&m, 2).outcome(), "500");
-        assert_eq!(plan(&m, 3).outcome(), "ok");
+        assert_eq!(plan(&m, 1, 1).outcome(), "500");
+        assert_eq!(plan(&m, 2, 1).outcome(), "500");
+        assert_eq!(plan(&m, 3, 1).outcome(), "ok");
         let always = fault_markers("[[fault:400]]");
-        assert_eq!(plan(&always, 99).outcome(), "400");
+        assert_eq!(plan(&always, 99, 1).outcome(), "400");
     }
 
     #[test]
@@ -301,6 +322,15 @@ mod tests {
             stripped.split_whitespace().collect::<Vec<_>>(),
             ["call", "now"]
         );
+    }
+
+    #[test]
+    fn output_faults_count_conversation_rounds_not_requests() {
+        let m = fault_markers("[[fault:wrong_json:times=1]] [[fault:not_json:times=2]]");
+        // A retried first request is still round 1.
+        assert_eq!(plan(&m, 5, 1).outcome(), "wrong_json");
+        assert_eq!(plan(&m, 1, 2).outcome(), "not_json");
+        assert_eq!(plan(&m, 1, 3).outcome(), "ok");
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub(crate) struct ChatRequest {
     /// `tools` is a non-empty array and `tool_choice` is not `"none"`.
     pub(crate) tools_enabled: bool,
     pub(crate) format: ResponseFormat,
+    /// `response_format` as sent, for the call log.
+    pub(crate) response_format: Option<Value>,
 }
 
 /// Why a request was rejected (mapped to an `invalid_request_error`).
@@ -92,7 +94,11 @@ impl ChatRequest {
             .and_then(|f| f.get("type"))
             .and_then(Value::as_str)
         {
-            Some("json_object") => ResponseFormat::JsonObject,
+            // llama.cpp servers take a schema beside `json_object`.
+            Some("json_object") => match obj.get("response_format").and_then(|f| f.get("schema")) {
+                Some(schema) => ResponseFormat::JsonSchema(schema.clone()),
+                None => ResponseFormat::JsonObject,
+            },
             Some("json_schema") => ResponseFormat::JsonSchema(
                 obj.get("response_format")
                     .and_then(|f| f.get("json_schema"))
@@ -109,6 +115,7 @@ impl ChatRequest {
             messages,
             tools_enabled: has_tools && !choice_none,
             format,
+            response_format: obj.get("response_format").cloned(),
         })
     }
 

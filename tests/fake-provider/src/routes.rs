@@ -82,8 +82,13 @@ async fn chat_completions(state: web::Data<State>, body: Bytes) -> HttpResponse 
 
     let key = req.key();
     let fault_markers = markers::fault_markers(&key);
-    let (idx, plan) = state.begin(key, req.model.clone(), req.stream, received, |attempt| {
-        let plan = markers::plan(&fault_markers, attempt);
+    let round = 1 + req
+        .messages
+        .iter()
+        .filter(|m| m.role == "assistant")
+        .count() as u64;
+    let (idx, plan) = state.begin(&req, key, received, |attempt| {
+        let plan = markers::plan(&fault_markers, attempt, round);
         let outcome = plan.outcome();
         (plan, outcome)
     });
@@ -179,6 +184,16 @@ fn fault_response(fault: &Fault, state: &State, req: &ChatRequest) -> HttpRespon
             };
             respond(state, req, answer)
         }
+        Fault::NotJson => respond(
+            state,
+            req,
+            Answer::Text("Sure! Here is the answer you asked for: sentiment positive".into()),
+        ),
+        Fault::WrongJson => respond(
+            state,
+            req,
+            Answer::Text(json!({ "llmq_fake_unexpected": true }).to_string()),
+        ),
         Fault::Malformed => {
             let answer = Answer::for_request(req);
             let full = envelope(state, req)

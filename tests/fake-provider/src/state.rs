@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::request::ChatRequest;
 use crate::CallRecord;
 
 /// State shared by every actix worker (wrapped in `web::Data`).
@@ -52,9 +53,8 @@ impl State {
     /// Returns the record index (for [`State::responded`]) and the plan.
     pub(crate) fn begin<T>(
         &self,
+        req: &ChatRequest,
         key: String,
-        model: String,
-        stream: bool,
         received_at_ms: u128,
         decide: impl FnOnce(u64) -> (T, &'static str),
     ) -> (usize, T) {
@@ -67,8 +67,9 @@ impl State {
         let (plan, outcome) = decide(attempt);
         inner.calls.push(CallRecord {
             key,
-            model,
-            stream,
+            model: req.model.clone(),
+            stream: req.stream,
+            response_format: req.response_format.clone(),
             outcome: outcome.to_owned(),
             received_at_ms,
             responded_at_ms: None,
@@ -82,6 +83,7 @@ impl State {
             key,
             model,
             stream,
+            response_format: None,
             outcome: "400".to_owned(),
             received_at_ms,
             responded_at_ms: Some(now_ms()),

@@ -12,8 +12,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 /// A copy of `prompts/` plus two JSON-output prompts, removed on drop:
-/// `extract` asks the provider for a JSON object, `extract_loose` does not
-/// (the fake provider then answers plain text).
+/// `extract` (repairs allowed) and `extract_once`, which allows no repair.
 struct JsonPrompts(PathBuf);
 
 impl JsonPrompts {
@@ -21,20 +20,14 @@ impl JsonPrompts {
         let dir =
             std::env::temp_dir().join(format!("llmq-json-prompts-{}", Uuid::now_v7().simple()));
         copy_dir(&prompts_dir(), &dir);
-        for (name, params) in [
-            (
-                "extract",
-                "[params.response_format]\ntype = \"json_object\"\n",
-            ),
-            ("extract_loose", ""),
-        ] {
+        for (name, output) in [("extract", ""), ("extract_once", "max_repairs = 0\n")] {
             std::fs::create_dir_all(dir.join(name)).unwrap();
             std::fs::write(
                 dir.join(name).join("v1.toml"),
                 format!(
-                    "model = \"gpt-4o-mini\"\ntemplate = \"Extract: {{{{ text }}}}\"\n{params}\n\
+                    "model = \"gpt-4o-mini\"\ntemplate = \"Extract: {{{{ text }}}}\"\n\
                      [input_schema]\ntype = \"object\"\nrequired = [\"text\"]\n\n\
-                     [output]\ntype = \"json\"\n"
+                     [output]\ntype = \"json\"\n{output}"
                 ),
             )
             .unwrap();
@@ -83,8 +76,9 @@ async fn a_json_prompt_fails_with_invalid_output_when_the_answer_is_not_json() {
         .spawn()
         .await;
 
-    let text = unique("not json");
-    let body = json!({"prompt": "extract_loose", "input": {"text": text}});
+    // A prompt that allows no repair: the one answer is final.
+    let text = unique("[[fault:not_json]] not json");
+    let body = json!({"prompt": "extract_once", "input": {"text": text}});
     let id = app.submit_accepted(&body).await["id"]
         .as_str()
         .unwrap()

@@ -1,5 +1,9 @@
 //! `generate`: the model call, the only paid step. A checkpointed result
-//! is never paid for twice. A retryable failure of the primary model asks
+//! is never paid for twice. For a `json` prompt the call asks for JSON the
+//! way the model's `structured_output` setting says (the schema in
+//! `response_format`, or JSON mode / nothing plus the schema in the system
+//! message); `validate` calls [`generate`] again with a [`Repair`] when
+//! the answer breaks the contract. A retryable failure of the primary model asks
 //! `crate::retry` whether to try again later; once the primary's attempts
 //! are spent, the fallback model (the prompt's, else the model config's)
 //! gets one call.
@@ -14,6 +18,8 @@ use llmq_shared::metrics as m;
 use llmq_shared::sanitize;
 use llmq_shared::step::{self as step_row, StepKind, StepStatus};
 use serde_json::{json, Value};
+
+use llmq_shared::prompt::{ChatMessage, InputViolation};
 
 use super::{Cx, Generated, Outcome, Outputs, Step};
 use crate::provider::{Endpoint, Generation, ProviderClient, ProviderError};
@@ -64,38 +70,7 @@ impl Step for Generate {
         cx: &'a mut Cx<'_>,
         out: &'a mut Outputs,
     ) -> BoxFuture<'a, Result<Outcome, PipelineError>> {
-        async move {
-            if cx.cancel.is_cancelled() {
-                return Ok(Outcome::Cancelled);
-            }
-            let primary = cx.execution.model.clone();
-            let failure = match call(cx, out, &primary, None).await? {
-                Call::Done(generated) => return Ok(keep(out, generated)),
-                Call::Over(outcome) => return Ok(outcome),
-                Call::Failed(failure) => failure,
-            };
-            let policy = RetryPolicy::new(&cx.ctx.settings.worker, &cx.prompt.definition.limits);
-            let attempt = cx.execution.attempts.max(1) as u32;
-            match policy.decide(attempt, failure.retryable, failure.retry_after) {
-                Decision::RetryAfter(delay) => {
-                    return Ok(Outcome::Retry {
-                        error: failure.error,
-                        delay,
-                    })
-                }
-                Decision::GiveUp => {}
-            }
-            let Some(fallback) = fallback_model(cx).filter(|_| failure.retryable) else {
-                return Ok(Outcome::Fail(failure.error));
-            };
-            tracing::info!(model = %primary, fallback = %fallback, "primary exhausted; trying the fallback model");
-            Ok(match call(cx, out, &fallback, Some(&primary)).await? {
-                Call::Done(generated) => keep(out, generated),
-                Call::Over(outcome) => outcome,
-                Call::Failed(failure) => Outcome::Fail(failure.error),
-            })
-        }
-        .boxed()
+        generate(cx, out, None).boxed()
     }
 
     fn restore(
@@ -115,9 +90,7 @@ impl Step for Generate {
         let usage = cx.execution.usage.or(checkpoint.usage).unwrap_or_default();
         // A JSON answer that did not parse was kept as its text.
         let not_json = match (&output, wants_json(cx)) {
-            (Value::String(text), true) => serde_json::from_str::<Value>(text)
-                .err()
-                .map(|e| e.to_string()),
+            (Value::String(text), true) => parse_json(text).err(),
             _ => None,
         };
         out.generated = Some(Generated {
@@ -126,6 +99,140 @@ impl Step for Generate {
             not_json,
         });
         Ok(())
+    }
+}
+
+/// What a repair adds to the rendered messages: the rejected answer and
+/// why it was rejected.
+pub struct Repair {
+    /// The answer as the model gave it.
+    pub answer: String,
+    pub errors: Vec<InputViolation>,
+    /// The `validate` step that rejected it.
+    pub validate_seq: i32,
+}
+
+impl Repair {
+    /// The user message that asks for a corrected answer.
+    fn message(&self) -> String {
+        let mut text =
+            String::from("Your previous answer does not satisfy the required JSON output:\n");
+        for e in &self.errors {
+            text.push_str(&format!("- {}: {}\n", e.path, e.message));
+        }
+        text.push_str("Answer again with only the corrected JSON value, and no other text.");
+        text
+    }
+}
+
+/// One model call for the execution (the first answer, or a repair of a
+/// rejected one), with the retry decision and the fallback model when it
+/// fails: `Continue` with the answer in `out`, or how the run ends.
+pub async fn generate(
+    cx: &mut Cx<'_>,
+    out: &mut Outputs,
+    repair: Option<&Repair>,
+) -> Result<Outcome, PipelineError> {
+    if cx.cancel.is_cancelled() {
+        return Ok(Outcome::Cancelled);
+    }
+    let primary = cx.execution.model.clone();
+    let failure = match call(cx, out, &primary, None, repair).await? {
+        Call::Done(generated) => return Ok(keep(out, generated)),
+        Call::Over(outcome) => return Ok(outcome),
+        Call::Failed(failure) => failure,
+    };
+    let policy = RetryPolicy::new(&cx.ctx.settings.worker, &cx.prompt.definition.limits);
+    let attempt = cx.execution.attempts.max(1) as u32;
+    match policy.decide(attempt, failure.retryable, failure.retry_after) {
+        Decision::RetryAfter(delay) => {
+            return Ok(Outcome::Retry {
+                error: failure.error,
+                delay,
+            })
+        }
+        Decision::GiveUp => {}
+    }
+    let Some(fallback) = fallback_model(cx).filter(|_| failure.retryable) else {
+        return Ok(Outcome::Fail(failure.error));
+    };
+    tracing::info!(model = %primary, fallback = %fallback, "primary exhausted; trying the fallback model");
+    Ok(
+        match call(cx, out, &fallback, Some(&primary), repair).await? {
+            Call::Done(generated) => keep(out, generated),
+            Call::Over(outcome) => outcome,
+            Call::Failed(failure) => Outcome::Fail(failure.error),
+        },
+    )
+}
+
+/// The messages sent for a `json` prompt: the rendered ones with the JSON
+/// instruction at the end of the system message (one is added if the
+/// prompt has none), then, for a repair, the rejected answer and the
+/// errors. Answers the messages and what was added, for the trace.
+fn messages_for(
+    cx: &Cx<'_>,
+    endpoint: &Endpoint,
+    rendered: &[ChatMessage],
+    repair: Option<&Repair>,
+) -> (Vec<ChatMessage>, Value) {
+    let mut messages = rendered.to_vec();
+    if !wants_json(cx) {
+        return (messages, Value::Null);
+    }
+    let schema = cx.prompt.definition.output.schema();
+    let instruction = match schema {
+        Some(schema) if endpoint.needs_schema_in_prompt(Some(schema)) => format!(
+            "Answer with one JSON value only, and no other text. It must conform to this JSON Schema:\n{schema}"
+        ),
+        _ => "Answer with one JSON value only, and no other text.".to_string(),
+    };
+    match messages.first_mut() {
+        Some(first) if first.role == "system" => {
+            first.content = format!("{}\n\n{instruction}", first.content);
+        }
+        _ => messages.insert(
+            0,
+            ChatMessage {
+                role: "system".into(),
+                content: instruction.clone(),
+            },
+        ),
+    }
+    let mut added = json!({ "json_instruction": instruction });
+    if let Some(repair) = repair {
+        let turn = [
+            ChatMessage {
+                role: "assistant".into(),
+                content: repair.answer.clone(),
+            },
+            ChatMessage {
+                role: "user".into(),
+                content: repair.message(),
+            },
+        ];
+        added["repair_of_step"] = json!(repair.validate_seq);
+        added["repair_messages"] = json!(turn);
+        messages.extend(turn);
+    }
+    (messages, added)
+}
+
+/// A JSON answer, leniently: as is, or inside one Markdown code fence
+/// (small models often add one). The error says why it is not JSON.
+pub fn parse_json(text: &str) -> Result<Value, String> {
+    let first = match serde_json::from_str(text.trim()) {
+        Ok(v) => return Ok(v),
+        Err(e) => e.to_string(),
+    };
+    let fenced = text
+        .trim()
+        .strip_prefix("```")
+        .and_then(|rest| rest.strip_suffix("```"))
+        .map(|inner| inner.trim_start_matches("json").trim());
+    match fenced.map(serde_json::from_str::<Value>) {
+        Some(Ok(v)) => Ok(v),
+        _ => Err(first),
     }
 }
 
@@ -149,11 +256,17 @@ async fn call(
     out: &Outputs,
     model: &str,
     fallback_for: Option<&str>,
+    repair: Option<&Repair>,
 ) -> Result<Call, PipelineError> {
     let rendered = out.rendered()?;
     let endpoint = Endpoint::resolve(&cx.ctx.settings, model);
     let params = cx.execution.params.as_object().cloned().unwrap_or_default();
-    let body = ProviderClient::request_body(&endpoint, &rendered.messages, &params);
+    let (messages, added) = messages_for(cx, &endpoint, &rendered.messages, repair);
+    let output = &cx.prompt.definition.output;
+    let format = wants_json(cx)
+        .then(|| endpoint.response_format(&cx.prompt.name, output.schema(), output.strict()))
+        .flatten();
+    let body = ProviderClient::request_body(&endpoint, &messages, &params, format.as_ref());
     let mut step = cx.begin(StepKind::Generate);
     step.model = Some(model.to_string());
     let mut recorded_params = params;
@@ -161,10 +274,17 @@ async fn call(
         recorded_params.insert("fallback_for".into(), Value::String(primary.to_string()));
     }
     step.params = Some(Value::Object(recorded_params));
-    // The messages are in the render step's output; not stored twice.
-    step.input = Some(
-        json!({ "messages_from_step": rendered.seq, "message_count": rendered.messages.len() }),
-    );
+    // The rendered messages are in the render step's output, not stored
+    // twice; what this call added to them (the JSON instruction, a
+    // repair's answer and errors) and the format asked for are here.
+    let mut input = json!({ "messages_from_step": rendered.seq, "message_count": messages.len() });
+    if !added.is_null() {
+        input["added"] = mask_json(&added);
+    }
+    if let Some(format) = &format {
+        input["response_format"] = format.clone();
+    }
+    step.input = Some(input);
     if !cx.record_started(step.clone()).await? {
         return Ok(Call::Over(Outcome::LeaseLost));
     }
@@ -227,12 +347,9 @@ fn output_of(cx: &Cx<'_>, generation: &Generation, endpoint: &Endpoint) -> (Gene
     let mut usage: Usage = generation.usage;
     usage.cost_usd = endpoint.cost(&usage);
     let (mut output, not_json) = if wants_json(cx) {
-        match serde_json::from_str(&generation.content) {
+        match parse_json(&generation.content) {
             Ok(v) => (v, None),
-            Err(e) => (
-                Value::String(generation.content.clone()),
-                Some(e.to_string()),
-            ),
+            Err(e) => (Value::String(generation.content.clone()), Some(e)),
         }
     } else {
         (Value::String(generation.content.clone()), None)
@@ -250,10 +367,42 @@ fn output_of(cx: &Cx<'_>, generation: &Generation, endpoint: &Endpoint) -> (Gene
 
 /// The prompt asks for JSON output.
 pub fn wants_json(cx: &Cx<'_>) -> bool {
-    cx.prompt
-        .definition
-        .output
-        .get("type")
-        .and_then(Value::as_str)
-        == Some("json")
+    cx.prompt.definition.output.is_json()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_parsed_as_is_or_inside_one_code_fence() {
+        assert_eq!(parse_json(" {\"a\": 1} "), Ok(json!({"a": 1})));
+        assert_eq!(parse_json("```json\n{\"a\": 1}\n```"), Ok(json!({"a": 1})));
+        assert_eq!(parse_json("```\n[1]\n```"), Ok(json!([1])));
+        assert!(parse_json("Sure! {\"a\": 1}").is_err());
+    }
+
+    #[test]
+    fn a_repair_lists_every_error() {
+        let repair = Repair {
+            answer: "{}".into(),
+            errors: vec![
+                InputViolation {
+                    path: "output.sentiment".into(),
+                    message: "required property missing".into(),
+                },
+                InputViolation {
+                    path: "output.mood".into(),
+                    message: "property not allowed by the schema".into(),
+                },
+            ],
+            validate_seq: 3,
+        };
+        let m = repair.message();
+        assert!(
+            m.contains("- output.sentiment: required property missing"),
+            "{m}"
+        );
+        assert!(m.contains("- output.mood: property not allowed"), "{m}");
+    }
 }

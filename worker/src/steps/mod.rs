@@ -106,6 +106,17 @@ pub struct Generated {
     pub not_json: Option<String>,
 }
 
+impl Generated {
+    /// The answer as the model wrote it (for a repair's conversation): a
+    /// text kept as text, a parsed answer as its JSON.
+    pub fn answer_text(&self) -> String {
+        match &self.output {
+            Value::String(text) if self.not_json.is_some() => text.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// What earlier steps produced.
 #[derive(Default)]
 pub struct Outputs {
@@ -137,6 +148,8 @@ pub struct Cx<'a> {
     pub stop: &'a CancellationToken,
     /// Fired when the client cancels this execution.
     pub cancel: &'a CancellationToken,
+    /// The step rows earlier attempts left (empty on a first attempt).
+    pub earlier: &'a [step_row::Step],
     next_seq: i32,
     /// Finished step rows not yet written.
     pending: Vec<step_row::Step>,
@@ -149,14 +162,16 @@ impl<'a> Cx<'a> {
         prompt: &'a CompiledPrompt,
         stop: &'a CancellationToken,
         cancel: &'a CancellationToken,
-        next_seq: i32,
+        earlier: &'a [step_row::Step],
     ) -> Self {
+        let next_seq = earlier.iter().map(|s| s.seq).max().unwrap_or(0) + 1;
         Self {
             ctx,
             execution,
             prompt,
             stop,
             cancel,
+            earlier,
             next_seq,
             pending: Vec::new(),
         }

@@ -4,6 +4,7 @@
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use llmq_shared::canonical::json_sha256;
 use llmq_shared::execution::{codes, ErrorInfo};
 use llmq_shared::mask::mask_json;
 use llmq_shared::step::{self as step_row, StepKind, StepStatus};
@@ -13,6 +14,19 @@ use super::{Cx, Outcome, Outputs, Rendered, Step};
 use crate::runner::PipelineError;
 
 pub struct Render;
+
+/// The render step's output: the messages (masked, as every stored text
+/// is), the sha256 of the exact unmasked messages, and the version that
+/// rendered them. Re-rendering the execution's stored input with that
+/// version gives the exact prompt, which the hash confirms.
+fn render_output(cx: &Cx<'_>, messages: &[llmq_shared::prompt::ChatMessage]) -> serde_json::Value {
+    let exact = json!(messages);
+    json!({
+        "messages": mask_json(&exact),
+        "messages_sha256": json_sha256(&exact),
+        "prompt": { "name": cx.prompt.name, "version": cx.prompt.version },
+    })
+}
 
 impl Step for Render {
     fn kind(&self) -> StepKind {
@@ -29,7 +43,7 @@ impl Step for Render {
             step.input = Some(mask_json(&cx.execution.input));
             match cx.prompt.render(&cx.execution.input) {
                 Ok(messages) => {
-                    step.output = Some(mask_json(&json!({ "messages": messages })));
+                    step.output = Some(render_output(cx, &messages));
                     out.rendered = Some(Rendered {
                         messages,
                         seq: step.seq,

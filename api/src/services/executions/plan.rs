@@ -12,7 +12,7 @@ use llmq_shared::canonical::json_sha256;
 use llmq_shared::config::ModelSettings;
 use llmq_shared::execution::{codes, ExecutionId, NewExecution};
 use llmq_shared::ids::{Label, PromptName, TenantId};
-use llmq_shared::prompt::CompiledPrompt;
+use llmq_shared::prompt::{CompiledPrompt, PromptParams};
 use serde_json::{Map, Value};
 
 use crate::services::error::{Result, ServiceError};
@@ -143,7 +143,18 @@ pub fn plan_execution(
         Some(m) => m,
         None => compiled.definition.model.clone(),
     };
-    let mut params = compiled.definition.params.clone();
+    if !request.params.is_empty() {
+        PromptParams::check_overrides(&request.params).map_err(|errors| {
+            ServiceError::InvalidRequest(
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+    }
+    let mut params = compiled.params().clone();
     params.extend(request.params);
     Ok(NewExecution {
         id: ExecutionId::new(),
@@ -252,6 +263,51 @@ mod tests {
             }
             other => panic!("expected a rejection, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn parameter_overrides_are_checked_and_named() {
+        let mut req = request(json!({"text": "hi"}));
+        req.params.insert("temperature".into(), json!(9));
+        req.params.insert("top_k".into(), json!(40));
+        let err = plan_execution(
+            &TenantId::new("t1"),
+            req,
+            &summarize(),
+            None,
+            &BTreeMap::new(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, ServiceError::InvalidRequest(m) if m.starts_with("params.temperature")),
+            "{err:?}"
+        );
+        let mut req = request(json!({"text": "hi"}));
+        req.params.insert("max_tokens".into(), json!("many"));
+        let err = plan_execution(
+            &TenantId::new("t1"),
+            req,
+            &summarize(),
+            None,
+            &BTreeMap::new(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, ServiceError::InvalidRequest(m) if m.starts_with("params.max_tokens")),
+            "{err:?}"
+        );
+        // A provider-specific parameter passes through.
+        let mut req = request(json!({"text": "hi"}));
+        req.params.insert("top_k".into(), json!(40));
+        let new = plan_execution(
+            &TenantId::new("t1"),
+            req,
+            &summarize(),
+            None,
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert_eq!(new.params["top_k"], json!(40));
     }
 
     #[test]
