@@ -198,7 +198,10 @@ mod tests {
             "response_format": {"type": "json_object", "schema": {"type": "object"}}
         });
         let r = ChatRequest::parse(&body).unwrap();
-        assert!(matches!(r.format, ResponseFormat::JsonSchema(Value::Object(_))));
+        assert!(matches!(
+            r.format,
+            ResponseFormat::JsonSchema(Value::Object(_))
+        ));
         assert_eq!(r.response_format, body.get("response_format").cloned());
     }
 
