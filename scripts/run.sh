@@ -249,6 +249,10 @@ cat <<EOF
 
     curl -s -X POST $BASE_URL/v1/executions -H 'Authorization: Bearer $API_KEY' -H 'Content-Type: application/json' -H "Idempotency-Key: demo-\$(date +%s%N)" -d '{"prompt":"$PROMPT","input":{"text":"PostgreSQL is a powerful, open source object-relational database system with over 35 years of active development."}}'
 
+  A JSON prompt (the answer is validated against its schema, and repaired if needed):
+
+    curl -s -X POST $BASE_URL/v1/executions -H 'Authorization: Bearer $API_KEY' -H 'Content-Type: application/json' -d '{"prompt":"sentiment","input":{"text":"The parcel arrived broken and nobody answers."}}'
+
   Then wait for its result (put the returned id in place of <id>):
 
     curl -s '$BASE_URL/v1/executions/<id>?wait=30' -H 'Authorization: Bearer $API_KEY'

@@ -161,9 +161,12 @@ impl CompiledPrompt {
                 .env
                 .get_template(name)
                 .map_err(|e| PromptError::Render(e.to_string()))?;
-            let content = template
-                .render(input)
-                .map_err(|e| PromptError::Render(render_message(&e)))?;
+            let content = template.render(input).map_err(|e| {
+                PromptError::Render(match missing_variables(&template, input, &e) {
+                    Some(names) => format!("{} ({names} not in the input)", render_message(&e)),
+                    None => render_message(&e),
+                })
+            })?;
             out.push(ChatMessage {
                 role: role.clone(),
                 content,
@@ -248,6 +251,35 @@ fn tojson(value: JinjaValue, kwargs: Kwargs) -> std::result::Result<String, mini
         }
     };
     text.map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string()))
+}
+
+/// For an undefined-value error: the template's variables the input
+/// lacks (`place`, `a, b`), so the message names them. Only on the error
+/// path (it re-parses the template).
+fn missing_variables(
+    template: &minijinja::Template<'_, '_>,
+    input: &Value,
+    e: &minijinja::Error,
+) -> Option<String> {
+    if e.kind() != minijinja::ErrorKind::UndefinedError {
+        return None;
+    }
+    let mut missing: Vec<String> = template
+        .undeclared_variables(false)
+        .into_iter()
+        .filter(|name| input.get(name).is_none())
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    missing.sort();
+    Some(
+        missing
+            .iter()
+            .map(|m| format!("`{m}`"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
 }
 
 fn render_message(e: &minijinja::Error) -> String {

@@ -32,10 +32,10 @@ fn rendering_a_missing_variable_is_an_error_not_an_empty_string() {
     let mut d = definition();
     d.template = Some("{{ text }} {{ missing }}".into());
     let p = CompiledPrompt::compile("s", 1, d).unwrap();
-    assert!(matches!(
-        p.render(&json!({"text": "a"})),
-        Err(PromptError::Render(_))
-    ));
+    match p.render(&json!({"text": "a"})) {
+        Err(PromptError::Render(m)) => assert!(m.contains("`missing` not in the input"), "{m}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
@@ -375,4 +375,24 @@ fn output_violations_name_their_paths() {
     assert!(paths.contains(&"output.sentiment"), "{v:?}");
     assert!(paths.contains(&"output.mood"), "{v:?}");
     assert_eq!(p.definition.output.max_repairs(), DEFAULT_MAX_REPAIRS);
+}
+
+#[test]
+fn user_is_another_name_for_template_and_hashes_the_same() {
+    let a = PromptDefinition::from_toml(&format!(
+        "model = \"m\"\nuser = \"{{{{ text }}}}\"\n{SCHEMA}"
+    ))
+    .unwrap();
+    let b = PromptDefinition::from_toml(&format!(
+        "model = \"m\"\ntemplate = \"{{{{ text }}}}\"\n{SCHEMA}"
+    ))
+    .unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.content_hash(), b.content_hash());
+    // Both at once, or a system message beside `messages`, is refused.
+    let both = format!(
+        "model = \"m\"\ntemplate = \"x\"\n[[messages]]\nrole = \"user\"\ncontent = \"y\"\n{SCHEMA}"
+    );
+    let errors = PromptDefinition::from_toml(&both).unwrap().check();
+    assert!(errors.iter().any(|e| e.field == "messages"), "{errors:?}");
 }

@@ -191,6 +191,21 @@ mod tests {
     }
 
     #[test]
+    fn a_json_object_with_a_schema_is_answered_by_the_schema() {
+        let body = json!({
+            "model": "m",
+            "messages": [{"role": "user", "content": "x"}],
+            "response_format": {"type": "json_object", "schema": {"type": "object"}}
+        });
+        let r = ChatRequest::parse(&body).unwrap();
+        assert!(matches!(
+            r.format,
+            ResponseFormat::JsonSchema(Value::Object(_))
+        ));
+        assert_eq!(r.response_format, body.get("response_format").cloned());
+    }
+
+    #[test]
     fn rejects_missing_messages() {
         assert!(ChatRequest::parse(&json!({"model": "m"})).is_err());
         assert!(

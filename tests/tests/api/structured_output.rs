@@ -369,3 +369,63 @@ async fn a_worker_killed_during_validation_does_not_call_the_model_again() {
     );
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repairs_spent_by_earlier_attempts_count_against_the_bound() {
+    let prompts = prompts();
+    prompts.add(
+        "sentiment-once",
+        1,
+        &SENTIMENT.replace(
+            "[output]\ntype = \"json\"\n",
+            "[output]\ntype = \"json\"\nmax_repairs = 1\n",
+        ),
+    );
+    let dir = prompts.dir.clone();
+    let mut app = TestApp::builder()
+        .without_worker()
+        .configure(move |s| s.prompts_dir = dir)
+        .configure(with_mode(StructuredOutput::JsonSchema))
+        .spawn()
+        .await;
+    let text = unique("resumed after its repair");
+    let id = submit(&app, "sentiment-once", &text).await;
+    let uuid = Uuid::parse_str(&id).unwrap();
+    // As a first attempt leaves it when its worker dies right after the
+    // checkpoint of its one repair, whose answer is still invalid.
+    let db = app.db().await;
+    db.execute(
+        "UPDATE executions SET attempts = 1, output = '{\"mood\": \"meh\"}', \
+           prompt_tokens = 20, completion_tokens = 6, total_tokens = 26 WHERE id = $1",
+        &[&uuid],
+    )
+    .await
+    .unwrap();
+    db.execute(
+        "INSERT INTO execution_steps (execution_id, seq, kind, attempt, status, started_at, finished_at, error_code, error_message, retryable) \
+         VALUES ($1, 1, 'render', 1, 'succeeded', now(), now(), NULL, NULL, NULL), \
+                ($1, 2, 'generate', 1, 'succeeded', now(), now(), NULL, NULL, NULL), \
+                ($1, 3, 'validate', 1, 'failed', now(), now(), 'invalid_output', 'output.sentiment: required property missing', true), \
+                ($1, 4, 'generate', 1, 'succeeded', now(), now(), NULL, NULL, NULL)",
+        &[&uuid],
+    )
+    .await
+    .unwrap();
+
+    app.start_worker().await;
+    let execution = app.wait_until_terminal(&id, Duration::from_secs(30)).await;
+
+    // The one repair allowed was spent: the resumed run checks the
+    // checkpointed answer and fails, without a model call.
+    assert_eq!(execution["status"], "failed", "{execution:#}");
+    assert_eq!(execution["error"]["code"], "invalid_output");
+    let message = execution["error"]["message"].as_str().unwrap();
+    assert!(message.contains("after 1 repair(s)"), "{message}");
+    assert!(message.contains("output.mood"), "{message}");
+    assert!(
+        app.fake.calls_containing(&text).is_empty(),
+        "the model was called"
+    );
+    assert_eq!(execution["usage"]["total_tokens"], 26, "{execution:#}");
+    app.cleanup().await;
+}

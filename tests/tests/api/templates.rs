@@ -150,10 +150,9 @@ required = ["name"]
         "template_error",
     )
     .await;
-    assert!(
-        error["message"].as_str().unwrap().contains("undefined"),
-        "{error:#}"
-    );
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("undefined"), "{error:#}");
+    assert!(message.contains("`place` not in the input"), "{error:#}");
     assert_eq!(
         execution_count(&app).await,
         0,

@@ -15,11 +15,10 @@ use futures::FutureExt;
 use llmq_shared::execution::{codes, ErrorInfo, Usage};
 use llmq_shared::mask::mask_json;
 use llmq_shared::metrics as m;
+use llmq_shared::prompt::{ChatMessage, InputViolation};
 use llmq_shared::sanitize;
 use llmq_shared::step::{self as step_row, StepKind, StepStatus};
 use serde_json::{json, Value};
-
-use llmq_shared::prompt::{ChatMessage, InputViolation};
 
 use super::{Cx, Generated, Outcome, Outputs, Step};
 use crate::provider::{Endpoint, Generation, ProviderClient, ProviderError};
