@@ -318,7 +318,10 @@ async fn protected_labels_refuse_a_key_without_admin_and_the_audit_log_lists_eve
     assert_eq!(moves[1].1.as_array().unwrap().len(), 2);
     assert_eq!(moves[2].0, "try v1");
     // The file sync pointed it at the newest file version first.
-    assert_eq!((moves[3].0.as_str(), moves[3].2.as_str()), ("newest prompt file", "sync"));
+    assert_eq!(
+        (moves[3].0.as_str(), moves[3].2.as_str()),
+        ("newest prompt file", "sync")
+    );
     assert_eq!(history["moves"][3]["from"], Value::Null);
     let rows: i64 = app
         .db()
@@ -330,7 +333,10 @@ async fn protected_labels_refuse_a_key_without_admin_and_the_audit_log_lists_eve
         .await
         .unwrap()
         .get(0);
-    assert_eq!(rows, 6, "the sync's and 3 production moves, 2 staging moves");
+    assert_eq!(
+        rows, 6,
+        "the sync's and 3 production moves, 2 staging moves"
+    );
     app.cleanup().await;
 }
 
