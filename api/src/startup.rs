@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use crate::error::{json_error, ApiError};
 use crate::http_telemetry::{record_http_metrics, trace_requests};
 use crate::outbox::Pipeline;
-use crate::routes;
+use crate::routes::{self, Served};
 use crate::services::executions::submit::{insert_pending, Inserts, PendingInsert};
 use crate::state::AppState;
 
@@ -35,7 +35,10 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 pub struct Application {
     port: u16,
-    server: Server,
+    /// The operations listener's port, when `api.ops_addr` is set.
+    ops_port: Option<u16>,
+    /// The API's server, and the operations server when it has its own.
+    servers: Vec<Server>,
     pipeline: Pipeline,
     /// Stops the publisher and the events subscriber, after the drain.
     broker: CancellationToken,
@@ -97,9 +100,24 @@ impl Application {
         let listener = TcpListener::bind(&settings.api.addr)
             .with_context(|| format!("binding {}", settings.api.addr))?;
         let port = listener.local_addr()?.port();
+        let ops_listener = match settings.api.ops_addr.as_str() {
+            "" => None,
+            addr => Some(
+                TcpListener::bind(addr).with_context(|| format!("binding api.ops_addr {addr}"))?,
+            ),
+        };
+        let ops_port = match &ops_listener {
+            Some(l) => Some(l.local_addr()?.port()),
+            None => None,
+        };
+        let served = if ops_listener.is_some() {
+            Served::Api
+        } else {
+            Served::All
+        };
         let limit = settings.api.max_body_bytes;
         let body_timeout = Duration::from_secs(settings.api.body_timeout_secs.max(1));
-        let mut server = HttpServer::new(move || {
+        let app = move |served: Served| {
             App::new()
                 .app_data(state.clone())
                 .app_data(
@@ -127,29 +145,47 @@ impl Application {
                     crate::access_log::logger(),
                 ))
                 .wrap(from_fn(trace_requests))
-                .configure(routes::configure)
-                .default_service(web::to(routes::no_route))
-        })
-        .listen(listener)?
-        .disable_signals()
-        .backlog(4096)
-        .client_request_timeout(body_timeout)
-        .max_connections(settings.api.max_connections.max(1))
-        .shutdown_timeout(settings.api.max_wait_secs.min(30));
+                .configure(|cfg| served.configure(cfg))
+                .default_service(web::to(move |req| routes::no_route(served, req)))
+        };
+        let api_app = app.clone();
+        let mut server = HttpServer::new(move || api_app(served))
+            .listen(listener)?
+            .disable_signals()
+            .backlog(4096)
+            .client_request_timeout(body_timeout)
+            .max_connections(settings.api.max_connections.max(1))
+            .shutdown_timeout(settings.api.max_wait_secs.min(30));
         if settings.api.http_workers > 0 {
             server = server.workers(settings.api.http_workers);
         }
-        let server = server.run();
-        let handle = server.handle();
-        // Ends when the server stops, which `run_until_stopped` awaits.
-        tokio::spawn(async move {
-            cancel.cancelled().await;
-            handle.stop(true).await;
-        });
+        let mut servers = vec![server.run()];
+        if let Some(listener) = ops_listener {
+            // Scrapes and probes are few: one thread serves them.
+            let ops = HttpServer::new(move || app(Served::Ops))
+                .listen(listener)?
+                .disable_signals()
+                .workers(1)
+                .client_request_timeout(body_timeout)
+                .shutdown_timeout(5)
+                .run();
+            servers.push(ops);
+            tracing::info!(port = ?ops_port, "llmq-api operations listening");
+        }
+        for server in &servers {
+            let handle = server.handle();
+            let cancel = cancel.clone();
+            // Ends when the server stops, which `run_until_stopped` awaits.
+            tokio::spawn(async move {
+                cancel.cancelled().await;
+                handle.stop(true).await;
+            });
+        }
         tracing::info!(port, "llmq-api listening");
         Ok(Self {
             port,
-            server,
+            ops_port,
+            servers,
             pipeline,
             broker,
             sessions,
@@ -160,15 +196,22 @@ impl Application {
         self.port
     }
 
+    /// Where health, readiness, metrics and the document are served, when
+    /// not on [`Self::port`].
+    pub fn ops_port(&self) -> Option<u16> {
+        self.ops_port
+    }
+
     /// Serves until the cancellation token given to `build` fires, then
     /// stops in order (see the module's doc).
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let served = self.server.await;
+        let served = futures::future::join_all(self.servers).await;
         self.pipeline.drain(DRAIN_DEADLINE).await;
         self.broker.cancel();
         self.sessions.wait().await;
         tracing::info!("llmq-api stopped");
-        Ok(served?)
+        served.into_iter().collect::<Result<Vec<()>, _>>()?;
+        Ok(())
     }
 }
 

@@ -38,6 +38,10 @@ pub struct Settings {
 #[serde(default)]
 pub struct ApiSettings {
     pub addr: String,
+    /// Where health, readiness, metrics and the OpenAPI document are
+    /// served when set (e.g. `127.0.0.1:9465`), and then only there; empty
+    /// serves them on `addr` beside the API.
+    pub ops_addr: String,
     /// The single API key accepted until tenants and scoped keys arrive.
     pub api_key: String,
     pub max_body_bytes: usize,
@@ -145,6 +149,7 @@ impl Default for ApiSettings {
     fn default() -> Self {
         Self {
             addr: "127.0.0.1:8080".into(),
+            ops_addr: String::new(),
             api_key: "dev-key".into(),
             max_body_bytes: 256 * 1024,
             max_wait_secs: 60,

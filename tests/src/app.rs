@@ -76,6 +76,10 @@ impl TestAppBuilder {
             .await
             .expect("building the API");
         let address = format!("http://127.0.0.1:{}", api.port());
+        let ops_address = match api.ops_port() {
+            Some(port) => format!("http://127.0.0.1:{port}"),
+            None => address.clone(),
+        };
         let api_task = tokio::spawn(async move {
             if let Err(e) = api.run_until_stopped().await {
                 tracing::error!(error = %e, "the API stopped with an error");
@@ -88,6 +92,7 @@ impl TestAppBuilder {
             .expect("building the HTTP client");
         let mut app = TestApp {
             address,
+            ops_address,
             api_key: settings.api.api_key.clone(),
             client,
             pool,
@@ -150,6 +155,9 @@ struct InProcessWorker {
 pub struct TestApp {
     /// `http://127.0.0.1:<port>` of the API.
     pub address: String,
+    /// Where health, readiness, metrics and the document are served: the
+    /// API's own address unless `api.ops_addr` is set.
+    pub ops_address: String,
     pub api_key: String,
     pub client: reqwest::Client,
     /// A pool on this test's database, for assertions on rows.
@@ -179,6 +187,11 @@ impl TestApp {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
+    }
+
+    /// The URL of an operations route (health, readiness, metrics, document).
+    pub fn ops_url(&self, path: &str) -> String {
+        format!("{}{path}", self.ops_address)
     }
 
     // ---- endpoints -------------------------------------------------------
@@ -251,27 +264,36 @@ impl TestApp {
 
     /// `GET /openapi.json`.
     pub async fn openapi(&self) -> Response {
-        self.get_unauthenticated("/openapi.json").await
+        self.get_ops("/openapi.json").await
     }
 
     /// `GET /healthz`.
     pub async fn healthz(&self) -> Response {
-        self.get_unauthenticated("/healthz").await
+        self.get_ops("/healthz").await
     }
 
     /// `GET /readyz`.
     pub async fn readyz(&self) -> Response {
-        self.get_unauthenticated("/readyz").await
+        self.get_ops("/readyz").await
     }
 
     /// `GET /metrics`.
     pub async fn metrics(&self) -> Response {
-        self.get_unauthenticated("/metrics").await
+        self.get_ops("/metrics").await
     }
 
     /// A GET with the test's API key.
     pub async fn get_authorized(&self, path: &str) -> Response {
         self.get_with_key(path, Some(&self.api_key)).await
+    }
+
+    /// A GET of an operations route, without a key.
+    pub async fn get_ops(&self, path: &str) -> Response {
+        self.client
+            .get(self.ops_url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
     pub async fn get_unauthenticated(&self, path: &str) -> Response {
@@ -347,7 +369,7 @@ impl TestApp {
     async fn wait_until_ready(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
-            let response = self.client.get(self.url("/readyz")).send().await;
+            let response = self.client.get(self.ops_url("/readyz")).send().await;
             if response
                 .as_ref()
                 .is_ok_and(|r| r.status() == StatusCode::OK)

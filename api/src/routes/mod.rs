@@ -1,11 +1,16 @@
 //! HTTP handlers: extract, call one service function, map the result.
 //!
-//! Every route is named once, in `api_routes!` below: the same list
-//! registers the handlers on the App (`configure`) and builds the OpenAPI
-//! paths (`RouteDoc`), and each handler's path and method are written once,
-//! in its actix attribute (utoipa reads them from there). So a route cannot
-//! be served without being documented, and `allowed_methods` knows every
-//! route for the 405 answers.
+//! Every route is named once, in one of the two lists below: `api_routes!`
+//! for the client API and `ops_routes!` for what operators and scrapers
+//! call (health, readiness, metrics, this document). The same list
+//! registers the handlers on the App and builds the OpenAPI paths, and each
+//! handler's path and method are written once, in its actix attribute
+//! (utoipa reads them from there). So a route cannot be served without
+//! being documented, and the 405 answers know every route of a listener.
+//!
+//! Which list a listener serves is its [`Served`] value: one listener
+//! serves both unless `api.ops_addr` gives the operations routes their
+//! own address, and then each listener serves only its own.
 
 pub mod executions;
 pub mod health;
@@ -19,21 +24,22 @@ use utoipa::OpenApi;
 
 use crate::error::ApiError;
 
-macro_rules! api_routes {
-    ($($module:ident :: $handler:ident),* $(,)?) => {
-        /// Registers every route of the API on an App.
-        pub fn configure(cfg: &mut web::ServiceConfig) {
+macro_rules! route_list {
+    ($configure:ident, $doc:ident: $($module:ident :: $handler:ident),* $(,)?) => {
+        fn $configure(cfg: &mut web::ServiceConfig) {
             $(cfg.service($module::$handler);)*
         }
 
-        /// The OpenAPI paths of exactly the routes `configure` registers.
+        /// The OpenAPI paths of exactly the routes of this list.
         #[derive(OpenApi)]
         #[openapi(paths($($module::$handler),*))]
-        pub struct RouteDoc;
+        pub struct $doc;
     };
 }
 
-api_routes!(
+route_list!(
+    configure_api,
+    ApiRouteDoc:
     executions::submit,
     executions::get,
     executions::steps,
@@ -48,24 +54,85 @@ api_routes!(
     prompts::rollback,
     prompts::history,
     prompts::stats,
+);
+
+route_list!(
+    configure_ops,
+    OpsRouteDoc:
     health::healthz,
     health::readyz,
     health::metrics,
     health::openapi,
 );
 
+/// The routes one listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Served {
+    /// The client API and the operations routes, on one address.
+    All,
+    /// The client API only (`api.addr` when `api.ops_addr` is set).
+    Api,
+    /// Health, readiness, metrics and the document (`api.ops_addr`).
+    Ops,
+}
+
+impl Served {
+    /// Registers this listener's routes on an App.
+    pub fn configure(self, cfg: &mut web::ServiceConfig) {
+        if self != Self::Ops {
+            configure_api(cfg);
+        }
+        if self != Self::Api {
+            configure_ops(cfg);
+        }
+    }
+
+    /// Every path pattern this listener serves, with its methods.
+    pub fn routes(self) -> Vec<(String, Vec<String>)> {
+        let mut doc = utoipa::openapi::OpenApi::default();
+        if self != Self::Ops {
+            doc.merge(ApiRouteDoc::openapi());
+        }
+        if self != Self::Api {
+            doc.merge(OpsRouteDoc::openapi());
+        }
+        methods_by_path(&doc)
+    }
+
+    /// The `Allow` value of a path some route of this listener serves.
+    pub fn allowed_methods(self, path: &str) -> Option<&'static str> {
+        static TABLES: LazyLock<[Vec<(ResourceDef, String)>; 3]> = LazyLock::new(|| {
+            [Served::All, Served::Api, Served::Ops].map(|served| {
+                served
+                    .routes()
+                    .into_iter()
+                    .map(|(path, methods)| (ResourceDef::new(path), methods.join(", ")))
+                    .collect()
+            })
+        });
+        TABLES[self as usize]
+            .iter()
+            .find(|(def, _)| def.is_match(path))
+            .map(|(_, allow)| allow.as_str())
+    }
+}
+
 /// The served OpenAPI document: the components of `crate::openapi` and the
-/// paths of every registered route.
+/// paths of every route, whichever listener serves it.
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = crate::openapi::ApiDoc::openapi();
-    doc.merge(RouteDoc::openapi());
+    doc.merge(ApiRouteDoc::openapi());
+    doc.merge(OpsRouteDoc::openapi());
     doc
 }
 
-/// Every registered path pattern with the methods it serves, upper case.
+/// Every path pattern of the API with the methods it serves, upper case.
 pub fn registered_routes() -> Vec<(String, Vec<String>)> {
-    RouteDoc::openapi()
-        .paths
+    Served::All.routes()
+}
+
+fn methods_by_path(doc: &utoipa::openapi::OpenApi) -> Vec<(String, Vec<String>)> {
+    doc.paths
         .paths
         .iter()
         .map(|(path, item)| {
@@ -89,25 +156,13 @@ pub fn registered_routes() -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
-static ROUTES: LazyLock<Vec<(ResourceDef, String)>> = LazyLock::new(|| {
-    registered_routes()
-        .into_iter()
-        .map(|(path, methods)| (ResourceDef::new(path), methods.join(", ")))
-        .collect()
-});
-
-/// The `Allow` value of a path some route serves, if any does.
-pub fn allowed_methods(path: &str) -> Option<&'static str> {
-    ROUTES
-        .iter()
-        .find(|(def, _)| def.is_match(path))
-        .map(|(_, allow)| allow.as_str())
-}
-
-/// What answers a request no route took: 405 with `Allow` when the path
-/// exists under another method, 404 otherwise.
-pub async fn no_route(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
-    Err(match allowed_methods(req.path()) {
+/// What answers a request no route of the listener took: 405 with `Allow`
+/// when the path exists there under another method, 404 otherwise.
+pub async fn no_route(
+    served: Served,
+    req: HttpRequest,
+) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(match served.allowed_methods(req.path()) {
         Some(allow) => ApiError::MethodNotAllowed {
             allow: allow.to_string(),
         },
@@ -121,9 +176,26 @@ mod tests {
 
     #[test]
     fn every_route_is_known_with_its_methods() {
-        assert_eq!(allowed_methods("/v1/executions"), Some("GET, POST"));
-        assert_eq!(allowed_methods("/v1/executions/abc/cancel"), Some("POST"));
-        assert_eq!(allowed_methods("/healthz"), Some("GET"));
-        assert_eq!(allowed_methods("/nowhere"), None);
+        let all = Served::All;
+        assert_eq!(all.allowed_methods("/v1/executions"), Some("GET, POST"));
+        assert_eq!(
+            all.allowed_methods("/v1/executions/abc/cancel"),
+            Some("POST")
+        );
+        assert_eq!(all.allowed_methods("/healthz"), Some("GET"));
+        assert_eq!(all.allowed_methods("/nowhere"), None);
+    }
+
+    #[test]
+    fn a_split_listener_knows_only_its_own_routes() {
+        assert_eq!(
+            Served::Api.allowed_methods("/v1/executions"),
+            Some("GET, POST")
+        );
+        assert_eq!(Served::Api.allowed_methods("/metrics"), None);
+        assert_eq!(Served::Ops.allowed_methods("/metrics"), Some("GET"));
+        assert_eq!(Served::Ops.allowed_methods("/v1/executions"), None);
+        let all = Served::All.routes().len();
+        assert_eq!(Served::Api.routes().len() + Served::Ops.routes().len(), all);
     }
 }

@@ -122,3 +122,58 @@ async fn the_worker_serves_execution_step_and_token_metrics() {
         .is_some_and(|s| s.success()));
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn ops_addr_moves_health_metrics_and_the_document_off_the_api_address() {
+    let app = TestApp::builder()
+        .without_worker()
+        .configure(|s| s.api.ops_addr = "127.0.0.1:0".into())
+        .spawn()
+        .await;
+    assert_ne!(app.ops_address, app.address, "a second listener");
+
+    // The operations listener serves the operations routes, unauthenticated.
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        let response = app.get_ops(path).await;
+        assert_eq!(response.status(), StatusCode::OK, "{path} on ops_addr");
+    }
+    // The document still describes the whole API, whichever listener
+    // serves a route.
+    let doc: Value = app.openapi().await.json().await.unwrap();
+    assert!(doc["paths"]["/v1/executions"].is_object(), "{doc}");
+    assert!(doc["paths"]["/metrics"].is_object(), "{doc}");
+
+    // The API's address no longer serves them, and the operations listener
+    // serves nothing of the API: both answer 404 in the error shape.
+    for (base, path) in [
+        (&app.address, "/metrics"),
+        (&app.address, "/openapi.json"),
+        (&app.address, "/readyz"),
+        (&app.ops_address, "/v1/executions"),
+    ] {
+        let response = app
+            .client
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{base}{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "not_found", "{body}");
+    }
+    // A method a route does not serve is 405 on the listener that has it.
+    let post = app
+        .client
+        .post(app.ops_url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(post.headers()["allow"], "GET");
+
+    // And the API itself works on its address.
+    let id = app.submit_summary("served on api.addr").await;
+    assert_eq!(app.get_execution(&id).await.status(), StatusCode::OK);
+
+    app.cleanup().await;
+}
