@@ -216,23 +216,25 @@ impl Application {
 }
 
 /// Forgets a label's cached rule as soon as any API process announces that
-/// it moved; after missed announcements (this task lagged), every label.
-/// Runs until the broker sessions stop.
+/// it moved; after announcements may have been missed (the events queue was
+/// (re)bound, or this task lagged), every label. Runs until the broker
+/// sessions stop.
 async fn invalidate_moved_labels(
-    mut moves: tokio::sync::broadcast::Receiver<llmq_shared::events::LabelMoved>,
+    mut moves: tokio::sync::broadcast::Receiver<llmq_shared::events::LabelEvent>,
     state: web::Data<AppState>,
     stop: CancellationToken,
 ) {
+    use llmq_shared::events::LabelEvent;
     use tokio::sync::broadcast::error::RecvError;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             moved = moves.recv() => match moved {
-                Ok(m) => {
-                    tracing::debug!(prompt = %m.prompt, label = %m.label, "label moved elsewhere; cache cleared");
+                Ok(LabelEvent::Moved(m)) => {
+                    tracing::debug!(prompt = %m.prompt, label = %m.label, "label moved; cache entry cleared");
                     state.labels.invalidate(&m.prompt, &m.label);
                 }
-                Err(RecvError::Lagged(_)) => state.labels.invalidate_all(),
+                Ok(LabelEvent::Resubscribed) | Err(RecvError::Lagged(_)) => state.labels.invalidate_all(),
                 Err(RecvError::Closed) => return,
             }
         }

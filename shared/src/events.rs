@@ -73,18 +73,40 @@ pub struct LabelMoved {
     pub label: String,
 }
 
+/// What the label-cache invalidator hears.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LabelEvent {
+    /// A label moved (announced by some API process).
+    Moved(LabelMoved),
+    /// The subscriber (re)bound its queue: moves announced while it was
+    /// not bound were not heard, so every cached rule must go.
+    Resubscribed,
+}
+
 impl Publisher {
-    /// Announces a label move to every API process. Best effort: a replica
-    /// that misses it trusts its cached rule for at most the label TTL.
+    /// Announces a label move to every API process. Tried a few times over
+    /// half a second while the publisher reconnects; then given up: a
+    /// replica that misses it trusts its cached rule for at most the label
+    /// TTL.
     pub async fn publish_label_moved(&self, moved: &LabelMoved) {
-        if let Ok(body) = serde_json::to_vec(moved) {
-            if let Err(e) = self.publish_event(LABEL_EVENTS_KEY, &body).await {
+        let Ok(body) = serde_json::to_vec(moved) else {
+            return;
+        };
+        let mut tries = 0;
+        while let Err(e) = self.publish_event(LABEL_EVENTS_KEY, &body).await {
+            tries += 1;
+            if tries == LABEL_PUBLISH_TRIES {
                 tracing::warn!(prompt = %moved.prompt, label = %moved.label, error = %e,
                     "label move not announced; replicas see it within the label TTL");
+                return;
             }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
 }
+
+/// Attempts at announcing one label move.
+const LABEL_PUBLISH_TRIES: u32 = 5;
 
 /// Label moves buffered for the cache invalidator before it lags (and
 /// then forgets every label).
@@ -100,7 +122,7 @@ const SUBSCRIBE_BUFFER: usize = 4096;
 pub struct Subscriber {
     by_id: Mutex<HashMap<ExecutionId, broadcast::Sender<ExecutionEvent>>>,
     all: broadcast::Sender<ExecutionEvent>,
-    labels: broadcast::Sender<LabelMoved>,
+    labels: broadcast::Sender<LabelEvent>,
 }
 
 impl Subscriber {
@@ -154,8 +176,9 @@ impl Subscriber {
         self.all.subscribe()
     }
 
-    /// Every label move this process hears, from now on.
-    pub fn label_moves(&self) -> broadcast::Receiver<LabelMoved> {
+    /// Every label move this process hears, from now on, and each
+    /// (re)subscription after which earlier moves may have been missed.
+    pub fn label_moves(&self) -> broadcast::Receiver<LabelEvent> {
         self.labels.subscribe()
     }
 
@@ -216,6 +239,8 @@ async fn consume(
     };
     let (conn, channel, mut consumer) = opened.map_err(Ended::Failed)?;
     tracing::debug!(session = name, "consuming lifecycle events");
+    // Bound from here on; whatever moved before is re-read from Postgres.
+    let _ = subscriber.labels.send(LabelEvent::Resubscribed);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => {
@@ -228,7 +253,7 @@ async fn consume(
             next = consumer.next() => match next {
                 Some(Ok(delivery)) if delivery.routing_key.as_str() == LABEL_EVENTS_KEY => {
                     if let Ok(moved) = serde_json::from_slice::<LabelMoved>(&delivery.data) {
-                        let _ = subscriber.labels.send(moved);
+                        let _ = subscriber.labels.send(LabelEvent::Moved(moved));
                     }
                 }
                 Some(Ok(delivery)) => {

@@ -21,11 +21,22 @@ const SELECT_HASH: &str =
 const INSERT_VERSION: &str =
     "INSERT INTO prompt_versions (prompt_name, version, definition, content_hash, source) \
      VALUES ($1, $2, $3, $4, $5)";
-/// Sync owns a label only while nobody else has moved it.
-const SYNC_LABEL: &str = "INSERT INTO prompt_labels (prompt_name, label, version, updated_by) \
-     VALUES ($1, $2, $3, 'sync') \
-     ON CONFLICT (prompt_name, label) DO UPDATE SET version = EXCLUDED.version, updated_at = now() \
-     WHERE prompt_labels.updated_by = 'sync' AND prompt_labels.version < EXCLUDED.version";
+/// Sync owns a label only while nobody else has moved it. A move it makes
+/// is recorded in the label's audit log like any other (actor `sync`).
+const SYNC_LABEL: &str = "WITH old AS ( \
+       SELECT version FROM prompt_labels WHERE prompt_name = $1 AND label = $2), \
+     moved AS ( \
+       INSERT INTO prompt_labels (prompt_name, label, version, updated_by) \
+       VALUES ($1, $2, $3, 'sync') \
+       ON CONFLICT (prompt_name, label) DO UPDATE SET version = EXCLUDED.version, updated_at = now() \
+       WHERE prompt_labels.updated_by = 'sync' AND prompt_labels.version < EXCLUDED.version \
+       RETURNING version) \
+     INSERT INTO prompt_label_moves (prompt_name, label, from_rule, to_rule, actor, reason) \
+     SELECT $1, $2, \
+       (SELECT jsonb_build_object('targets', jsonb_build_array(jsonb_build_object('version', old.version, 'weight', 1))) FROM old), \
+       jsonb_build_object('targets', jsonb_build_array(jsonb_build_object('version', moved.version, 'weight', 1))), \
+       'sync', 'newest prompt file' \
+     FROM moved";
 const SYNC_LOCK: &str = "SELECT pg_advisory_xact_lock(7433001)";
 
 /// `source` of a version read from a prompt file.

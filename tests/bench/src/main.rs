@@ -143,8 +143,14 @@ fn split_body(raw: &str) -> anyhow::Result<serde_json::Value> {
         let (v, w) = part
             .split_once(':')
             .with_context(|| format!("--split {raw:?}: expected VERSION:WEIGHT,..."))?;
-        let version: i32 = v.trim().parse().with_context(|| format!("--split version {v:?}"))?;
-        let weight: u32 = w.trim().parse().with_context(|| format!("--split weight {w:?}"))?;
+        let version: i32 = v
+            .trim()
+            .parse()
+            .with_context(|| format!("--split version {v:?}"))?;
+        let weight: u32 = w
+            .trim()
+            .parse()
+            .with_context(|| format!("--split weight {w:?}"))?;
         targets.push(serde_json::json!({"version": version, "weight": weight}));
     }
     Ok(serde_json::json!({"targets": targets, "reason": "llmq-bench --split"}))
@@ -166,7 +172,10 @@ async fn apply_split(http: &reqwest::Client, args: &RunArgs, raw: &str) -> anyho
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
     if !status.is_success() {
-        bail!("moving {} production to {raw}: {status} {body}", args.prompt);
+        bail!(
+            "moving {} production to {raw}: {status} {body}",
+            args.prompt
+        );
     }
     eprintln!("[bench] {} production label: split {raw}", args.prompt);
     Ok(())
@@ -183,7 +192,10 @@ async fn report_versions(db: &tokio_postgres::Client, ids: &[Uuid]) -> anyhow::R
         .await?;
     for r in rows {
         let (version, arm, n): (i32, Option<String>, i64) = (r.get(0), r.get(1), r.get(2));
-        eprintln!("[bench] v{version} ({}): {n} executions", arm.as_deref().unwrap_or("no arm"));
+        eprintln!(
+            "[bench] v{version} ({}): {n} executions",
+            arm.as_deref().unwrap_or("no arm")
+        );
     }
     Ok(())
 }

@@ -173,8 +173,9 @@ async fn the_cli_pushes_shows_diffs_promotes_rolls_back_and_reports_stats() {
         )
         .await,
     );
-    assert_eq!(history["moves"].as_array().unwrap().len(), 2);
+    assert_eq!(history["moves"].as_array().unwrap().len(), 3, "{history}");
     assert_eq!(history["moves"][1]["reason"], "cli");
+    assert_eq!(history["moves"][2]["actor"], "sync");
     let shown = llmq(&app, &key, &["prompts", "show", "summarize"]).await;
     assert!(stdout(&shown).contains("v2:90,v3:10"), "{}", stdout(&shown));
 

@@ -127,7 +127,11 @@ async fn a_method_a_route_does_not_serve_is_method_not_allowed_with_allow() {
         (trace.clone(), "/readyz", "GET"),
         (trace, "/v1/executions", "GET, POST"),
         (reqwest::Method::DELETE, "/v1/executions", "GET, POST"),
-        (reqwest::Method::GET, "/v1/prompts/summarize/versions", "POST"),
+        (
+            reqwest::Method::GET,
+            "/v1/prompts/summarize/versions",
+            "POST",
+        ),
         (
             reqwest::Method::DELETE,
             "/v1/executions/0193a3c4-0000-7000-8000-000000000000",

@@ -226,3 +226,202 @@ async fn real_answers_of_every_route_match_the_document() {
     check(&doc, "/readyz", "get", app.readyz().await).await;
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn real_answers_of_the_prompt_registry_routes_match_the_document() {
+    let admin = "openapi-admin-key";
+    let app = TestApp::builder()
+        .configure(move |s| s.api.admin_key = admin.into())
+        .spawn()
+        .await;
+    let doc = document(&app).await;
+    let send = |method: Method, path: &str, key: &str, body: Option<Value>| {
+        let mut req = app.client.request(method, app.url(path)).bearer_auth(key);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        req.send()
+    };
+    let key = app.api_key.clone();
+    let definition = json!({"model": "gpt-4o-mini", "template": "{{ text }}",
+        "input_schema": {"type": "object", "required": ["text"]}});
+    for (path, doc_path, method, key, body) in [
+        ("/v1/prompts", "/v1/prompts", Method::GET, &key, None),
+        (
+            "/v1/prompts/summarize",
+            "/v1/prompts/{name}",
+            Method::GET,
+            &key,
+            None,
+        ),
+        (
+            "/v1/prompts/nope",
+            "/v1/prompts/{name}",
+            Method::GET,
+            &key,
+            None,
+        ),
+        (
+            "/v1/prompts/summarize/versions",
+            "/v1/prompts/{name}/versions",
+            Method::POST,
+            &key,
+            Some(definition.clone()),
+        ),
+        (
+            "/v1/prompts/summarize/versions",
+            "/v1/prompts/{name}/versions",
+            Method::POST,
+            &key,
+            Some(definition),
+        ),
+        (
+            "/v1/prompts/summarize/versions",
+            "/v1/prompts/{name}/versions",
+            Method::POST,
+            &key,
+            Some(json!({"model": 1})),
+        ),
+        (
+            "/v1/prompts/summarize/versions/3",
+            "/v1/prompts/{name}/versions/{version}",
+            Method::GET,
+            &key,
+            None,
+        ),
+        (
+            "/v1/prompts/summarize/versions/9",
+            "/v1/prompts/{name}/versions/{version}",
+            Method::GET,
+            &key,
+            None,
+        ),
+        (
+            "/v1/prompts/summarize/diff?from=1&to=3",
+            "/v1/prompts/{name}/diff",
+            Method::GET,
+            &key,
+            None,
+        ),
+        (
+            "/v1/prompts/summarize/diff?from=1",
+            "/v1/prompts/{name}/diff",
+            Method::GET,
+            &key,
+            None,
+        ),
+        (
+            "/v1/prompts/summarize/labels/production/rollback",
+            "/v1/prompts/{name}/labels/{label}/rollback",
+            Method::POST,
+            &admin.to_string(),
+            None,
+        ),
+        (
+            "/v1/prompts/summarize/labels/production",
+            "/v1/prompts/{name}/labels/{label}",
+            Method::PUT,
+            &key,
+            Some(json!({"version": 3})),
+        ),
+        (
+            "/v1/prompts/summarize/labels/production",
+            "/v1/prompts/{name}/labels/{label}",
+            Method::PUT,
+            &admin.to_string(),
+            Some(
+                json!({"targets": [{"version": 2, "weight": 9}, {"version": 3, "weight": 1}], "segments": {"beta": 1}}),
+            ),
+        ),
+        (
+            "/v1/prompts/summarize/labels/production",
+            "/v1/prompts/{name}/labels/{label}",
+            Method::PUT,
+            &admin.to_string(),
+            Some(json!({"version": 7})),
+        ),
+        (
+            "/v1/prompts/summarize/labels/production",
+            "/v1/prompts/{name}/labels/{label}",
+            Method::PUT,
+            &admin.to_string(),
+            Some(json!({})),
+        ),
+        (
+            "/v1/prompts/summarize/labels/production/rollback",
+            "/v1/prompts/{name}/labels/{label}/rollback",
+            Method::POST,
+            &admin.to_string(),
+            None,
+        ),
+        (
+            "/v1/prompts/summarize/labels/production/history",
+            "/v1/prompts/{name}/labels/{label}/history",
+            Method::GET,
+            &key,
+            None,
+        ),
+        (
+            "/v1/prompts/summarize/labels/none/history",
+            "/v1/prompts/{name}/labels/{label}/history",
+            Method::GET,
+            &key,
+            None,
+        ),
+        (
+            "/v1/prompts/summarize/stats",
+            "/v1/prompts/{name}/stats",
+            Method::GET,
+            &key,
+            None,
+        ),
+        (
+            "/v1/prompts/summarize/stats?since=x",
+            "/v1/prompts/{name}/stats",
+            Method::GET,
+            &key,
+            None,
+        ),
+        (
+            "/v1/executions?limit=2",
+            "/v1/executions",
+            Method::GET,
+            &key,
+            None,
+        ),
+        (
+            "/v1/executions?cursor=x",
+            "/v1/executions",
+            Method::GET,
+            &key,
+            None,
+        ),
+    ] {
+        let method_name = method.as_str().to_lowercase();
+        check(
+            &doc,
+            doc_path,
+            &method_name,
+            send(method, path, key, body).await.unwrap(),
+        )
+        .await;
+    }
+    // After one submit through the split, the listing and stats have rows.
+    app.submit_accepted(&json!({"prompt": "summarize", "input": {"text": "x"}}))
+        .await;
+    check(
+        &doc,
+        "/v1/executions",
+        "get",
+        app.get_authorized("/v1/executions").await,
+    )
+    .await;
+    check(
+        &doc,
+        "/v1/prompts/{name}/stats",
+        "get",
+        app.get_authorized("/v1/prompts/summarize/stats").await,
+    )
+    .await;
+    app.cleanup().await;
+}

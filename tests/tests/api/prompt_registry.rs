@@ -210,7 +210,8 @@ async fn protected_labels_refuse_a_key_without_admin_and_the_audit_log_lists_eve
     let (status, _) = send(&app, reqwest::Method::POST, &rollback, &app.api_key, None).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 
-    // No move recorded yet: nothing to roll back to.
+    // Only the sync's creation of the label is recorded: nothing to roll
+    // back to.
     let (status, nothing) = send(&app, reqwest::Method::POST, &rollback, ADMIN, None).await;
     assert_eq!(status, StatusCode::CONFLICT, "{nothing}");
 
@@ -311,11 +312,17 @@ async fn protected_labels_refuse_a_key_without_admin_and_the_audit_log_lists_eve
             )
         })
         .collect();
-    assert_eq!(moves.len(), 3, "{history}");
+    assert_eq!(moves.len(), 4, "{history}");
     assert_eq!(moves[0].0, "bad canary");
     assert_eq!(moves[1].0, "canary");
     assert_eq!(moves[1].1.as_array().unwrap().len(), 2);
     assert_eq!(moves[2].0, "try v1");
+    // The file sync pointed it at the newest file version first.
+    assert_eq!(
+        (moves[3].0.as_str(), moves[3].2.as_str()),
+        ("newest prompt file", "sync")
+    );
+    assert_eq!(history["moves"][3]["from"], Value::Null);
     let rows: i64 = app
         .db()
         .await
@@ -326,7 +333,10 @@ async fn protected_labels_refuse_a_key_without_admin_and_the_audit_log_lists_eve
         .await
         .unwrap()
         .get(0);
-    assert_eq!(rows, 5, "3 production moves and 2 staging moves");
+    assert_eq!(
+        rows, 6,
+        "the sync's and 3 production moves, 2 staging moves"
+    );
     app.cleanup().await;
 }
 

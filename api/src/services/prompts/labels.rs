@@ -9,6 +9,8 @@
 //! label whose `protected` flag is set) are moved only by the admin key;
 //! setting or clearing the flag needs it too.
 
+use std::sync::Arc;
+
 use llmq_shared::db::labels::{self as db, LabelMove};
 use llmq_shared::db::{prompts, DbError, Pool};
 use llmq_shared::events::LabelMoved;
@@ -21,7 +23,7 @@ use crate::services::error::{Result, ServiceError};
 /// Everything a label move touches.
 pub struct LabelDeps<'a> {
     pub pool: &'a Pool,
-    pub publisher: &'a Publisher,
+    pub publisher: &'a Arc<Publisher>,
     pub labels: &'a LabelCache,
     pub protected_labels: &'a [String],
 }
@@ -178,12 +180,17 @@ async fn apply(
     .await?;
     tx.commit().await.map_err(DbError::from)?;
     deps.labels.invalidate(name, label);
-    deps.publisher
-        .publish_label_moved(&LabelMoved {
-            prompt: name.to_string(),
-            label: label.to_string(),
-        })
-        .await;
+    // Its own task, awaited: the request's deadline may drop this future,
+    // and a committed move must still be announced.
+    let publisher = deps.publisher.clone();
+    let moved = LabelMoved {
+        prompt: name.to_string(),
+        label: label.to_string(),
+    };
+    let announce = tokio::spawn(async move { publisher.publish_label_moved(&moved).await });
+    if announce.await.is_err() {
+        tracing::warn!(prompt = name, label, "announcing the label move panicked");
+    }
     tracing::info!(prompt = name, label, actor = %actor.name, "label moved");
     Ok(recorded)
 }
