@@ -15,12 +15,12 @@ use crate::services::error::{Result, ServiceError};
 
 /// A definition posted as JSON: its fields checked, then compiled.
 pub fn parse_definition(name: &str, body: Value) -> Result<PromptDefinition> {
-    let definition: PromptDefinition =
-        serde_json::from_value(body).map_err(|e| ServiceError::Rejected {
-            code: "invalid_definition",
-            message: format!("definition: {e}"),
-            details: None,
-        })?;
+    // Path-aware, as a prompt file's load errors are: `params.top_p: ...`.
+    let definition = PromptDefinition::from_json(&body).map_err(|e| ServiceError::Rejected {
+        code: "invalid_definition",
+        message: format!("definition: {e}"),
+        details: None,
+    })?;
     CompiledPrompt::compile(name, 0, definition.clone()).map_err(|e| ServiceError::Rejected {
         code: "invalid_definition",
         message: match e {
