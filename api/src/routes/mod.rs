@@ -7,6 +7,7 @@
 //! be served without being documented, and `allowed_methods` knows every
 //! route for the 405 answers.
 
+pub mod events;
 pub mod executions;
 pub mod health;
 
@@ -37,6 +38,8 @@ api_routes!(
     executions::get,
     executions::steps,
     executions::cancel,
+    events::execution_events,
+    events::tenant_events,
     health::healthz,
     health::readyz,
     health::metrics,

@@ -47,6 +47,8 @@ pub struct SubmitRequest {
     pub priority: i16,
     pub metadata: Map<String, Value>,
     pub user: Option<String>,
+    /// Publish the model's tokens as `delta` events while it generates.
+    pub stream: bool,
 }
 
 impl SubmitRequest {
@@ -61,6 +63,7 @@ impl SubmitRequest {
             priority: DEFAULT_PRIORITY,
             metadata: Map::new(),
             user: None,
+            stream: false,
         }
     }
 
@@ -96,6 +99,9 @@ impl SubmitRequest {
         }
         if let Some(user) = &self.user {
             meaning.insert("user".into(), user.as_str().into());
+        }
+        if self.stream {
+            meaning.insert("stream".into(), true.into());
         }
         json_sha256(&Value::Object(meaning))
     }
@@ -151,7 +157,7 @@ pub fn plan_execution(
         metadata: Value::Object(request.metadata),
         end_user: request.user,
         priority: request.priority,
-        stream: false,
+        stream: request.stream,
         webhook_url: None,
     })
 }
