@@ -3,6 +3,7 @@
 //! binary, one module per concern, one isolated `TestApp` per test.
 
 mod api {
+    mod events;
     mod executions;
     mod failures;
     mod group_commit;

@@ -387,7 +387,7 @@ fn cancelled_event_cte() -> String {
             ),
         ),
         "status = 'cancelled'",
-    ) + ","
+    )
 }
 
 /// A cancel that ended an execution: the events to announce (its

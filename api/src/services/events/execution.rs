@@ -196,6 +196,10 @@ impl State {
             };
             self.send(event.seq, event.event_type, &data);
         }
+        // A client that already had `done` gets the snapshot and the end.
+        if replay.execution.status.is_terminal() && self.cursor >= replay.last_seq {
+            self.finished = true;
+        }
     }
 
     fn send(&mut self, seq: i32, event_type: EventType, data: &Value) {
