@@ -258,3 +258,57 @@ async fn the_tenant_stream_passes_live_events_its_filters_ask_for() {
     assert_eq!(e.data["execution_id"], classify["id"], "{e:?}");
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_call_sends_deltas_before_done_that_add_up_to_the_stored_output() {
+    let mut app = TestApp::builder()
+        .without_worker()
+        .configure(|s| s.events.delta_interval_ms = 50)
+        .spawn()
+        .await;
+    let text = format!(
+        "[[fault:chunk_delay=40]] one two three four five six seven eight nine ten {}",
+        uuid::Uuid::now_v7().simple()
+    );
+    let body = serde_json::json!({"prompt": "summarize", "input": {"text": text}, "stream": true});
+    let id = app.submit_accepted(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut stream = app.event_stream(&id, None).await;
+    app.start_worker().await;
+    let events = stream.until_closed(WAIT).await;
+    let deltas: Vec<&SseEvent> = events.iter().filter(|e| e.event == "delta").collect();
+    assert!(!deltas.is_empty(), "no delta: {:#?}", shape(&events));
+    assert_eq!(events.last().unwrap().event, "done");
+    // Each delta's id resumes after the lifecycle event it follows.
+    let generate_started = events
+        .iter()
+        .position(|e| e.event == "step" && e.data["kind"] == "generate")
+        .unwrap();
+    let first_delta = events.iter().position(|e| e.event == "delta").unwrap();
+    assert!(first_delta > generate_started);
+    let started_id = events[generate_started].id.clone().unwrap();
+    assert!(
+        deltas[0].id.as_deref().unwrap().starts_with(&format!("{started_id}.")),
+        "{:?}",
+        deltas[0].id
+    );
+    let streamed: String = deltas
+        .iter()
+        .map(|d| d.data["text"].as_str().unwrap())
+        .collect();
+    let resource: Value = app.get_execution(&id).await.json().await.unwrap();
+    assert_eq!(resource["status"], "succeeded", "{resource:#}");
+    assert_eq!(resource["output"].as_str(), Some(streamed.as_str()));
+    assert!(resource["usage"]["total_tokens"].as_i64().unwrap() > 0);
+    // The provider was asked to stream, with the usage in its last chunk.
+    let calls = app.fake.calls();
+    assert!(calls.iter().all(|c| c.stream), "{calls:?}");
+    let lifecycle: Vec<SseEvent> = events
+        .into_iter()
+        .filter(|e| e.event != "delta" && e.event != "snapshot")
+        .collect();
+    assert_numbered_from(&lifecycle, 1);
+    app.cleanup().await;
+}
