@@ -290,7 +290,11 @@ async fn a_streamed_call_sends_deltas_before_done_that_add_up_to_the_stored_outp
     assert!(first_delta > generate_started);
     let started_id = events[generate_started].id.clone().unwrap();
     assert!(
-        deltas[0].id.as_deref().unwrap().starts_with(&format!("{started_id}.")),
+        deltas[0]
+            .id
+            .as_deref()
+            .unwrap()
+            .starts_with(&format!("{started_id}.")),
         "{:?}",
         deltas[0].id
     );

@@ -59,7 +59,11 @@ async fn a_worker_killed_mid_stream_leaves_a_gap_free_log_that_the_retry_continu
 
     let live = lifecycle(&events);
     let seqs: Vec<i64> = live.iter().map(|e| e.seq().expect("an id")).collect();
-    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "{live:#?}");
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "{live:#?}"
+    );
     let statuses: Vec<String> = live
         .iter()
         .filter(|e| e.event == "status")
@@ -73,7 +77,13 @@ async fn a_worker_killed_mid_stream_leaves_a_gap_free_log_that_the_retry_continu
         .collect();
     assert_eq!(
         statuses,
-        ["queued ", "running ", "queued lease_expired", "running ", "succeeded "],
+        [
+            "queued ",
+            "running ",
+            "queued lease_expired",
+            "running ",
+            "succeeded "
+        ],
         "{live:#?}"
     );
     // The killed attempt's generate is closed as lost by the retry, then
