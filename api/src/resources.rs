@@ -143,6 +143,8 @@ pub struct Links {
     #[serde(rename = "self")]
     pub self_: String,
     pub steps: String,
+    /// The execution's event stream (Server-Sent Events).
+    pub events: String,
 }
 
 /// An execution as clients see it.
@@ -196,6 +198,7 @@ impl From<&Execution> for ExecutionResource {
             finished_at: e.finished_at,
             links: Links {
                 steps: format!("{base}/steps"),
+                events: format!("{base}/events"),
                 self_: base,
             },
         }
