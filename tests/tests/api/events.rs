@@ -316,3 +316,53 @@ async fn a_streamed_call_sends_deltas_before_done_that_add_up_to_the_stored_outp
     assert_numbered_from(&lifecycle, 1);
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_does_not_read_is_dropped_with_a_last_error_event() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = TestApp::builder()
+        .configure(|s| s.events.tenant_stream_buffer = 4)
+        .spawn()
+        .await;
+    // A client with a small receive buffer that reads nothing: the
+    // server's socket buffers fill, then the stream's own buffer.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let addr: std::net::SocketAddr = app.address.trim_start_matches("http://").parse().unwrap();
+    let mut conn = socket.connect(addr).await.unwrap();
+    let request = format!(
+        "GET /v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n",
+        app.api_key
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..150 {
+        ids.push(app.submit_summary(&format!("slow reader {i}")).await);
+    }
+    app.wait_all_terminal(&ids, Duration::from_secs(120)).await;
+
+    let mut received = Vec::new();
+    tokio::time::timeout(WAIT, conn.read_to_end(&mut received))
+        .await
+        .expect("the server closes the dropped stream")
+        .unwrap();
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "{}",
+        &text[..text.len().min(300)]
+    );
+    let at = text.find("slow_consumer").expect("a last error event");
+    let last_event = text.rfind("event: ").unwrap();
+    assert_eq!(
+        &text[last_event..last_event + 12],
+        "event: error",
+        "the error event is the last"
+    );
+    assert!(last_event < at);
+    // Far fewer events than were published reached this reader.
+    let delivered = text.matches("event: ").count();
+    assert!(delivered < 150 * 9, "{delivered} events delivered");
+    app.cleanup().await;
+}
