@@ -30,6 +30,14 @@
 #   BENCH_SETTINGS     "LATENCY_MS:WORKER_CONCURRENCY[:RATE[:N]] ..." (N
 #                      overrides BENCH_N for that setting)
 #                      (default "0:1024 0:1024:100:3000 2000:8192:2500")
+#   BENCH_SSE          the event-stream setting, "LATENCY_MS:WORKER_CONCURRENCY:RATE:N"
+#                      (default "20000:16384:1000:10000": N executions submitted
+#                      at RATE/s, each with its own SSE subscriber opened right
+#                      after its submit, so about N streams are held on the
+#                      one API process while a 20 s model runs; reports the
+#                      streams held, the API's peak RSS and the delay from an
+#                      event's commit to its arrival at a subscriber);
+#                      "off" skips it
 #   BENCH_CURVE        set to 1 (`make bench-curve`) to also gather every
 #                      0 ms setting into the latency-versus-load curve:
 #                      .run/bench-curve.json, .run/bench-curve.svg and a
@@ -66,6 +74,7 @@ BENCH_RATE=${BENCH_RATE:-0}
 BENCH_WARMUP=${BENCH_WARMUP:-200}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-240}
 BENCH_SETTINGS=${BENCH_SETTINGS:-"0:1024 0:1024:100:3000 2000:8192:2500"}
+BENCH_SSE=${BENCH_SSE:-"20000:16384:1000:10000"}
 BENCH_CURVE=${BENCH_CURVE:-0}
 BENCH_DB=${BENCH_DB:-llmq_bench}
 API_PORT=${BENCH_API_PORT:-18080}
@@ -185,9 +194,10 @@ setting_name() { # setting_name LATENCY_MS RATE
     if [ "$2" = 0 ]; then echo "${1}ms"; else echo "${1}ms-${2}per-s"; fi
 }
 
-run_setting() { # run_setting LATENCY_MS WORKER_CONCURRENCY RATE N
-    local latency=$1 concurrency=$2 rate=$3 n=$4 name ts rc=0 hwm rabbit_pid
+run_setting() { # run_setting LATENCY_MS WORKER_CONCURRENCY RATE N [sse]
+    local latency=$1 concurrency=$2 rate=$3 n=$4 mode=${5:-} name ts rc=0 hwm rabbit_pid
     name=$(setting_name "$latency" "$rate")
+    [ "$mode" = sse ] && name="sse-$name"
     local out="$RUN_DIR/bench-$name.out" json="$RUN_DIR/bench-$name.json"
     rm -f "$json" "$out"
     log "=== setting $name: provider latency $latency ms, worker concurrency $concurrency, $n executions, $([ "$rate" = 0 ] && echo "closed loop" || echo "open loop at $rate/s")"
@@ -245,12 +255,18 @@ run_setting() { # run_setting LATENCY_MS WORKER_CONCURRENCY RATE N
     rabbit_pid=$(pgrep -o -x beam.smp 2>/dev/null || true)
     [ -n "$rabbit_pid" ] && watch+=(--watch "rabbitmq=$rabbit_pid")
 
-    "$BIN/llmq-bench" \
-        --api "http://127.0.0.1:$API_PORT" --api-key "$API_KEY" --database-url "$DB_URL" \
-        -n "$n" -c "$BENCH_CONCURRENCY" --rate "$rate" --warmup "$BENCH_WARMUP" \
-        --timeout-secs "$BENCH_TIMEOUT" --warmup-timeout-secs 60 \
-        --label "$name" --provider-latency-ms "$latency" --worker-concurrency "$concurrency" \
-        "${watch[@]}" "${SPLIT_ARGS[@]}" --json-out "$json" | tee "$out" || rc=$?
+    if [ "$mode" = sse ]; then
+        "$BIN/llmq-bench" sse --api "http://127.0.0.1:$API_PORT" --api-key "$API_KEY" \
+            -n "$n" --rate "$rate" --timeout-secs "$BENCH_TIMEOUT" --api-pid "$api_pid" \
+            --label "$name" --json-out "$RUN_DIR/bench-$name.sse.json" | tee "$out" || rc=$?
+    else
+        "$BIN/llmq-bench" \
+            --api "http://127.0.0.1:$API_PORT" --api-key "$API_KEY" --database-url "$DB_URL" \
+            -n "$n" -c "$BENCH_CONCURRENCY" --rate "$rate" --warmup "$BENCH_WARMUP" \
+            --timeout-secs "$BENCH_TIMEOUT" --warmup-timeout-secs 60 \
+            --label "$name" --provider-latency-ms "$latency" --worker-concurrency "$concurrency" \
+            "${watch[@]}" "${SPLIT_ARGS[@]}" --json-out "$json" | tee "$out" || rc=$?
+    fi
 
     hwm=$(vm_hwm_kb "$worker_pid")
     if kill -0 "$worker_pid" 2>/dev/null; then
@@ -303,6 +319,13 @@ for setting in $BENCH_SETTINGS; do
         [ "$latency" = 0 ] && curve+=("$json")
     fi
 done
+
+if [ "$BENCH_SSE" != off ]; then
+    # Ten thousand streams are ten thousand sockets on each side.
+    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    IFS=: read -r latency concurrency rate n <<<"$BENCH_SSE"
+    run_setting "$latency" "$concurrency" "$rate" "$n" sse
+fi
 
 printf '\n== llmq bench summary (%s executions per setting, %d s in all)\n' \
     "$BENCH_N" "$((SECONDS - started))"

@@ -38,7 +38,8 @@ pub struct SubmitExecution {
     /// Overrides of the version's parameters (temperature, max_tokens, ...).
     #[schema(value_type = Option<Object>)]
     pub params: Option<serde_json::Map<String, Value>>,
-    /// Not supported yet: `true` is answered 422 `not_supported`.
+    /// Publish the model's tokens as `delta` events on the execution's
+    /// event stream while it generates.
     #[serde(default)]
     pub stream: bool,
     /// Not supported yet: any value is answered 422 `not_supported`.
@@ -77,12 +78,9 @@ fn no_nul(field: &str, value: &str) -> Result<(), ServiceError> {
 impl SubmitExecution {
     /// The domain request this body asks for, defaults applied. Refuses
     /// what cannot be stored (NUL characters: Postgres `text` and `jsonb`
-    /// have no room for them) or is not implemented yet (`stream`,
-    /// `webhook`) rather than accepting it and doing nothing.
+    /// have no room for them) or is not implemented yet (`webhook`)
+    /// rather than accepting it and doing nothing.
     pub fn into_request(self) -> Result<SubmitRequest, ServiceError> {
-        if self.stream {
-            return Err(not_supported("stream"));
-        }
         if self.webhook.is_some() {
             return Err(not_supported("webhook"));
         }
@@ -132,6 +130,7 @@ impl SubmitExecution {
             metadata,
             user: self.user,
             segment: self.segment,
+            stream: self.stream,
         })
     }
 }
@@ -161,6 +160,8 @@ pub struct Links {
     #[serde(rename = "self")]
     pub self_: String,
     pub steps: String,
+    /// The execution's event stream (Server-Sent Events).
+    pub events: String,
 }
 
 /// An execution as clients see it.
@@ -215,6 +216,7 @@ impl From<&Execution> for ExecutionResource {
             finished_at: e.finished_at,
             links: Links {
                 steps: format!("{base}/steps"),
+                events: format!("{base}/events"),
                 self_: base,
             },
         }

@@ -16,7 +16,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use llmq_shared::db::{self, Pool};
-use llmq_shared::events::Subscriber;
+use llmq_shared::events::{StreamBuffers, Subscriber};
 use llmq_shared::prompt::{load_prompt_dir, LabelCache, PromptCache};
 use llmq_shared::queue::{Publisher, Topology};
 use llmq_shared::Settings;
@@ -64,11 +64,16 @@ impl Application {
             broker.clone(),
             &sessions,
         );
-        let (events, consume_events) = Subscriber::start(
+        let buffers = StreamBuffers {
+            per_execution: settings.events.stream_buffer,
+            all: settings.events.tenant_stream_buffer,
+        };
+        let (events, consume_events) = Subscriber::start_with(
             &settings.amqp_url,
             "llmq-api events",
             topology,
             broker.clone(),
+            buffers,
         );
         sessions.spawn(consume_events);
         let label_moves = events.label_moves();

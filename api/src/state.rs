@@ -20,7 +20,8 @@ pub struct AppState {
     pub labels: LabelCache,
     /// New executions, inserted many per statement (group commit).
     pub inserts: Inserts,
-    /// Lifecycle events heard by this process (long-poll wake-ups).
+    /// Lifecycle events heard by this process (long-poll wake-ups, event
+    /// streams).
     pub events: Arc<Subscriber>,
     /// Accepted executions to publish (with a confirm) in the background.
     pub to_publish: PublishQueue,
@@ -40,6 +41,11 @@ impl AppState {
             republish_after: self.settings.republish_after(),
             idempotency_ttl: std::time::Duration::from_secs(self.settings.api.idempotency_ttl_secs),
         }
+    }
+
+    /// Between keep-alive comments of an idle event stream.
+    pub fn keepalive(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.settings.events.keepalive_ms.max(10))
     }
 
     /// The deadline of one request's database and broker work.

@@ -30,8 +30,36 @@ pub struct Settings {
     pub api: ApiSettings,
     pub worker: WorkerSettings,
     pub provider: ProviderSettings,
+    /// Event streams (SSE) and token deltas.
+    pub events: EventSettings,
     /// Logical models named by prompts, mapped onto providers.
     pub models: BTreeMap<String, ModelSettings>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EventSettings {
+    /// Milliseconds between keep-alive comments on an idle event stream.
+    pub keepalive_ms: u64,
+    /// Events buffered for the readers of one execution's stream; a
+    /// reader further behind is dropped with a last `error` event.
+    pub stream_buffer: usize,
+    /// Events buffered for the tenant-wide streams of an API process.
+    pub tenant_stream_buffer: usize,
+    /// How often a worker publishes the token deltas of streamed calls
+    /// (coalesced per execution).
+    pub delta_interval_ms: u64,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        Self {
+            keepalive_ms: 15_000,
+            stream_buffer: 64,
+            tenant_stream_buffer: 16_384,
+            delta_interval_ms: 250,
+        }
+    }
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -166,6 +194,7 @@ impl Default for Settings {
             api: ApiSettings::default(),
             worker: WorkerSettings::default(),
             provider: ProviderSettings::default(),
+            events: EventSettings::default(),
             models: BTreeMap::new(),
         }
     }

@@ -10,8 +10,19 @@
 //!
 //! A process runs one [`Subscriber`]: one consumer on an exclusive queue,
 //! reconnecting by itself, fanning events out to whoever watches one
-//! execution ([`Subscriber::watch`], long-poll today, an SSE stream next)
-//! or all of them ([`Subscriber::subscribe`], webhook delivery next).
+//! execution ([`Subscriber::watch`], long-poll) or all of them
+//! ([`Subscriber::subscribe`]).
+//!
+//! The same messages carry the numbered event log (`crate::event_log`):
+//! each committed batch's events in one message, beside its terminal
+//! transitions. The subscriber hands them to the streams of one execution
+//! ([`Subscriber::stream`], the SSE endpoint: one registration per
+//! execution watched, however many clients watch it) and of all
+//! executions ([`Subscriber::log_events`], the tenant-wide stream), each
+//! through a bounded buffer: a reader that falls behind is told so
+//! ([`Next::Lagged`]) instead of being buffered for without bound. The log
+//! itself is in Postgres; a stream that lagged, or whose subscriber
+//! reconnected ([`Subscriber::sessions`]), reads what it missed there.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,10 +31,11 @@ use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{retry_until_cancelled, unless_cancelled, Backoff, Ended};
+use crate::event_log::LogEvent;
 use crate::execution::{ExecutionId, ExecutionStatus};
 use crate::queue::{self, s, Publisher, QueueError, Topology};
 
@@ -37,10 +49,13 @@ pub struct ExecutionEvent {
 /// Routing key of `TerminalEvents` messages on the events exchange.
 pub const TERMINAL_EVENTS_KEY: &str = "executions.terminal";
 
-/// Terminal transitions committed together, in one events message.
+/// Terminal transitions committed together, in one events message, with
+/// the log events the same statement (or any other) numbered.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TerminalEvents {
     pub events: Vec<ExecutionEvent>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<LogEvent>,
 }
 
 // Publishing lives here, beside the types, though it is a method of the
@@ -49,15 +64,23 @@ impl Publisher {
     /// Announces executions that reached a terminal status, as one
     /// message for all of them. Best effort: waiters re-read Postgres.
     pub async fn publish_terminal_events(&self, events: &[ExecutionEvent]) {
-        if events.is_empty() {
+        self.publish_events(events, Vec::new()).await
+    }
+
+    /// Announces a committed batch: its terminal transitions and the log
+    /// events it numbered, as one message. Best effort: streams read
+    /// Postgres for what they miss.
+    pub async fn publish_events(&self, terminal: &[ExecutionEvent], log: Vec<LogEvent>) {
+        if terminal.is_empty() && log.is_empty() {
             return;
         }
         let batch = TerminalEvents {
-            events: events.to_vec(),
+            events: terminal.to_vec(),
+            log,
         };
         if let Ok(body) = serde_json::to_vec(&batch) {
             if let Err(e) = self.publish_event(TERMINAL_EVENTS_KEY, &body).await {
-                tracing::debug!(count = events.len(), error = %e, "terminal events not published");
+                tracing::debug!(count = terminal.len() + batch.log.len(), error = %e, "events not published");
             }
         }
     }
@@ -118,11 +141,35 @@ const WATCH_BUFFER: usize = 16;
 /// Events buffered for each all-executions subscriber.
 const SUBSCRIBE_BUFFER: usize = 4096;
 
+/// Buffers of the log event streams, in events.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamBuffers {
+    /// Per execution watched (shared by its readers).
+    pub per_execution: usize,
+    /// For the stream of every execution's events.
+    pub all: usize,
+}
+
+impl Default for StreamBuffers {
+    fn default() -> Self {
+        Self {
+            per_execution: 64,
+            all: 16_384,
+        }
+    }
+}
+
 /// The process's one consumer of lifecycle events.
 pub struct Subscriber {
     by_id: Mutex<HashMap<ExecutionId, broadcast::Sender<ExecutionEvent>>>,
     all: broadcast::Sender<ExecutionEvent>,
     labels: broadcast::Sender<LabelEvent>,
+    streams: Mutex<HashMap<ExecutionId, broadcast::Sender<Arc<LogEvent>>>>,
+    log_all: broadcast::Sender<Arc<LogEvent>>,
+    buffers: StreamBuffers,
+    /// Bumped each time a consumer session starts: events published
+    /// while there was none were missed.
+    sessions: watch::Sender<u64>,
 }
 
 impl Subscriber {
@@ -138,11 +185,21 @@ impl Subscriber {
         Arc<Self>,
         impl std::future::Future<Output = ()> + Send + 'static,
     ) {
-        let subscriber = Arc::new(Self {
-            by_id: Mutex::new(HashMap::new()),
-            all: broadcast::channel(SUBSCRIBE_BUFFER).0,
-            labels: broadcast::channel(LABEL_BUFFER).0,
-        });
+        Self::start_with(url, name, topology, cancel, StreamBuffers::default())
+    }
+
+    /// Like `start`, with the log streams' buffers.
+    pub fn start_with(
+        url: &str,
+        name: &str,
+        topology: Topology,
+        cancel: CancellationToken,
+        buffers: StreamBuffers,
+    ) -> (
+        Arc<Self>,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let subscriber = Arc::new(Self::new(buffers));
         let (url, name) = (url.to_string(), name.to_string());
         let this = subscriber.clone();
         let run = async move {
@@ -171,6 +228,18 @@ impl Subscriber {
         }
     }
 
+    fn new(buffers: StreamBuffers) -> Self {
+        Self {
+            by_id: Mutex::new(HashMap::new()),
+            all: broadcast::channel(SUBSCRIBE_BUFFER).0,
+            labels: broadcast::channel(LABEL_BUFFER).0,
+            streams: Mutex::new(HashMap::new()),
+            log_all: broadcast::channel(buffers.all.max(1)).0,
+            buffers,
+            sessions: watch::channel(0).0,
+        }
+    }
+
     /// Every event this process hears, from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<ExecutionEvent> {
         self.all.subscribe()
@@ -180,6 +249,48 @@ impl Subscriber {
     /// (re)subscription after which earlier moves may have been missed.
     pub fn label_moves(&self) -> broadcast::Receiver<LabelEvent> {
         self.labels.subscribe()
+    }
+
+    /// The log events of one execution, from now on. Register before
+    /// reading Postgres, so that nothing committed after the read is
+    /// missed.
+    pub fn stream(self: &Arc<Self>, id: ExecutionId) -> LogWatch {
+        let events = match self.streams.lock() {
+            Ok(mut map) => map
+                .entry(id)
+                .or_insert_with(|| broadcast::channel(self.buffers.per_execution.max(1)).0)
+                .subscribe(),
+            Err(_) => broadcast::channel(1).1,
+        };
+        LogWatch {
+            subscriber: self.clone(),
+            id,
+            events,
+        }
+    }
+
+    /// Every log event this process hears, from now on.
+    pub fn log_events(&self) -> broadcast::Receiver<Arc<LogEvent>> {
+        self.log_all.subscribe()
+    }
+
+    /// Changes each time a consumer session starts; events published
+    /// before it, while none ran, were not heard.
+    pub fn sessions(&self) -> watch::Receiver<u64> {
+        self.sessions.subscribe()
+    }
+
+    /// Hands one log event to the streams of its execution and of all.
+    pub fn deliver_log(&self, event: LogEvent) {
+        let event = Arc::new(event);
+        if let Ok(map) = self.streams.lock() {
+            if let Some(tx) = map.get(&event.execution_id) {
+                let _ = tx.send(event.clone());
+            }
+        }
+        if self.log_all.receiver_count() > 0 {
+            let _ = self.log_all.send(event);
+        }
     }
 
     /// Hands one event to its watchers and the subscribers.
@@ -214,6 +325,43 @@ impl Watch {
     }
 }
 
+/// What a log stream reader gets next.
+#[derive(Debug)]
+pub enum Next {
+    Event(Arc<LogEvent>),
+    /// The reader fell behind and events were dropped from its buffer.
+    Lagged,
+}
+
+/// A registration for one execution's log events; dropping it unregisters.
+pub struct LogWatch {
+    subscriber: Arc<Subscriber>,
+    id: ExecutionId,
+    events: broadcast::Receiver<Arc<LogEvent>>,
+}
+
+impl LogWatch {
+    /// The next log event of this execution. Pends for good once no event
+    /// can come any more (the process is stopping).
+    pub async fn next(&mut self) -> Next {
+        match self.events.recv().await {
+            Ok(event) => Next::Event(event),
+            Err(broadcast::error::RecvError::Lagged(_)) => Next::Lagged,
+            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for LogWatch {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.subscriber.streams.lock() {
+            if map.get(&self.id).is_some_and(|tx| tx.receiver_count() <= 1) {
+                map.remove(&self.id);
+            }
+        }
+    }
+}
+
 impl Drop for Watch {
     fn drop(&mut self) {
         if let Ok(mut map) = self.subscriber.by_id.lock() {
@@ -238,6 +386,7 @@ async fn consume(
         return Ok(());
     };
     let (conn, channel, mut consumer) = opened.map_err(Ended::Failed)?;
+    subscriber.sessions.send_modify(|n| *n += 1);
     tracing::debug!(session = name, "consuming lifecycle events");
     // Bound from here on; whatever moved before is re-read from Postgres.
     let _ = subscriber.labels.send(LabelEvent::Resubscribed);
@@ -260,6 +409,9 @@ async fn consume(
                     if let Ok(batch) = serde_json::from_slice::<TerminalEvents>(&delivery.data) {
                         for event in batch.events {
                             subscriber.deliver(event);
+                        }
+                        for event in batch.log {
+                            subscriber.deliver_log(event);
                         }
                     }
                 }
@@ -319,11 +471,44 @@ mod tests {
     use super::*;
 
     fn subscriber() -> Arc<Subscriber> {
-        Arc::new(Subscriber {
-            by_id: Mutex::new(HashMap::new()),
-            all: broadcast::channel(SUBSCRIBE_BUFFER).0,
-            labels: broadcast::channel(LABEL_BUFFER).0,
-        })
+        Arc::new(Subscriber::new(StreamBuffers {
+            per_execution: 2,
+            all: 4,
+        }))
+    }
+
+    fn log_event(id: ExecutionId, seq: i32) -> LogEvent {
+        LogEvent {
+            execution_id: id,
+            tenant_id: "t".into(),
+            prompt_name: "p".into(),
+            seq,
+            event_type: crate::event_log::EventType::Status,
+            data: serde_json::json!({}),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_registration_serves_every_reader_of_an_execution_and_a_slow_one_is_told() {
+        let subscriber = subscriber();
+        let id = ExecutionId::new();
+        let mut a = subscriber.stream(id);
+        let mut b = subscriber.stream(id);
+        assert_eq!(subscriber.streams.lock().map(|m| m.len()).unwrap_or(0), 1);
+        subscriber.deliver_log(log_event(id, 2));
+        assert!(matches!(a.next().await, Next::Event(e) if e.seq == 2));
+        // b reads nothing while three more arrive: its buffer holds two.
+        for seq in 3..6 {
+            subscriber.deliver_log(log_event(id, seq));
+        }
+        assert!(matches!(b.next().await, Next::Lagged));
+        drop(a);
+        drop(b);
+        assert!(subscriber
+            .streams
+            .lock()
+            .map(|m| m.is_empty())
+            .unwrap_or(false));
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ pub mod batch;
 pub mod canonical;
 pub mod config;
 pub mod db;
+pub mod event_log;
 pub mod events;
 pub mod execution;
 pub mod ids;

@@ -245,6 +245,26 @@ impl TestApp {
             .to_string()
     }
 
+    /// `GET /v1/executions/{id}/events` with an optional `Last-Event-ID`.
+    pub async fn execution_events(&self, id: &str, last_event_id: Option<&str>) -> Response {
+        let mut request = self
+            .client
+            .get(self.url(&format!("/v1/executions/{id}/events")))
+            .bearer_auth(&self.api_key);
+        if let Some(last) = last_event_id {
+            request = request.header("Last-Event-ID", last);
+        }
+        request
+            .send()
+            .await
+            .expect("GET /v1/executions/{id}/events")
+    }
+
+    /// The event stream of execution `id` after `last_event_id`.
+    pub async fn event_stream(&self, id: &str, last_event_id: Option<&str>) -> crate::SseClient {
+        crate::SseClient::new(self.execution_events(id, last_event_id).await)
+    }
+
     /// `GET /v1/executions/{id}`.
     pub async fn get_execution(&self, id: &str) -> Response {
         self.get_authorized(&format!("/v1/executions/{id}")).await

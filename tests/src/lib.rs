@@ -10,12 +10,14 @@ pub mod app;
 pub mod database;
 pub mod prompts;
 pub mod skip;
+pub mod sse;
 pub mod worker_process;
 
 pub use app::{assert_error, is_terminal, TestApp, TestAppBuilder};
 pub use database::TestDatabase;
 pub use prompts::TempPrompts;
 pub use skip::skip;
+pub use sse::{SseClient, SseEvent, SseItem};
 pub use worker_process::WorkerProcess;
 
 /// Logs go to the test's captured output, and only when `RUST_LOG` is set.

@@ -4,6 +4,7 @@
 
 mod api {
     mod cli;
+    mod events;
     mod executions;
     mod failures;
     mod group_commit;

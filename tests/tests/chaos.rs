@@ -17,6 +17,7 @@ mod chaos {
     mod broker_outage;
     mod cancellation;
     mod database_outages;
+    mod event_log;
     mod idempotency;
     mod killed_workers;
     mod poison_messages;

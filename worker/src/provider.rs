@@ -157,11 +157,13 @@ impl ProviderClient {
 
     /// The request body: the rendered messages, then the version's (and the
     /// request's) parameters passed through as the provider expects them.
+    /// A streamed call asks for the usage in its last chunk.
     pub fn request_body(
         endpoint: &Endpoint,
         messages: &[ChatMessage],
         params: &Map<String, Value>,
         response_format: Option<&Value>,
+        stream: bool,
     ) -> Value {
         let mut body = Map::new();
         for (k, v) in params {
@@ -177,8 +179,72 @@ impl ProviderClient {
             Value::String(endpoint.upstream_model.clone()),
         );
         body.insert("messages".into(), json!(messages));
-        body.insert("stream".into(), Value::Bool(false));
+        body.insert("stream".into(), Value::Bool(stream));
+        if stream {
+            body.insert("stream_options".into(), json!({"include_usage": true}));
+        } else {
+            body.remove("stream_options");
+        }
         Value::Object(body)
+    }
+
+    fn post(
+        &self,
+        endpoint: &Endpoint,
+        body: &Value,
+        timeout: Duration,
+    ) -> reqwest::RequestBuilder {
+        let url = format!(
+            "{}/chat/completions",
+            endpoint.base_url.trim_end_matches('/')
+        );
+        let mut request = self.http.post(url).json(body).timeout(timeout);
+        if !endpoint.api_key.is_empty() {
+            request = request.bearer_auth(&endpoint.api_key);
+        }
+        request
+    }
+
+    /// One streamed chat completion (`body` asks for `stream: true`),
+    /// bounded by `timeout` as a whole: each text fragment goes to
+    /// `fragments` as it arrives; the answer is the same `Generation` a
+    /// plain call gives (the usage from the last chunk). Never retries; a
+    /// stream that breaks off is a failed call, classified like one.
+    pub async fn chat_stream(
+        &self,
+        endpoint: &Endpoint,
+        body: &Value,
+        timeout: Duration,
+        fragments: tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> Result<Generation, ProviderError> {
+        let mut response = self
+            .post(endpoint, body, timeout)
+            .send()
+            .await
+            .map_err(|e| transport_error(e, timeout))?;
+        let status = response.status();
+        if !status.is_success() {
+            let headers = response.headers().clone();
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|e| transport_error(e, timeout))?;
+            return Err(status_error(status, &headers, &bytes));
+        }
+        let mut reader = StreamReader::default();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| transport_error(e, timeout))?
+        {
+            for fragment in reader.push(&chunk)? {
+                let _ = fragments.send(fragment);
+            }
+            if reader.done {
+                break;
+            }
+        }
+        reader.finish()
     }
 
     /// One chat completion, bounded by `timeout`. Never retries.
@@ -188,15 +254,8 @@ impl ProviderClient {
         body: &Value,
         timeout: Duration,
     ) -> Result<Generation, ProviderError> {
-        let url = format!(
-            "{}/chat/completions",
-            endpoint.base_url.trim_end_matches('/')
-        );
-        let mut request = self.http.post(url).json(body).timeout(timeout);
-        if !endpoint.api_key.is_empty() {
-            request = request.bearer_auth(&endpoint.api_key);
-        }
-        let response = request
+        let response = self
+            .post(endpoint, body, timeout)
             .send()
             .await
             .map_err(|e| transport_error(e, timeout))?;
@@ -251,6 +310,78 @@ fn schema_name(prompt: &str) -> String {
         "output".into()
     } else {
         name
+    }
+}
+
+/// Reads the `data:` lines of a streamed completion (OpenAI's
+/// `chat.completion.chunk` objects, then `data: [DONE]`).
+#[derive(Default)]
+struct StreamReader {
+    line: Vec<u8>,
+    content: String,
+    usage: Option<Usage>,
+    done: bool,
+}
+
+impl StreamReader {
+    /// The text fragments in `bytes` (lines may span chunks).
+    fn push(&mut self, bytes: &[u8]) -> Result<Vec<String>, ProviderError> {
+        let mut fragments = Vec::new();
+        for &b in bytes {
+            if b != b'\n' {
+                self.line.push(b);
+                continue;
+            }
+            let line = std::mem::take(&mut self.line);
+            let line = String::from_utf8_lossy(&line);
+            let Some(data) = line.trim_end_matches('\r').strip_prefix("data:") else {
+                continue;
+            };
+            let data = data.trim();
+            if data == "[DONE]" {
+                self.done = true;
+                break;
+            }
+            let chunk: Value = serde_json::from_str(data).map_err(|e| {
+                ProviderError::BadResponse(format!("a stream chunk is not JSON: {e}"))
+            })?;
+            if let Some(error) = chunk.get("error") {
+                return Err(ProviderError::Server {
+                    status: 200,
+                    message: error.to_string(),
+                });
+            }
+            if let Some(text) = chunk
+                .pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+            {
+                self.content.push_str(text);
+                fragments.push(text.to_string());
+            }
+            if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
+                let n = |k: &str| u.get(k).and_then(Value::as_i64).unwrap_or(0) as i32;
+                self.usage = Some(Usage {
+                    prompt_tokens: n("prompt_tokens"),
+                    completion_tokens: n("completion_tokens"),
+                    total_tokens: n("total_tokens"),
+                    cost_usd: None,
+                });
+            }
+        }
+        Ok(fragments)
+    }
+
+    fn finish(self) -> Result<Generation, ProviderError> {
+        if !self.done {
+            return Err(ProviderError::BadResponse(
+                "the stream ended before [DONE]".into(),
+            ));
+        }
+        Ok(Generation {
+            content: self.content,
+            usage: self.usage.unwrap_or_default(),
+        })
     }
 }
 
@@ -358,8 +489,26 @@ mod tests {
         let mut params = Map::new();
         params.insert("response_format".into(), json!({"type": "text"}));
         let format = json!({"type": "json_object"});
-        let body = ProviderClient::request_body(&e, &[], &params, Some(&format));
+        let body = ProviderClient::request_body(&e, &[], &params, Some(&format), false);
         assert_eq!(body["response_format"], format);
+    }
+
+    #[test]
+    fn a_stream_is_read_across_chunk_boundaries() {
+        let mut r = StreamReader::default();
+        let a = r
+            .push(b"data: {\"choices\":[{\"delta\":{\"content\":\"Hel")
+            .unwrap();
+        assert!(a.is_empty());
+        let b = r
+            .push(b"lo \"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\ndata: [DONE]\n\n")
+            .unwrap();
+        assert_eq!(b, ["Hello "]);
+        let g = r.finish().unwrap();
+        assert_eq!((g.content.as_str(), g.usage.total_tokens), ("Hello ", 4));
+        let mut cut = StreamReader::default();
+        cut.push(b"data: {\"choices\":[]}\n").unwrap();
+        assert!(cut.finish().is_err());
     }
 
     #[test]

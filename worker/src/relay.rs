@@ -36,28 +36,34 @@ pub async fn relay_once(ctx: &WorkerContext) -> Result<usize, DbError> {
     let mut client = ctx.pool.get().await?;
     let mut published = 0;
     let mut first = true;
+    let mut reaped_events = Vec::new();
     loop {
         let tx = client.transaction().await?;
         if std::mem::take(&mut first) {
             let reaped = leases::reap_expired_leases(&tx, BATCH).await?;
-            if !reaped.is_empty() {
+            if !reaped.written.is_empty() {
                 tracing::warn!(
-                    count = reaped.len(),
+                    count = reaped.written.len(),
                     "requeued executions whose worker lease expired"
                 );
-                metrics::counter!(m::LEASES_REAPED).increment(reaped.len() as u64);
+                metrics::counter!(m::LEASES_REAPED).increment(reaped.written.len() as u64);
+                // Announced once committed, below: never an event that
+                // could still roll back.
+                reaped_events = reaped.events(&[]);
             }
             // Without a channel every publish would fail at once: leave
             // the rows due for a later pass instead of failing each of
             // them every pass.
             if !ctx.publisher.is_connected().await {
                 tx.commit().await?;
+                announce(ctx, &mut reaped_events).await;
                 return Ok(0);
             }
         }
         let due = outbox::lock_due_for_publish(&tx, BATCH).await?;
         if due.is_empty() {
             tx.commit().await?;
+            announce(ctx, &mut reaped_events).await;
             return Ok(published);
         }
         let results = futures::future::join_all(
@@ -73,6 +79,7 @@ pub async fn relay_once(ctx: &WorkerContext) -> Result<usize, DbError> {
             .collect();
         outbox::clear_publish_due(&tx, &confirmed).await?;
         tx.commit().await?;
+        announce(ctx, &mut reaped_events).await;
         published += confirmed.len();
         metrics::counter!(m::OUTBOX_REPUBLISHED).increment(confirmed.len() as u64);
         if confirmed.len() < due.len() {
@@ -86,4 +93,11 @@ pub async fn relay_once(ctx: &WorkerContext) -> Result<usize, DbError> {
             return Ok(published);
         }
     }
+}
+
+/// Publishes the reap's events once its transaction has committed.
+async fn announce(ctx: &WorkerContext, events: &mut Vec<llmq_shared::event_log::LogEvent>) {
+    ctx.publisher
+        .publish_events(&[], std::mem::take(events))
+        .await;
 }

@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use llmq_shared::db::leases::Claim;
 use llmq_shared::db::{prompts as db_prompts, DbError};
-use llmq_shared::events::ExecutionEvent;
 use llmq_shared::execution::{codes, ErrorInfo, Execution, ExecutionId, ExecutionStatus};
 use llmq_shared::metrics as m;
 use llmq_shared::prompt::CompiledPrompt;
@@ -84,14 +83,9 @@ pub async fn run_execution(
         Claim::Leased => return Ok(RunOutcome::Skipped("leased by another worker")),
         Claim::NotYet => return Ok(RunOutcome::Skipped("retry delay not over")),
         Claim::CancelRequested => {
+            // The writer announces the cancel it commits.
             if ctx.writer.cancel_unclaimed(id).await? {
                 metrics::counter!(m::EXECUTIONS_FINISHED, "status" => "cancelled").increment(1);
-                ctx.publisher
-                    .publish_terminal_events(&[ExecutionEvent {
-                        id,
-                        status: ExecutionStatus::Cancelled,
-                    }])
-                    .await;
                 return Ok(RunOutcome::Finished(ExecutionStatus::Cancelled));
             }
             return Ok(RunOutcome::Skipped("cancel requested"));

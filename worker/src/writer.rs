@@ -11,6 +11,10 @@
 //! The rarer writes of a run (a retry's give-back, a shutdown's lease
 //! release, a cancel no worker acts on) go through here too, one statement
 //! each, so the pipeline never writes past the writer.
+//!
+//! Each statement numbers the event log entries of what it changes (see
+//! `llmq_shared::db::events`); after it commits, the writer publishes them
+//! as one events message per statement, never one per execution.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +34,7 @@ type Answer<T> = Result<T, DbError>;
 
 pub struct Writer {
     pool: Pool,
+    publisher: Arc<Publisher>,
     owner: Arc<str>,
     republish_after: Duration,
     claims: Batcher<ExecutionId, Answer<Claim>>,
@@ -51,22 +56,34 @@ impl Writer {
     ) -> Self {
         let owner: Arc<str> = owner.into();
         let claims = {
-            let owner = owner.clone();
+            let (owner, publisher) = (owner.clone(), publisher.clone());
             spawn_batcher("claim", pool.clone(), move |client, ids| {
-                let owner = owner.clone();
-                async move { leases::claim_executions(client, ids, &owner, lease).await }.boxed()
+                let (owner, publisher) = (owner.clone(), publisher.clone());
+                async move {
+                    let (claims, events) =
+                        leases::claim_executions(client, ids, &owner, lease).await?;
+                    publisher.publish_events(&[], events).await;
+                    Ok(claims)
+                }
+                .boxed()
             })
         };
-        let steps = step_batcher("steps", pool.clone(), owner.clone());
-        let started = step_batcher("steps_started", trace_pool, owner.clone());
+        let steps = step_batcher("steps", pool.clone(), owner.clone(), publisher.clone());
+        let started = step_batcher(
+            "steps_started",
+            trace_pool,
+            owner.clone(),
+            publisher.clone(),
+        );
         let finishes = spawn_batcher("finish", pool.clone(), {
-            let owner = owner.clone();
+            let (owner, publisher) = (owner.clone(), publisher.clone());
             move |client, finishes: &[Finish]| {
                 let (owner, publisher) = (owner.clone(), publisher.clone());
                 async move {
                     let refs: Vec<&Finish> = finishes.iter().collect();
                     let done = db::finish_executions(client, &owner, &refs).await?;
-                    // One events message for the outcomes this statement committed.
+                    // One events message for the outcomes this statement
+                    // committed and the log events it numbered.
                     let events: Vec<ExecutionEvent> = finishes
                         .iter()
                         .filter(|f| done.contains(&f.id.0))
@@ -75,7 +92,8 @@ impl Writer {
                             status: f.outcome.status,
                         })
                         .collect();
-                    publisher.publish_terminal_events(&events).await;
+                    let steps: Vec<&Step> = finishes.iter().flat_map(|f| &f.steps).collect();
+                    publisher.publish_events(&events, done.events(&steps)).await;
                     Ok(finishes.iter().map(|f| done.contains(&f.id.0)).collect())
                 }
                 .boxed()
@@ -83,6 +101,7 @@ impl Writer {
         });
         Self {
             pool,
+            publisher,
             owner,
             republish_after,
             claims,
@@ -118,10 +137,20 @@ impl Writer {
 }
 
 impl Writer {
-    /// Finishes a cancel request that no live worker will act on.
+    /// Finishes a cancel request that no live worker will act on, and
+    /// announces it; false when there was nothing to finish.
     pub async fn cancel_unclaimed(&self, id: ExecutionId) -> Answer<bool> {
         let client = self.pool.get().await?;
-        db::cancel_unclaimed(&client, id).await
+        let events = db::cancel_unclaimed(&client, id).await?;
+        if events.is_empty() {
+            return Ok(false);
+        }
+        let terminal = ExecutionEvent {
+            id,
+            status: llmq_shared::execution::ExecutionStatus::Cancelled,
+        };
+        self.publisher.publish_events(&[terminal], events).await;
+        Ok(true)
     }
 
     /// Commits `steps` of `id` and keeps a paid result on its row (see
@@ -136,7 +165,11 @@ impl Writer {
     ) -> Answer<bool> {
         let client = self.pool.get().await?;
         let refs: Vec<&Step> = steps.iter().collect();
-        db::checkpoint(&client, &self.owner, id, output, usage, &refs).await
+        let logged = db::checkpoint(&client, &self.owner, id, output, usage, &refs).await?;
+        self.publisher
+            .publish_events(&[], logged.events(&refs))
+            .await;
+        Ok(logged.contains(&id.0))
     }
 
     /// Gives the execution back for `delay` after a retryable error; false
@@ -148,14 +181,19 @@ impl Writer {
         error: &ErrorInfo,
     ) -> Answer<bool> {
         let client = self.pool.get().await?;
-        db::schedule_retry(&client, id, &self.owner, delay, error).await
+        let logged = db::schedule_retry(&client, id, &self.owner, delay, error).await?;
+        self.publisher.publish_events(&[], logged.events(&[])).await;
+        Ok(logged.contains(&id.0))
     }
 
     /// Gives leases back (shutdown) so redelivered messages run at once;
     /// the outbox mark covers a message the broker lost.
     pub async fn release(&self, ids: &[uuid::Uuid]) -> Answer<u64> {
         let client = self.pool.get().await?;
-        leases::release_leases(&client, ids, &self.owner, self.republish_after).await
+        let logged =
+            leases::release_leases(&client, ids, &self.owner, self.republish_after).await?;
+        self.publisher.publish_events(&[], logged.events(&[])).await;
+        Ok(logged.written.len() as u64)
     }
 
     /// The steps earlier attempts of an execution left (a read, here so a
@@ -170,12 +208,14 @@ fn step_batcher(
     name: &'static str,
     pool: Pool,
     owner: Arc<str>,
+    publisher: Arc<Publisher>,
 ) -> Batcher<Vec<Step>, Answer<bool>> {
     spawn_batcher(name, pool, move |client, items: &[Vec<Step>]| {
-        let owner = owner.clone();
+        let (owner, publisher) = (owner.clone(), publisher.clone());
         async move {
             let steps: Vec<&Step> = items.iter().flatten().collect();
             let written = db_steps::record_steps(client, &owner, &steps).await?;
+            publisher.publish_events(&[], written.events(&steps)).await;
             Ok(items
                 .iter()
                 .map(|steps| steps.iter().all(|s| written.contains(&s.execution_id.0)))

@@ -16,7 +16,7 @@ use crate::services::executions::{self as service, list as listing, Submitted};
 use crate::services::within;
 use crate::state::AppState;
 
-fn parse_id(raw: &str) -> Result<ExecutionId, ApiError> {
+pub(crate) fn parse_id(raw: &str) -> Result<ExecutionId, ApiError> {
     // Not a UUID cannot name an execution: 404, like any unknown id.
     raw.parse()
         .map_err(|_| ApiError::NotFound(format!("no execution {raw}")))
@@ -49,7 +49,7 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError
         (status = 409, description = "Idempotency-Key reused with a different body", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
-        (status = 422, description = "Input fails the schema or the template; model not allowed; stream or webhook (not supported yet)", body = ErrorBody),
+        (status = 422, description = "Input fails the schema or the template; model not allowed; webhook (not supported yet)", body = ErrorBody),
         (status = 503, description = "Not accepted (database unavailable); retry after Retry-After", body = ErrorBody),
     ),
     security(("bearer" = []))

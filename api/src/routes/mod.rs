@@ -12,6 +12,7 @@
 //! serves both unless `api.ops_addr` gives the operations routes their
 //! own address, and then each listener serves only its own.
 
+pub mod events;
 pub mod executions;
 pub mod health;
 pub mod prompts;
@@ -54,6 +55,8 @@ route_list!(
     prompts::rollback,
     prompts::history,
     prompts::stats,
+    events::execution_events,
+    events::tenant_events,
 );
 
 route_list!(

@@ -3,6 +3,7 @@
 //! They answer `ServiceError`; `crate::error` maps it to HTTP once.
 
 pub mod error;
+pub mod events;
 pub mod executions;
 pub mod prompts;
 

@@ -9,11 +9,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
-use uuid::Uuid;
 
 use std::sync::LazyLock;
 
+use serde_json::{json, Value};
+
+use super::events::{self, Logged};
 use super::{steps, DbError, GenericClient, Result};
+use crate::event_log::{EventType, LogEvent};
 use crate::execution::{ErrorInfo, Execution, ExecutionId, ExecutionStatus, NewExecution, Usage};
 use crate::sanitize::{clean_json, clean_str};
 use crate::step::Step;
@@ -151,22 +154,41 @@ pub struct Outcome {
 
 /// Terminal transitions and the steps that lead to them (the last
 /// generate, the finalize) in one statement: a generate result is never
-/// committed without its outcome, nor an outcome without its trace.
+/// committed without its outcome, nor an outcome without its trace. The
+/// events it numbers: the steps', then the terminal status, then `done`.
 static FINISH: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH o AS ( \
            SELECT * FROM UNNEST($2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::text[], $7::int[], \
              $8::int[], $9::int[], $10::float8[]) \
              AS o(id, status, output, error_code, error_message, prompt_tokens, completion_tokens, total_tokens, cost_usd)), \
-         done AS ( \
+         {steps}, \
+         f AS ( \
            UPDATE executions e SET status = o.status, output = o.output, error_code = o.error_code, \
              error_message = o.error_message, prompt_tokens = o.prompt_tokens, \
              completion_tokens = o.completion_tokens, total_tokens = o.total_tokens, cost_usd = o.cost_usd, \
              finished_at = now(), updated_at = now(), lease_owner = NULL, lease_expires_at = NULL, \
-             publish_due_at = NULL \
-           FROM o WHERE e.id = o.id AND e.lease_owner = $1 RETURNING e.id), \
-         written AS ({}) SELECT id FROM done",
-        steps::upsert_sql(11, "s.execution_id IN (SELECT id FROM done)")
+             publish_due_at = NULL, event_seq = e.event_seq + coalesce(sc.n, 0) + 2 \
+           FROM o LEFT JOIN sc ON sc.execution_id = o.id \
+           WHERE e.id = o.id AND e.lease_owner = $1 \
+           RETURNING e.id, e.tenant_id, e.prompt_name, e.event_seq AS last, \
+             e.event_seq - coalesce(sc.n, 0) - 2 AS base, e.attempts, o.status, o.error_code, o.error_message), \
+         {write}, \
+         {ev} \
+         {fence} UNION ALL {step_rows} UNION ALL {status_rows} UNION ALL {done}",
+        steps = steps::step_ctes(11),
+        write = steps::step_write_ctes("f"),
+        ev = events::status_event_cte(
+            "ev",
+            "f",
+            "last - 1",
+            &events::status_json("status", "attempts", &format!("'error', {}", events::error_json("error_code", "error_message"))),
+            "true"
+        ),
+        fence = events::fence_rows("f"),
+        step_rows = steps::step_rows(),
+        status_rows = events::status_rows("ev"),
+        done = events::done_rows("f", "true"),
     )
 });
 
@@ -179,14 +201,14 @@ pub struct Finish {
 }
 
 /// Writes terminal states with their last steps, fenced by `owner`'s
-/// leases. Answers the executions finished; one missing from the set had
-/// lost its lease (someone else owns its outcome) and nothing of it was
-/// written.
+/// leases. Answers the executions finished (one missing from
+/// `Logged::written` had lost its lease: someone else owns its outcome,
+/// and nothing of it was written) and the events numbered.
 pub async fn finish_executions(
     client: &impl GenericClient,
     owner: &str,
     finishes: &[&Finish],
-) -> Result<std::collections::HashSet<Uuid>> {
+) -> Result<Logged> {
     let mut finishes = finishes.to_vec();
     finishes.sort_by_key(|f| f.id.0);
     let ids: Vec<_> = finishes.iter().map(|f| f.id.0).collect();
@@ -238,17 +260,24 @@ pub async fn finish_executions(
 /// The outcome overwrites it.
 static CHECKPOINT: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH done AS ( \
+        "WITH {steps}, \
+         f AS ( \
            UPDATE executions e SET output = $3, prompt_tokens = $4, completion_tokens = $5, \
-             total_tokens = $6, cost_usd = $7, updated_at = now() \
-           WHERE e.id = $2 AND e.lease_owner = $1 RETURNING e.id), \
-         written AS ({}) SELECT id FROM done",
-        steps::upsert_sql(8, "s.execution_id IN (SELECT id FROM done)")
+             total_tokens = $6, cost_usd = $7, updated_at = now(), event_seq = e.event_seq + coalesce(sc.n, 0) \
+           FROM (SELECT $2::uuid AS id) x LEFT JOIN sc ON sc.execution_id = x.id \
+           WHERE e.id = x.id AND e.lease_owner = $1 \
+           RETURNING e.id, e.tenant_id, e.prompt_name, e.event_seq AS last, e.event_seq - coalesce(sc.n, 0) AS base), \
+         {write} \
+         {fence} UNION ALL {step_rows}",
+        steps = steps::step_ctes(8),
+        write = steps::step_write_ctes("f"),
+        fence = events::fence_rows("f"),
+        step_rows = steps::step_rows(),
     )
 });
 
 /// Writes `steps` of execution `id` and keeps `output` and `usage` on its
-/// row, fenced by `owner`'s lease; false when the lease was lost.
+/// row, fenced by `owner`'s lease; nothing written when the lease was lost.
 pub async fn checkpoint(
     client: &impl GenericClient,
     owner: &str,
@@ -256,9 +285,9 @@ pub async fn checkpoint(
     output: &serde_json::Value,
     usage: &Usage,
     steps: &[&Step],
-) -> Result<bool> {
+) -> Result<Logged> {
     let output = clean_json(output);
-    let done = steps::write_steps(
+    steps::write_steps(
         client,
         &CHECKPOINT,
         &[
@@ -272,15 +301,36 @@ pub async fn checkpoint(
         ],
         steps,
     )
-    .await?;
-    Ok(done.contains(&id.0))
+    .await
 }
 
-const SCHEDULE_RETRY: &str =
-    "UPDATE executions SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
-       error_code = $3, error_message = $4, publish_due_at = now() + make_interval(secs => $5), \
-       not_before = now() + make_interval(secs => $5), updated_at = now() \
-     WHERE id = $1 AND lease_owner = $2";
+static SCHEDULE_RETRY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH f AS (UPDATE executions SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
+           error_code = $3, error_message = $4, publish_due_at = now() + make_interval(secs => $5), \
+           not_before = now() + make_interval(secs => $5), updated_at = now(), event_seq = event_seq + 1 \
+         WHERE id = $1 AND lease_owner = $2 \
+         RETURNING id, tenant_id, prompt_name, event_seq AS last, attempts, not_before), \
+         {ev} {fence} UNION ALL {status_rows}",
+        ev = events::status_event_cte(
+            "ev",
+            "f",
+            "last",
+            &events::status_json(
+                "'queued'",
+                "attempts",
+                &format!(
+                    "'reason', 'retry', 'retry_at', {}, 'error', {}",
+                    events::ts("not_before"),
+                    events::error_json("$3::text", "$4::text")
+                )
+            ),
+            "true"
+        ),
+        fence = events::fence_rows("f"),
+        status_rows = events::status_rows("ev"),
+    )
+});
 
 /// Gives the execution back to the queue after a retryable error: the
 /// relay publishes it again once `delay` has passed, so no worker slot is
@@ -291,10 +341,10 @@ pub async fn schedule_retry(
     owner: &str,
     delay: Duration,
     error: &ErrorInfo,
-) -> Result<bool> {
-    let n = client
-        .execute(
-            &client.prepare_cached(SCHEDULE_RETRY).await?,
+) -> Result<Logged> {
+    let rows = client
+        .query(
+            &client.prepare_cached(&SCHEDULE_RETRY).await?,
             &[
                 &id.0,
                 &owner,
@@ -304,49 +354,118 @@ pub async fn schedule_retry(
             ],
         )
         .await?;
-    Ok(n == 1)
+    Logged::from_rows(&rows)
 }
 
-const REQUEST_CANCEL: &str = concat!(
-    "UPDATE executions SET cancel_requested = true, updated_at = now(), \
-       status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END, \
-       finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END, \
-       error_code = CASE WHEN status = 'queued' THEN 'cancelled' ELSE error_code END, \
-       error_message = CASE WHEN status = 'queued' THEN 'cancelled before it started' ELSE error_message END, \
-       publish_due_at = CASE WHEN status = 'queued' THEN NULL ELSE publish_due_at END \
-     WHERE id = $1 AND tenant_id = $2 AND status IN ('queued', 'running') RETURNING ",
-    execution_columns!()
-);
+static REQUEST_CANCEL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH f AS (UPDATE executions SET cancel_requested = true, updated_at = now(), \
+           status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END, \
+           finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END, \
+           error_code = CASE WHEN status = 'queued' THEN 'cancelled' ELSE error_code END, \
+           error_message = CASE WHEN status = 'queued' THEN 'cancelled before it started' ELSE error_message END, \
+           publish_due_at = CASE WHEN status = 'queued' THEN NULL ELSE publish_due_at END, \
+           event_seq = CASE WHEN status = 'queued' THEN event_seq + 2 ELSE event_seq END \
+         WHERE id = $1 AND tenant_id = $2 AND status IN ('queued', 'running') RETURNING *, event_seq AS last), \
+         {ev} SELECT {cols}, (SELECT data FROM ev) AS event_data, last FROM f",
+        ev = cancelled_event_cte(),
+        cols = execution_columns!(),
+    )
+});
+
+/// The status event of a cancel that ends an execution (CTE `f` with the
+/// updated row and `last`, the number of its `done`).
+fn cancelled_event_cte() -> String {
+    events::status_event_cte(
+        "ev",
+        "f",
+        "last - 1",
+        &events::status_json(
+            "'cancelled'",
+            "attempts",
+            &format!(
+                "'error', {}",
+                events::error_json("error_code", "error_message")
+            ),
+        ),
+        "status = 'cancelled'",
+    )
+}
+
+/// A cancel that ended an execution: the events to announce (its
+/// cancelled status and `done`).
+pub fn cancel_events(execution: &Execution, last: i32, data: Value) -> Vec<LogEvent> {
+    let event = |seq, event_type, data| LogEvent {
+        execution_id: execution.id,
+        tenant_id: execution.tenant_id.clone(),
+        prompt_name: execution.prompt_name.clone(),
+        seq,
+        event_type,
+        data,
+    };
+    vec![
+        event(last - 1, EventType::Status, data),
+        event(last, EventType::Done, json!({"status": "cancelled"})),
+    ]
+}
 
 /// Cancels a queued execution at once, or asks its worker to stop a
 /// running one at the next step boundary. None when it is not cancellable
-/// (terminal, or not the tenant's).
+/// (terminal, or not the tenant's); else the execution and, when the
+/// cancel ended it, the events it numbered.
 pub async fn request_cancel(
     client: &impl GenericClient,
     tenant: &str,
     id: ExecutionId,
-) -> Result<Option<Execution>> {
+) -> Result<Option<(Execution, Vec<LogEvent>)>> {
     let row = client
         .query_opt(
-            &client.prepare_cached(REQUEST_CANCEL).await?,
+            &client.prepare_cached(&REQUEST_CANCEL).await?,
             &[&id.0, &tenant],
         )
         .await?;
-    row.as_ref().map(execution_from_row).transpose()
+    let Some(row) = row else { return Ok(None) };
+    let execution = execution_from_row(&row)?;
+    let data: Option<Value> = row.try_get("event_data")?;
+    let events = match data {
+        Some(data) => cancel_events(&execution, row.try_get("last")?, data),
+        None => Vec::new(),
+    };
+    Ok(Some((execution, events)))
 }
 
-const CANCEL_UNCLAIMED: &str = "UPDATE executions SET status = 'cancelled', finished_at = now(), updated_at = now(), \
-       error_code = 'cancelled', error_message = 'cancelled', lease_owner = NULL, lease_expires_at = NULL, \
-       publish_due_at = NULL \
-     WHERE id = $1 AND cancel_requested \
-       AND (status = 'queued' OR (status = 'running' AND lease_expires_at < now()))";
+static CANCEL_UNCLAIMED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH f AS (UPDATE executions SET status = 'cancelled', finished_at = now(), updated_at = now(), \
+           error_code = 'cancelled', error_message = 'cancelled', lease_owner = NULL, lease_expires_at = NULL, \
+           publish_due_at = NULL, event_seq = event_seq + 2 \
+         WHERE id = $1 AND cancel_requested \
+           AND (status = 'queued' OR (status = 'running' AND lease_expires_at < now())) \
+         RETURNING *, event_seq AS last), \
+         {ev} SELECT {cols}, (SELECT data FROM ev) AS event_data, last FROM f",
+        ev = cancelled_event_cte(),
+        cols = execution_columns!(),
+    )
+});
 
-/// Finishes a cancel request that no live worker will act on.
-pub async fn cancel_unclaimed(client: &impl GenericClient, id: ExecutionId) -> Result<bool> {
-    Ok(client
-        .execute(&client.prepare_cached(CANCEL_UNCLAIMED).await?, &[&id.0])
-        .await?
-        == 1)
+/// Finishes a cancel request that no live worker will act on: the events
+/// it numbered (none when there was nothing to finish).
+pub async fn cancel_unclaimed(
+    client: &impl GenericClient,
+    id: ExecutionId,
+) -> Result<Vec<LogEvent>> {
+    let row = client
+        .query_opt(&client.prepare_cached(&CANCEL_UNCLAIMED).await?, &[&id.0])
+        .await?;
+    let Some(row) = row else {
+        return Ok(Vec::new());
+    };
+    let execution = execution_from_row(&row)?;
+    let data: Option<Value> = row.try_get("event_data")?;
+    Ok(match data {
+        Some(data) => cancel_events(&execution, row.try_get("last")?, data),
+        None => Vec::new(),
+    })
 }
 
 pub(crate) fn parse_status(s: String) -> Result<ExecutionStatus> {
@@ -470,9 +589,9 @@ pub static ALL_SQL: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
         GET,
         FINISH.as_str(),
         CHECKPOINT.as_str(),
-        SCHEDULE_RETRY,
-        REQUEST_CANCEL,
-        CANCEL_UNCLAIMED,
+        SCHEDULE_RETRY.as_str(),
+        REQUEST_CANCEL.as_str(),
+        CANCEL_UNCLAIMED.as_str(),
         LIST_BY_PROMPT.as_str(),
         LIST_ALL.as_str(),
     ]

@@ -9,12 +9,15 @@
 //! `status = 'running'` would let the planner pick a partial index over all
 //! running rows instead of the primary key.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use uuid::Uuid;
 
+use super::events::{self, Logged};
 use super::executions::{execution_columns, execution_from_row, parse_status};
 use super::{GenericClient, Result};
+use crate::event_log::{EventType, LogEvent};
 use crate::execution::{Execution, ExecutionId, ExecutionStatus};
 
 /// What claiming found.
@@ -33,40 +36,60 @@ pub enum Claim {
     NotYet,
 }
 
-const CLAIM: &str = concat!(
-    "UPDATE executions SET status = 'running', attempts = attempts + 1, lease_owner = $2, \
-     lease_expires_at = now() + make_interval(secs => $3), publish_due_at = NULL, not_before = NULL, \
-     started_at = coalesce(started_at, now()), updated_at = now() \
-     WHERE id = ANY($1) AND NOT cancel_requested AND (not_before IS NULL OR not_before <= now()) \
-       AND (status = 'queued' OR (status = 'running' AND (lease_expires_at < now() OR lease_owner = $2))) \
-     RETURNING ",
-    execution_columns!()
-);
+static CLAIM: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH f AS (UPDATE executions SET status = 'running', attempts = attempts + 1, lease_owner = $2, \
+         lease_expires_at = now() + make_interval(secs => $3), publish_due_at = NULL, not_before = NULL, \
+         started_at = coalesce(started_at, now()), updated_at = now(), event_seq = event_seq + 1 \
+         WHERE id = ANY($1) AND NOT cancel_requested AND (not_before IS NULL OR not_before <= now()) \
+           AND (status = 'queued' OR (status = 'running' AND (lease_expires_at < now() OR lease_owner = $2))) \
+         RETURNING *, event_seq AS last), \
+         {ev} SELECT {cols}, f.last, ev.data AS event_data FROM f JOIN ev ON ev.execution_id = f.id",
+        ev = events::status_event_cte(
+            "ev",
+            "f",
+            "last",
+            &events::status_json("'running'", "attempts", ""),
+            "true"
+        ),
+        cols = execution_columns!(),
+    )
+});
 const CLAIM_MISS: &str =
     "SELECT id, status, cancel_requested, coalesce(not_before > now(), false) AS waiting \
      FROM executions WHERE id = ANY($1)";
 
 /// Takes the lease on executions so that this worker alone runs them, in
-/// one statement; answers what claiming found for each, in the order given.
+/// one statement; answers what claiming found for each, in the order
+/// given, and the `running` events the claims numbered.
 pub async fn claim_executions(
     client: &impl GenericClient,
     ids: &[ExecutionId],
     owner: &str,
     lease: Duration,
-) -> Result<Vec<Claim>> {
+) -> Result<(Vec<Claim>, Vec<LogEvent>)> {
     let secs = lease.as_secs_f64();
     let mut sorted: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
     sorted.sort();
     sorted.dedup();
     let rows = client
         .query(
-            &client.prepare_cached(CLAIM).await?,
+            &client.prepare_cached(&CLAIM).await?,
             &[&sorted, &owner, &secs],
         )
         .await?;
     let mut claims = std::collections::HashMap::with_capacity(ids.len());
+    let mut events = Vec::with_capacity(rows.len());
     for row in &rows {
         let execution = execution_from_row(row)?;
+        events.push(LogEvent {
+            execution_id: execution.id,
+            tenant_id: execution.tenant_id.clone(),
+            prompt_name: execution.prompt_name.clone(),
+            seq: row.try_get("last")?,
+            event_type: EventType::Status,
+            data: row.try_get("event_data")?,
+        });
         claims.insert(execution.id, Claim::Claimed(Box::new(execution)));
     }
     let missed: Vec<Uuid> = sorted
@@ -91,10 +114,11 @@ pub async fn claim_executions(
             claims.insert(ExecutionId(row.try_get("id")?), claim);
         }
     }
-    Ok(ids
+    let claims = ids
         .iter()
         .map(|id| claims.remove(id).unwrap_or(Claim::NotFound))
-        .collect())
+        .collect();
+    Ok((claims, events))
 }
 
 const RENEW: &str = "UPDATE executions SET lease_expires_at = now() + make_interval(secs => $2) \
@@ -120,10 +144,33 @@ pub async fn renew_leases(
         .await?)
 }
 
-const RELEASE: &str =
-    "UPDATE executions SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
-     publish_due_at = now() + make_interval(secs => $3), updated_at = now() \
-     WHERE id = ANY($1) AND lease_owner = $2";
+/// `f AS (UPDATE …)` gives executions back to the queue (`$1` the
+/// update's `WHERE`); with the `queued` event for `reason`, answering
+/// rows of `events::ROW_SHAPE`.
+fn requeue_sql(update: &str, reason: &str) -> String {
+    format!(
+        "WITH f AS ({update} RETURNING id, tenant_id, prompt_name, event_seq AS last, attempts), \
+         {ev} {fence} UNION ALL {status_rows}",
+        ev = events::status_event_cte(
+            "ev",
+            "f",
+            "last",
+            &events::status_json("'queued'", "attempts", &format!("'reason', '{reason}'")),
+            "true"
+        ),
+        fence = events::fence_rows("f"),
+        status_rows = events::status_rows("ev"),
+    )
+}
+
+static RELEASE: LazyLock<String> = LazyLock::new(|| {
+    requeue_sql(
+        "UPDATE executions SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
+         publish_due_at = now() + make_interval(secs => $3), updated_at = now(), event_seq = event_seq + 1 \
+         WHERE id = ANY($1) AND lease_owner = $2",
+        "released",
+    )
+});
 
 /// Gives leases back (on shutdown) so the redelivered messages can be
 /// claimed at once; the outbox mark covers a message the broker lost.
@@ -132,31 +179,33 @@ pub async fn release_leases(
     ids: &[Uuid],
     owner: &str,
     republish_after: Duration,
-) -> Result<u64> {
-    Ok(client
-        .execute(
-            &client.prepare_cached(RELEASE).await?,
+) -> Result<Logged> {
+    let rows = client
+        .query(
+            &client.prepare_cached(&RELEASE).await?,
             &[&ids, &owner, &republish_after.as_secs_f64()],
         )
-        .await?)
+        .await?;
+    Logged::from_rows(&rows)
 }
 
-const REAP: &str =
-    "UPDATE executions SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
-     publish_due_at = now(), updated_at = now() \
-     WHERE id IN (SELECT id FROM executions WHERE status = 'running' AND lease_expires_at < now() \
-                  ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
-     RETURNING id";
+static REAP: LazyLock<String> = LazyLock::new(|| {
+    requeue_sql(
+        "UPDATE executions SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
+         publish_due_at = now(), updated_at = now(), event_seq = event_seq + 1 \
+         WHERE id IN (SELECT id FROM executions WHERE status = 'running' AND lease_expires_at < now() \
+                      ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)",
+        "lease_expired",
+    )
+});
 
-/// Requeues executions whose worker died (lease expired) for the relay.
-pub async fn reap_expired_leases(
-    client: &impl GenericClient,
-    limit: i64,
-) -> Result<Vec<ExecutionId>> {
+/// Requeues executions whose worker died (lease expired) for the relay:
+/// the executions requeued and their `queued` events.
+pub async fn reap_expired_leases(client: &impl GenericClient, limit: i64) -> Result<Logged> {
     let rows = client
-        .query(&client.prepare_cached(REAP).await?, &[&limit])
+        .query(&client.prepare_cached(&REAP).await?, &[&limit])
         .await?;
-    Ok(rows.iter().map(|r| ExecutionId(r.get(0))).collect())
+    Logged::from_rows(&rows)
 }
 
 const CANCEL_REQUESTS: &str =
@@ -171,4 +220,13 @@ pub async fn cancel_requests(client: &impl GenericClient, owner: &str) -> Result
 }
 
 /// Every statement of this module, for the test that prepares them all.
-pub const ALL_SQL: &[&str] = &[CLAIM, CLAIM_MISS, RENEW, RELEASE, REAP, CANCEL_REQUESTS];
+pub static ALL_SQL: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    vec![
+        CLAIM.as_str(),
+        CLAIM_MISS,
+        RENEW,
+        RELEASE.as_str(),
+        REAP.as_str(),
+        CANCEL_REQUESTS,
+    ]
+});

@@ -3,14 +3,13 @@
 //! and they are fenced by the writer's lease.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
-use uuid::Uuid;
 
+use super::events::{self, Logged};
 use super::{DbError, GenericClient, Result};
 use crate::execution::{ErrorInfo, ExecutionId, Usage};
 use crate::sanitize::{clean_json, clean_str};
@@ -38,18 +37,37 @@ const COLUMNS: &[(&str, &str)] = &[
     ("retryable", "bool"),
 ];
 
-/// `INSERT INTO execution_steps … SELECT s.* FROM UNNEST(…) AS s(…) WHERE
-/// <filter> ON CONFLICT … DO UPDATE …`, the step arrays bound from `$first`
-/// on (a statement's own parameters come before them). One statement
-/// writes any number of steps; the upsert lets a step be written running
-/// and then finished. The one place that numbers the step parameters.
-pub(crate) fn upsert_sql(first: usize, filter: &str) -> String {
+/// The CTEs naming a statement's step rows and the events they bring,
+/// the step arrays bound from `$first` on (a statement's own parameters
+/// come before them): `s` (the rows), `sn` (per row: `ns` is 1 when the
+/// row starts a step, `nf` 1 when it finishes one; a row rewritten as it
+/// was brings none) and `sc` (per execution: `n`, their sum). The one
+/// place that numbers the step parameters.
+pub(crate) fn step_ctes(first: usize) -> String {
     let names: Vec<&str> = COLUMNS.iter().map(|(name, _)| *name).collect();
     let arrays: Vec<String> = COLUMNS
         .iter()
         .enumerate()
         .map(|(i, (_, ty))| format!("${}::{ty}[]", first + i))
         .collect();
+    format!(
+        "s AS (SELECT * FROM UNNEST({arrays}) AS s({cols})), \
+         sn AS (SELECT s.execution_id, s.seq, (o.seq IS NULL)::int AS ns, \
+           (s.status <> 'running' AND (o.seq IS NULL OR o.status = 'running'))::int AS nf \
+           FROM s LEFT JOIN execution_steps o ON o.execution_id = s.execution_id AND o.seq = s.seq), \
+         sc AS (SELECT execution_id, sum(ns + nf)::int AS n FROM sn GROUP BY execution_id)",
+        cols = names.join(", "),
+        arrays = arrays.join(", "),
+    )
+}
+
+/// The CTEs writing the step rows of the executions in CTE `fenced`
+/// (columns `id` and `base`, its last event number before the statement),
+/// numbering their events from `base + 1` in step order: `num` (each row's
+/// `before`, the last number ahead of its events) and `written` (the
+/// upsert; a step is written running and then finished).
+pub(crate) fn step_write_ctes(fenced: &str) -> String {
+    let names: Vec<&str> = COLUMNS.iter().map(|(name, _)| *name).collect();
     let updates: Vec<String> = names
         .iter()
         .filter(|n| {
@@ -61,21 +79,45 @@ pub(crate) fn upsert_sql(first: usize, filter: &str) -> String {
         .map(|n| format!("{n} = EXCLUDED.{n}"))
         .collect();
     format!(
-        "INSERT INTO execution_steps ({cols}) SELECT s.* FROM UNNEST({arrays}) AS s({cols}) \
-         WHERE {filter} ON CONFLICT (execution_id, seq) DO UPDATE SET {updates}",
+        "num AS (SELECT sn.*, (f.base + coalesce(sum(sn.ns + sn.nf) OVER (PARTITION BY sn.execution_id \
+           ORDER BY sn.seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0))::int AS before \
+           FROM sn JOIN {fenced} f ON f.id = sn.execution_id), \
+         written AS (INSERT INTO execution_steps ({cols}, started_event, finished_event) \
+           SELECT s.*, CASE WHEN num.ns = 1 THEN num.before + 1 END, \
+             CASE WHEN num.nf = 1 THEN num.before + num.ns + 1 END \
+           FROM s JOIN num ON num.execution_id = s.execution_id AND num.seq = s.seq \
+           ORDER BY s.execution_id, s.seq \
+           ON CONFLICT (execution_id, seq) DO UPDATE SET {updates}, \
+             finished_event = coalesce(execution_steps.finished_event, EXCLUDED.finished_event))",
         cols = names.join(", "),
-        arrays = arrays.join(", "),
         updates = updates.join(", "),
     )
 }
 
-/// Step writes of running executions: `$1` is the lease owner; the fence
-/// is per execution (see the invariant in `leases`).
+/// Rows of `events::ROW_SHAPE` for the step events CTE `num` numbered.
+pub(crate) fn step_rows() -> &'static str {
+    "SELECT execution_id, NULL::text, NULL::text, before + 1, 'step_started'::text, seq, NULL::jsonb \
+       FROM num WHERE ns = 1 \
+     UNION ALL SELECT execution_id, NULL::text, NULL::text, before + ns + 1, 'step_finished'::text, seq, NULL::jsonb \
+       FROM num WHERE nf = 1"
+}
+
+/// Step writes of running executions: `$1` is the lease owner. The update
+/// that numbers an execution's events is its fence (see the invariant in
+/// `leases`).
 static RECORD: LazyLock<String> = LazyLock::new(|| {
-    upsert_sql(
-        2,
-        "EXISTS (SELECT 1 FROM executions e WHERE e.id = s.execution_id AND e.lease_owner = $1)",
-    ) + " RETURNING execution_id"
+    format!(
+        "WITH {}, \
+         f AS (UPDATE executions e SET event_seq = e.event_seq + sc.n FROM sc \
+           WHERE e.id = sc.execution_id AND e.lease_owner = $1 \
+           RETURNING e.id, e.tenant_id, e.prompt_name, e.event_seq AS last, e.event_seq - sc.n AS base), \
+         {} \
+         {} UNION ALL {}",
+        step_ctes(2),
+        step_write_ctes("f"),
+        events::fence_rows("f"),
+        step_rows(),
+    )
 });
 
 /// Writes (or updates) steps of any number of executions in one statement,
@@ -86,12 +128,12 @@ pub async fn record_steps(
     client: &impl GenericClient,
     owner: &str,
     steps: &[&Step],
-) -> Result<HashSet<Uuid>> {
+) -> Result<Logged> {
     write_steps(client, &RECORD, &[&owner], steps).await
 }
 
-/// Runs `sql` (built with `upsert_sql`), binding `leading` first and then
-/// one array per step column, and answers the execution ids it returns.
+/// Runs `sql` (built with `step_ctes`), binding `leading` first and then
+/// one array per step column, and answers what it wrote and numbered.
 /// Rows go in in key order, so concurrent batches lock rows in the same
 /// order.
 pub(crate) async fn write_steps(
@@ -99,7 +141,7 @@ pub(crate) async fn write_steps(
     sql: &str,
     leading: &[&(dyn ToSql + Sync)],
     steps: &[&Step],
-) -> Result<HashSet<Uuid>> {
+) -> Result<Logged> {
     let mut steps = steps.to_vec();
     steps.sort_by_key(|s| (s.execution_id.0, s.seq));
     let usage = |f: fn(&Usage) -> i32| {
@@ -169,7 +211,7 @@ pub(crate) async fn write_steps(
     let rows = client
         .query(&client.prepare_cached(sql).await?, &all)
         .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    Logged::from_rows(&rows)
 }
 
 fn refs<'a>(v: &'a [Option<Cow<'_, serde_json::Value>>]) -> Vec<Option<&'a serde_json::Value>> {
@@ -192,6 +234,38 @@ pub async fn list_steps(
         .query(&client.prepare_cached(LIST).await?, &[&id.0, &tenant])
         .await?;
     rows.iter().map(step_from_row).collect()
+}
+
+const LIST_NUMBERED: &str =
+    "SELECT execution_id, seq, kind, attempt, status, started_at, finished_at, \
+       latency_ms, model, params, prompt_tokens, completion_tokens, total_tokens, input, output, \
+       error_code, error_message, retryable, started_event, finished_event \
+     FROM execution_steps WHERE execution_id = $1 AND (started_event > $2 OR finished_event > $2) \
+     ORDER BY seq";
+
+/// The steps of an execution with an event numbered after `after`, with
+/// the numbers of their started and finished events (the caller has
+/// checked the tenant).
+pub(crate) async fn list_numbered_steps(
+    client: &impl GenericClient,
+    id: ExecutionId,
+    after: i32,
+) -> Result<Vec<(Step, Option<i32>, Option<i32>)>> {
+    let rows = client
+        .query(
+            &client.prepare_cached(LIST_NUMBERED).await?,
+            &[&id.0, &after],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                step_from_row(r)?,
+                r.try_get("started_event")?,
+                r.try_get("finished_event")?,
+            ))
+        })
+        .collect()
 }
 
 fn step_from_row(row: &Row) -> Result<Step> {
@@ -239,7 +313,8 @@ fn step_from_row(row: &Row) -> Result<Step> {
 }
 
 /// Every statement of this module, for the test that prepares them all.
-pub static ALL_SQL: LazyLock<Vec<&'static str>> = LazyLock::new(|| vec![RECORD.as_str(), LIST]);
+pub static ALL_SQL: LazyLock<Vec<&'static str>> =
+    LazyLock::new(|| vec![RECORD.as_str(), LIST, LIST_NUMBERED]);
 
 #[cfg(test)]
 mod tests {
@@ -247,10 +322,13 @@ mod tests {
 
     #[test]
     fn step_parameters_are_numbered_from_the_first_free_one() {
-        let sql = upsert_sql(11, "true");
+        let sql = step_ctes(11);
         assert!(sql.contains("UNNEST($11::uuid[], $12::int[]"), "{sql}");
         assert!(sql.contains("$28::bool[])"), "{sql}");
         assert!(!sql.contains("$29") && !sql.contains("$10:"), "{sql}");
-        assert!(sql.contains("retryable = EXCLUDED.retryable") && !sql.contains("seq = EXCLUDED"));
+        let write = step_write_ctes("f");
+        assert!(
+            write.contains("retryable = EXCLUDED.retryable") && !write.contains("seq = EXCLUDED")
+        );
     }
 }

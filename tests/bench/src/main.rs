@@ -43,8 +43,13 @@ struct Cli {
     run: RunArgs,
 }
 
+mod sse;
+
 #[derive(Subcommand)]
 enum Command {
+    /// Event streams under load: one subscriber per execution, many held
+    /// at once on one API process (see `sse.rs`).
+    Sse(sse::SseArgs),
     /// Print results saved with --json-out next to the targets.
     Summary {
         /// Result files (JSON), one per setting.
@@ -217,6 +222,7 @@ async fn main() -> anyhow::Result<()> {
             svg_out,
             title,
         }) => curve(&files, &json_out, &svg_out, &title),
+        Some(Command::Sse(args)) => sse::run(args).await,
         None => run(cli.run).await,
     }
 }

@@ -54,6 +54,8 @@ impl Fault {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Effect {
     Latency(u64),
+    /// Between the chunks of a streamed answer.
+    ChunkDelay(u64),
     Fault(Fault),
 }
 
@@ -78,6 +80,8 @@ pub(crate) struct ToolMarker {
 pub(crate) struct Plan {
     /// Latency override from a `latency=MS` marker.
     pub(crate) latency_ms: Option<u64>,
+    /// Pause between the chunks of a streamed answer (`chunk_delay=MS`).
+    pub(crate) chunk_delay_ms: Option<u64>,
     /// First applicable fault, if any.
     pub(crate) fault: Option<Fault>,
 }
@@ -148,10 +152,10 @@ fn parse_fault(spec: &str) -> Option<FaultMarker> {
         "nul" => Effect::Fault(Fault::Nul),
         "not_json" => Effect::Fault(Fault::NotJson),
         "wrong_json" => Effect::Fault(Fault::WrongJson),
-        other => {
-            let ms = other.strip_prefix("latency=")?.trim().parse().ok()?;
-            Effect::Latency(ms)
-        }
+        other => match other.strip_prefix("chunk_delay=") {
+            Some(ms) => Effect::ChunkDelay(ms.trim().parse().ok()?),
+            None => Effect::Latency(other.strip_prefix("latency=")?.trim().parse().ok()?),
+        },
     };
     Some(FaultMarker { effect, times })
 }
@@ -258,6 +262,7 @@ pub(crate) fn plan(markers: &[FaultMarker], attempt: u64, round: u64) -> Plan {
         }
         match &m.effect {
             Effect::Latency(ms) => plan.latency_ms = Some(*ms),
+            Effect::ChunkDelay(ms) => plan.chunk_delay_ms = Some(*ms),
             Effect::Fault(f) => {
                 if plan.fault.is_none() {
                     plan.fault = Some(f.clone());
@@ -282,10 +287,13 @@ mod tests {
             plan(&m, 1, 1),
             Plan {
                 latency_ms: Some(50),
+                chunk_delay_ms: None,
                 fault: Some(Fault::RateLimit { retry_after: 3 })
             }
         );
         assert_eq!(plan(&m, 3, 1).fault, Some(Fault::Hang));
+        let slow = fault_markers("[[fault:chunk_delay=40]] text");
+        assert_eq!(plan(&slow, 1, 1).chunk_delay_ms, Some(40));
     }
 
     #[test]

@@ -111,7 +111,7 @@ async fn chat_completions(state: web::Data<State>, body: Bytes) -> HttpResponse 
 
     let resp = match plan.fault {
         Some(fault) => fault_response(&fault, &state, &req),
-        None => answer(&state, &req),
+        None => respond(&state, &req, Answer::for_request(&req), plan.chunk_delay_ms),
     };
     state.responded(idx);
     resp
@@ -129,22 +129,30 @@ fn envelope<'a>(state: &State, req: &'a ChatRequest) -> Envelope<'a> {
     }
 }
 
-fn answer(state: &State, req: &ChatRequest) -> HttpResponse {
-    respond(state, req, Answer::for_request(req))
-}
-
-fn respond(state: &State, req: &ChatRequest, answer: Answer) -> HttpResponse {
+/// The answer; streamed with `chunk_delay_ms` between chunks when given
+/// (a slow model that shows its tokens as they come).
+fn respond(
+    state: &State,
+    req: &ChatRequest,
+    answer: Answer,
+    chunk_delay_ms: Option<u64>,
+) -> HttpResponse {
     let usage = response::usage(req, &answer);
     let env = envelope(state, req);
     if req.stream {
         let events = env.sse_events(&answer, req.include_usage.then_some(usage));
+        let delay = Duration::from_millis(chunk_delay_ms.unwrap_or(0));
         HttpResponse::Ok()
             .content_type("text/event-stream")
             .insert_header(("cache-control", "no-cache"))
-            .streaming(futures::stream::iter(
-                events
-                    .into_iter()
-                    .map(|e| Ok::<_, Infallible>(Bytes::from(e))),
+            .streaming(futures::StreamExt::then(
+                futures::stream::iter(events.into_iter().enumerate()),
+                move |(i, e)| async move {
+                    if i > 0 && !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    Ok::<_, Infallible>(Bytes::from(e))
+                },
             ))
     } else {
         HttpResponse::Ok().json(env.completion(&answer, usage))
@@ -182,17 +190,19 @@ fn fault_response(fault: &Fault, state: &State, req: &ChatRequest) -> HttpRespon
                 Answer::Text(text) => Answer::Text(text.replacen(' ', " \u{0}", 1) + "\u{0}"),
                 other => other,
             };
-            respond(state, req, answer)
+            respond(state, req, answer, None)
         }
         Fault::NotJson => respond(
             state,
             req,
             Answer::Text("Sure! Here is the answer you asked for: sentiment positive".into()),
+            None,
         ),
         Fault::WrongJson => respond(
             state,
             req,
             Answer::Text(json!({ "llmq_fake_unexpected": true }).to_string()),
+            None,
         ),
         Fault::Malformed => {
             let answer = Answer::for_request(req);

@@ -83,7 +83,8 @@ async fn a_claim_batch_answers_each_execution_in_the_order_given() {
     assert!(matches!(
         leases::claim_executions(&client, &[other, done], "other-worker", LEASE)
             .await
-            .unwrap()[..],
+            .unwrap()
+            .0[..],
         [Claim::Claimed(_), Claim::Claimed(_)]
     ));
     let finish = Finish {
@@ -108,7 +109,7 @@ async fn a_claim_batch_answers_each_execution_in_the_order_given() {
         .await
         .unwrap();
 
-    let claims = leases::claim_executions(
+    let (claims, _) = leases::claim_executions(
         &client,
         &[unknown, other, free, done, cancelled],
         "this-worker",
@@ -167,7 +168,10 @@ async fn step_and_finish_batches_write_only_where_the_lease_holds() {
     let written = db_steps::record_steps(&client, "this-worker", &[&r1, &r2])
         .await
         .unwrap();
-    assert_eq!(written.into_iter().collect::<Vec<_>>(), vec![kept.0]);
+    assert_eq!(
+        written.written.into_keys().collect::<Vec<_>>(),
+        vec![kept.0]
+    );
 
     let outcome = Outcome {
         status: ExecutionStatus::Succeeded,
@@ -187,7 +191,10 @@ async fn step_and_finish_batches_write_only_where_the_lease_holds() {
         db::finish_executions(&client, "this-worker", &finishes.iter().collect::<Vec<_>>())
             .await
             .unwrap();
-    assert_eq!(finished.into_iter().collect::<Vec<_>>(), vec![kept.0]);
+    assert_eq!(
+        finished.written.into_keys().collect::<Vec<_>>(),
+        vec![kept.0]
+    );
 
     let status = |id: ExecutionId| {
         let client = &client;

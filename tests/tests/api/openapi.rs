@@ -66,7 +66,16 @@ async fn the_openapi_document_lists_every_route_the_app_registers() {
                 .await
                 .unwrap();
             let status = response.status();
-            let body = response.text().await.unwrap();
+            // An event stream does not end: its head says enough.
+            let streaming = response
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+            let body = if streaming {
+                String::new()
+            } else {
+                response.text().await.unwrap()
+            };
             assert_ne!(
                 status,
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -88,10 +97,10 @@ async fn the_openapi_document_lists_every_route_the_app_registers() {
         );
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
-    // The event stream is not served yet, so not promised.
+    // The resource links its event stream, which is served.
     assert!(doc["components"]["schemas"]["Links"]["properties"]
         .get("events")
-        .is_none());
+        .is_some());
     let prompt = &doc["components"]["schemas"]["SubmitExecution"]["properties"]["prompt"];
     assert_eq!(prompt["pattern"], "^[a-z0-9._-]{1,64}$");
 
@@ -223,6 +232,28 @@ async fn real_answers_of_every_route_match_the_document() {
         app.submit_with_raw_body("{}", "text/plain").await,
     )
     .await;
+    let events = "/v1/executions/{id}/events";
+    check(
+        &doc,
+        events,
+        "get",
+        app.execution_events(unknown, None).await,
+    )
+    .await;
+    check(
+        &doc,
+        events,
+        "get",
+        app.execution_events(&id, Some("x")).await,
+    )
+    .await;
+    for path in [events, "/v1/events"] {
+        assert!(
+            doc["paths"][path]["get"]["responses"]["200"]["content"]["text/event-stream"]
+                .is_object(),
+            "{path} is not documented as an event stream"
+        );
+    }
     check(&doc, "/readyz", "get", app.readyz().await).await;
     app.cleanup().await;
 }

@@ -1,7 +1,9 @@
 //! tokio-postgres checks no query at compile time, so every SQL constant
 //! of every repository is prepared here against the migrated schema.
 
-use llmq_shared::db::{executions, idempotency, labels, leases, outbox, prompts, stats, steps};
+use llmq_shared::db::{
+    events, executions, idempotency, labels, leases, outbox, prompts, stats, steps,
+};
 use llmq_tests::database::{connect, TestDatabase};
 
 #[tokio::test]
@@ -10,7 +12,8 @@ async fn every_repository_statement_prepares_against_the_migrated_schema() {
     let client = connect(&db.url).await.unwrap();
     let all = executions::ALL_SQL
         .iter()
-        .chain(leases::ALL_SQL)
+        .chain(leases::ALL_SQL.iter())
+        .chain(events::ALL_SQL)
         .chain(outbox::ALL_SQL)
         .chain(idempotency::ALL_SQL)
         .chain(prompts::ALL_SQL)

@@ -20,7 +20,7 @@ use llmq_shared::sanitize;
 use llmq_shared::step::{self as step_row, StepKind, StepStatus};
 use serde_json::{json, Value};
 
-use super::{Cx, Generated, Outcome, Outputs, Step};
+use super::{deltas, Cx, Generated, Outcome, Outputs, Step};
 use crate::provider::{Endpoint, Generation, ProviderClient, ProviderError};
 use crate::retry::{Decision, RetryPolicy};
 use crate::runner::PipelineError;
@@ -265,7 +265,14 @@ async fn call(
     let format = wants_json(cx)
         .then(|| endpoint.response_format(&cx.prompt.name, output.schema(), output.strict()))
         .flatten();
-    let body = ProviderClient::request_body(&endpoint, &messages, &params, format.as_ref());
+    let streamed = cx.execution.stream;
+    let body = ProviderClient::request_body(
+        &endpoint,
+        &messages,
+        &params,
+        format.as_ref(),
+        streamed,
+    );
     let mut step = cx.begin(StepKind::Generate);
     step.model = Some(model.to_string());
     let mut recorded_params = params;
@@ -293,8 +300,23 @@ async fn call(
             .generate_timeout_secs
             .unwrap_or(cx.ctx.settings.provider.timeout_secs),
     );
+    let (step_seq, attempt) = (step.seq, step.attempt);
+    let model_call = async {
+        if !streamed {
+            return cx.ctx.provider.chat(&endpoint, &body, timeout).await;
+        }
+        let (fragments, received) = tokio::sync::mpsc::unbounded_channel();
+        let call = cx
+            .ctx
+            .provider
+            .chat_stream(&endpoint, &body, timeout, fragments);
+        let deltas = deltas::publish(cx.ctx, cx.execution, step_seq, attempt, received);
+        // The publisher ends once the call has dropped its sender, with
+        // the last fragments sent: every delta precedes the step's end.
+        tokio::join!(call, deltas).0
+    };
     let result = tokio::select! {
-        r = cx.ctx.provider.chat(&endpoint, &body, timeout) => r,
+        r = model_call => r,
         _ = cx.stop.cancelled() => {
             step.error = Some(ErrorInfo { code: "interrupted".into(), message: "worker shutting down".into() });
             step.retryable = Some(true);

@@ -14,6 +14,7 @@
 //! Adding a step: a module here with a `Step` impl, and one line in the
 //! runner's `PIPELINE`.
 
+pub mod deltas;
 pub mod finalize;
 pub mod generate;
 pub mod render;

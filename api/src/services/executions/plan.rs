@@ -49,6 +49,8 @@ pub struct SubmitRequest {
     pub user: Option<String>,
     /// The segment whose target a label's rule gives first.
     pub segment: Option<String>,
+    /// Publish the model's tokens as `delta` events while it generates.
+    pub stream: bool,
 }
 
 impl SubmitRequest {
@@ -64,6 +66,7 @@ impl SubmitRequest {
             metadata: Map::new(),
             user: None,
             segment: None,
+            stream: false,
         }
     }
 
@@ -102,6 +105,9 @@ impl SubmitRequest {
         }
         if let Some(segment) = &self.segment {
             meaning.insert("segment".into(), segment.as_str().into());
+        }
+        if self.stream {
+            meaning.insert("stream".into(), true.into());
         }
         json_sha256(&Value::Object(meaning))
     }
@@ -170,7 +176,7 @@ pub fn plan_execution(
         metadata: Value::Object(request.metadata),
         end_user: request.user,
         priority: request.priority,
-        stream: false,
+        stream: request.stream,
         webhook_url: None,
     })
 }

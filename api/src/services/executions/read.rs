@@ -75,14 +75,13 @@ pub async fn cancel_execution(
 ) -> Result<Execution> {
     let client = pool.get().await.map_err(DbError::from)?;
     match db::request_cancel(&client, tenant.as_str(), id).await? {
-        Some(execution) => {
+        Some((execution, events)) => {
             if execution.status == ExecutionStatus::Cancelled {
-                publisher
-                    .publish_terminal_events(&[ExecutionEvent {
-                        id,
-                        status: ExecutionStatus::Cancelled,
-                    }])
-                    .await;
+                let terminal = ExecutionEvent {
+                    id,
+                    status: ExecutionStatus::Cancelled,
+                };
+                publisher.publish_events(&[terminal], events).await;
                 metrics::counter!(llmq_shared::metrics::EXECUTIONS_FINISHED, "status" => "cancelled").increment(1);
             }
             Ok(execution)
