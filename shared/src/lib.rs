@@ -15,6 +15,7 @@ pub mod mask;
 pub mod metrics;
 pub mod prompt;
 pub mod queue;
+pub mod resource;
 pub mod sanitize;
 pub mod shutdown;
 pub mod step;
