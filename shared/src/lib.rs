@@ -21,6 +21,7 @@ pub mod shutdown;
 pub mod step;
 pub mod telemetry;
 pub mod trace;
+pub mod webhook;
 
 pub use config::Settings;
 pub use execution::{ExecutionId, ExecutionStatus};

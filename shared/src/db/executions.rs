@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use std::sync::LazyLock;
 
-use super::{steps, DbError, GenericClient, Result};
+use super::{steps, webhooks, DbError, GenericClient, Result};
 use crate::execution::{ErrorInfo, Execution, ExecutionId, ExecutionStatus, NewExecution, Usage};
 use crate::sanitize::{clean_json, clean_str};
 use crate::step::Step;
@@ -148,8 +148,9 @@ pub struct Outcome {
 }
 
 /// Terminal transitions and the steps that lead to them (the last
-/// generate, the finalize) in one statement: a generate result is never
-/// committed without its outcome, nor an outcome without its trace.
+/// generate, the finalize) in one statement, with the webhook deliveries
+/// they owe: a generate result is never committed without its outcome,
+/// nor an outcome without its trace and its deliveries.
 static FINISH: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH o AS ( \
@@ -162,8 +163,10 @@ static FINISH: LazyLock<String> = LazyLock::new(|| {
              completion_tokens = o.completion_tokens, total_tokens = o.total_tokens, cost_usd = o.cost_usd, \
              finished_at = now(), updated_at = now(), lease_owner = NULL, lease_expires_at = NULL, \
              publish_due_at = NULL \
-           FROM o WHERE e.id = o.id AND e.lease_owner = $1 RETURNING e.id), \
-         written AS ({}) SELECT id FROM done",
+           FROM o WHERE e.id = o.id AND e.lease_owner = $1 \
+           RETURNING e.id, e.tenant_id, e.webhook_url, e.status), \
+         {}, written AS ({}) SELECT id FROM done",
+        webhooks::deliveries_cte("done"),
         steps::upsert_sql(11, "s.execution_id IN (SELECT id FROM done)")
     )
 });
@@ -305,19 +308,23 @@ pub async fn schedule_retry(
     Ok(n == 1)
 }
 
-const REQUEST_CANCEL: &str = concat!(
-    "UPDATE executions SET cancel_requested = true, updated_at = now(), \
-       status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END, \
-       finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END, \
-       error_code = CASE WHEN status = 'queued' THEN 'cancelled' ELSE error_code END, \
-       error_message = CASE WHEN status = 'queued' THEN 'cancelled before it started' ELSE error_message END, \
-       publish_due_at = CASE WHEN status = 'queued' THEN NULL ELSE publish_due_at END \
-     WHERE id = $1 AND tenant_id = $2 AND status IN ('queued', 'running') RETURNING ",
-    execution_columns!()
-);
+static REQUEST_CANCEL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH u AS (UPDATE executions SET cancel_requested = true, updated_at = now(), \
+           status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END, \
+           finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END, \
+           error_code = CASE WHEN status = 'queued' THEN 'cancelled' ELSE error_code END, \
+           error_message = CASE WHEN status = 'queued' THEN 'cancelled before it started' ELSE error_message END, \
+           publish_due_at = CASE WHEN status = 'queued' THEN NULL ELSE publish_due_at END \
+         WHERE id = $1 AND tenant_id = $2 AND status IN ('queued', 'running') RETURNING {cols}), \
+         {hooks} SELECT {cols} FROM u",
+        cols = execution_columns!(),
+        hooks = webhooks::deliveries_cte("u"),
+    )
+});
 
-/// Cancels a queued execution at once, or asks its worker to stop a
-/// running one at the next step boundary. None when it is not cancellable
+/// Cancels a queued execution at once (with its webhook deliveries), or
+/// asks its worker to stop a running one at the next step boundary. None when it is not cancellable
 /// (terminal, or not the tenant's).
 pub async fn request_cancel(
     client: &impl GenericClient,
@@ -326,25 +333,33 @@ pub async fn request_cancel(
 ) -> Result<Option<Execution>> {
     let row = client
         .query_opt(
-            &client.prepare_cached(REQUEST_CANCEL).await?,
+            &client.prepare_cached(&REQUEST_CANCEL).await?,
             &[&id.0, &tenant],
         )
         .await?;
     row.as_ref().map(execution_from_row).transpose()
 }
 
-const CANCEL_UNCLAIMED: &str = "UPDATE executions SET status = 'cancelled', finished_at = now(), updated_at = now(), \
-       error_code = 'cancelled', error_message = 'cancelled', lease_owner = NULL, lease_expires_at = NULL, \
-       publish_due_at = NULL \
-     WHERE id = $1 AND cancel_requested \
-       AND (status = 'queued' OR (status = 'running' AND lease_expires_at < now()))";
+static CANCEL_UNCLAIMED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH u AS (UPDATE executions SET status = 'cancelled', finished_at = now(), updated_at = now(), \
+           error_code = 'cancelled', error_message = 'cancelled', lease_owner = NULL, lease_expires_at = NULL, \
+           publish_due_at = NULL \
+         WHERE id = $1 AND cancel_requested \
+           AND (status = 'queued' OR (status = 'running' AND lease_expires_at < now())) \
+         RETURNING id, tenant_id, webhook_url, status), \
+         {} SELECT count(*) FROM u",
+        webhooks::deliveries_cte("u")
+    )
+});
 
-/// Finishes a cancel request that no live worker will act on.
+/// Finishes a cancel request that no live worker will act on, with its
+/// webhook deliveries.
 pub async fn cancel_unclaimed(client: &impl GenericClient, id: ExecutionId) -> Result<bool> {
-    Ok(client
-        .execute(&client.prepare_cached(CANCEL_UNCLAIMED).await?, &[&id.0])
-        .await?
-        == 1)
+    let row = client
+        .query_one(&client.prepare_cached(&CANCEL_UNCLAIMED).await?, &[&id.0])
+        .await?;
+    Ok(row.try_get::<_, i64>(0)? == 1)
 }
 
 pub(crate) fn parse_status(s: String) -> Result<ExecutionStatus> {
@@ -407,7 +422,7 @@ pub static ALL_SQL: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
         FINISH.as_str(),
         CHECKPOINT.as_str(),
         SCHEDULE_RETRY,
-        REQUEST_CANCEL,
-        CANCEL_UNCLAIMED,
+        REQUEST_CANCEL.as_str(),
+        CANCEL_UNCLAIMED.as_str(),
     ]
 });

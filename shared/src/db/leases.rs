@@ -33,21 +33,26 @@ pub enum Claim {
     NotYet,
 }
 
-const CLAIM: &str = concat!(
-    "UPDATE executions SET status = 'running', attempts = attempts + 1, lease_owner = $2, \
-     lease_expires_at = now() + make_interval(secs => $3), publish_due_at = NULL, not_before = NULL, \
-     started_at = coalesce(started_at, now()), updated_at = now() \
-     WHERE id = ANY($1) AND NOT cancel_requested AND (not_before IS NULL OR not_before <= now()) \
-       AND (status = 'queued' OR (status = 'running' AND (lease_expires_at < now() OR lease_owner = $2))) \
-     RETURNING ",
-    execution_columns!()
-);
+static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH c AS (UPDATE executions SET status = 'running', attempts = attempts + 1, lease_owner = $2, \
+         lease_expires_at = now() + make_interval(secs => $3), publish_due_at = NULL, not_before = NULL, \
+         started_at = coalesce(started_at, now()), updated_at = now() \
+         WHERE id = ANY($1) AND NOT cancel_requested AND (not_before IS NULL OR not_before <= now()) \
+           AND (status = 'queued' OR (status = 'running' AND (lease_expires_at < now() OR lease_owner = $2))) \
+         RETURNING {cols}), {hooks} SELECT {cols} FROM c",
+        cols = execution_columns!(),
+        hooks = super::webhooks::started_deliveries_cte("c"),
+    )
+});
 const CLAIM_MISS: &str =
     "SELECT id, status, cancel_requested, coalesce(not_before > now(), false) AS waiting \
      FROM executions WHERE id = ANY($1)";
 
 /// Takes the lease on executions so that this worker alone runs them, in
-/// one statement; answers what claiming found for each, in the order given.
+/// one statement that also creates the `execution.started` webhook
+/// deliveries of endpoints subscribed to them (once per execution);
+/// answers what claiming found for each, in the order given.
 pub async fn claim_executions(
     client: &impl GenericClient,
     ids: &[ExecutionId],
@@ -60,7 +65,7 @@ pub async fn claim_executions(
     sorted.dedup();
     let rows = client
         .query(
-            &client.prepare_cached(CLAIM).await?,
+            &client.prepare_cached(&CLAIM).await?,
             &[&sorted, &owner, &secs],
         )
         .await?;
@@ -171,4 +176,13 @@ pub async fn cancel_requests(client: &impl GenericClient, owner: &str) -> Result
 }
 
 /// Every statement of this module, for the test that prepares them all.
-pub const ALL_SQL: &[&str] = &[CLAIM, CLAIM_MISS, RENEW, RELEASE, REAP, CANCEL_REQUESTS];
+pub static ALL_SQL: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+    vec![
+        CLAIM.as_str(),
+        CLAIM_MISS,
+        RENEW,
+        RELEASE,
+        REAP,
+        CANCEL_REQUESTS,
+    ]
+});

@@ -9,6 +9,7 @@ pub mod leases;
 pub mod outbox;
 pub mod prompts;
 pub mod steps;
+pub mod webhooks;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! tokio-postgres checks no query at compile time, so every SQL constant
 //! of every repository is prepared here against the migrated schema.
 
-use llmq_shared::db::{executions, idempotency, leases, outbox, prompts, steps};
+use llmq_shared::db::{executions, idempotency, leases, outbox, prompts, steps, webhooks};
 use llmq_tests::database::{connect, TestDatabase};
 
 #[tokio::test]
@@ -10,11 +10,12 @@ async fn every_repository_statement_prepares_against_the_migrated_schema() {
     let client = connect(&db.url).await.unwrap();
     let all = executions::ALL_SQL
         .iter()
-        .chain(leases::ALL_SQL)
+        .chain(leases::ALL_SQL.iter())
         .chain(outbox::ALL_SQL)
         .chain(idempotency::ALL_SQL)
         .chain(prompts::ALL_SQL)
-        .chain(steps::ALL_SQL.iter());
+        .chain(steps::ALL_SQL.iter())
+        .chain(webhooks::ALL_SQL.iter());
     let mut prepared = 0;
     for sql in all {
         client
