@@ -10,6 +10,11 @@ use crate::resources::{
     ExecutionResource, Links, PromptRef, Readiness, StepList, StepResource, SubmitExecution,
     WebhookSpec,
 };
+use crate::webhook_resources::{
+    AttemptResource, CreateEndpoint, DeliveryList, DeliveryResource, EndpointList,
+    EndpointResource, EndpointWithSecret, RecoverRequest, RecoverResult, UpdateEndpoint,
+    WebhookSecret,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,6 +23,8 @@ use crate::resources::{
         SubmitExecution, WebhookSpec, ExecutionResource, PromptRef, Links, StepList, StepResource,
         ErrorBody, ErrorDetail, Readiness,
         llmq_shared::execution::ExecutionStatus, llmq_shared::execution::Usage, llmq_shared::execution::ErrorInfo,
+        CreateEndpoint, UpdateEndpoint, EndpointResource, EndpointWithSecret, EndpointList, WebhookSecret,
+        DeliveryResource, AttemptResource, DeliveryList, RecoverRequest, RecoverResult,
     )),
     modifiers(&BearerAuth)
 )]

@@ -40,7 +40,10 @@ pub struct SubmitExecution {
     /// Not supported yet: `true` is answered 422 `not_supported`.
     #[serde(default)]
     pub stream: bool,
-    /// Not supported yet: any value is answered 422 `not_supported`.
+    /// Where to POST the signed outcome (Standard Webhooks, signed with
+    /// the tenant's secret of `POST /v1/webhook-secret`). `https`, and
+    /// every address the host resolves to public, or 422
+    /// `invalid_webhook_url`.
     pub webhook: Option<WebhookSpec>,
     /// 0..9.
     pub priority: Option<i16>,
@@ -72,13 +75,11 @@ impl SubmitExecution {
     /// The domain request this body asks for, defaults applied. Refuses
     /// what cannot be stored (NUL characters: Postgres `text` and `jsonb`
     /// have no room for them) or is not implemented yet (`stream`,
-    /// `webhook`) rather than accepting it and doing nothing.
+    /// rather than accepting it and doing nothing. A `webhook.url`'s
+    /// destination is checked by the submit service.
     pub fn into_request(self) -> Result<SubmitRequest, ServiceError> {
         if self.stream {
             return Err(not_supported("stream"));
-        }
-        if self.webhook.is_some() {
-            return Err(not_supported("webhook"));
         }
         let prompt =
             PromptName::parse(&self.prompt).map_err(|e| invalid(format!("prompt: {e}")))?;
@@ -121,6 +122,7 @@ impl SubmitExecution {
             priority,
             metadata,
             user: self.user,
+            webhook_url: self.webhook.map(|w| w.url),
         })
     }
 }

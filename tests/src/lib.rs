@@ -8,6 +8,7 @@
 pub mod amqp;
 pub mod app;
 pub mod database;
+pub mod receiver;
 pub mod skip;
 pub mod worker_process;
 

@@ -16,4 +16,5 @@ mod api {
     mod sql;
     mod telemetry;
     mod validation;
+    mod webhooks;
 }

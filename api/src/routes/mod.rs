@@ -9,6 +9,7 @@
 
 pub mod executions;
 pub mod health;
+pub mod webhooks;
 
 use std::sync::LazyLock;
 
@@ -37,6 +38,17 @@ api_routes!(
     executions::get,
     executions::steps,
     executions::cancel,
+    webhooks::create_endpoint,
+    webhooks::list_endpoints,
+    webhooks::get_endpoint,
+    webhooks::update_endpoint,
+    webhooks::delete_endpoint,
+    webhooks::rotate_secret,
+    webhooks::endpoint_deliveries,
+    webhooks::recover,
+    webhooks::put_tenant_secret,
+    webhooks::execution_deliveries,
+    webhooks::retry_delivery,
     health::healthz,
     health::readyz,
     health::metrics,

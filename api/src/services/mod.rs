@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod executions;
+pub mod webhooks;
 
 use std::future::Future;
 use std::time::Duration;

@@ -47,6 +47,8 @@ pub struct SubmitRequest {
     pub priority: i16,
     pub metadata: Map<String, Value>,
     pub user: Option<String>,
+    /// Where the outcome is POSTed (`webhook.url`).
+    pub webhook_url: Option<String>,
 }
 
 impl SubmitRequest {
@@ -61,6 +63,7 @@ impl SubmitRequest {
             priority: DEFAULT_PRIORITY,
             metadata: Map::new(),
             user: None,
+            webhook_url: None,
         }
     }
 
@@ -96,6 +99,9 @@ impl SubmitRequest {
         }
         if let Some(user) = &self.user {
             meaning.insert("user".into(), user.as_str().into());
+        }
+        if let Some(url) = &self.webhook_url {
+            meaning.insert("webhook".into(), url.as_str().into());
         }
         json_sha256(&Value::Object(meaning))
     }
@@ -152,7 +158,7 @@ pub fn plan_execution(
         end_user: request.user,
         priority: request.priority,
         stream: false,
-        webhook_url: None,
+        webhook_url: request.webhook_url,
     })
 }
 
