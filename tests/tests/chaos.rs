@@ -21,4 +21,5 @@ mod chaos {
     mod killed_workers;
     mod poison_messages;
     mod provider_faults;
+    mod webhooks;
 }
