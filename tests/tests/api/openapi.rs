@@ -8,7 +8,7 @@ use llmq_tests::TestApp;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-async fn document(app: &TestApp) -> Value {
+pub(super) async fn document(app: &TestApp) -> Value {
     let response = app.openapi().await;
     assert_eq!(response.status(), StatusCode::OK);
     response.json().await.unwrap()
@@ -105,7 +105,12 @@ async fn the_openapi_document_lists_every_route_the_app_registers() {
 
 /// Validates a real answer against the schema the document gives for its
 /// path, method and status.
-async fn check(doc: &Value, path: &str, method: &str, response: reqwest::Response) -> Value {
+pub(super) async fn check(
+    doc: &Value,
+    path: &str,
+    method: &str,
+    response: reqwest::Response,
+) -> Value {
     let status = response.status().as_u16().to_string();
     let body: Value = response.json().await.unwrap();
     let described = &doc["paths"][path][method]["responses"][&status];

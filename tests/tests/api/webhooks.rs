@@ -425,3 +425,95 @@ async fn ssrf_destinations_are_refused_at_delivery_after_resolution() {
     app.cleanup().await;
     receiver.stop().await;
 }
+
+#[tokio::test]
+async fn webhook_answers_match_the_openapi_document() {
+    use super::openapi::{check, document};
+    let receiver = Receiver::start().await.unwrap();
+    let app = app_with(&[0]).await;
+    let doc = document(&app).await;
+    let list = "/v1/webhook-endpoints";
+    let one = "/v1/webhook-endpoints/{id}";
+    let body = json!({"url": receiver.url, "event_types": ["execution.succeeded"]});
+    let created = check(
+        &doc,
+        list,
+        "post",
+        app.send_json(Method::POST, list, &body).await,
+    )
+    .await;
+    let eid = created["id"].as_str().unwrap().to_string();
+    let at = |p: &str| p.replace("{id}", &eid);
+    check(&doc, list, "get", app.get_authorized(list).await).await;
+    check(&doc, one, "get", app.get_authorized(&at(one)).await).await;
+    let patched = app
+        .send_json(Method::PATCH, &at(one), &json!({"description": "renamed"}))
+        .await;
+    check(&doc, one, "patch", patched).await;
+    let rotate = "/v1/webhook-endpoints/{id}/rotate-secret";
+    check(
+        &doc,
+        rotate,
+        "post",
+        app.send_empty(Method::POST, &at(rotate)).await,
+    )
+    .await;
+    let secret = "/v1/webhook-secret";
+    check(
+        &doc,
+        secret,
+        "post",
+        app.send_empty(Method::POST, secret).await,
+    )
+    .await;
+    check(
+        &doc,
+        secret,
+        "post",
+        app.send_empty(Method::POST, secret).await,
+    )
+    .await;
+    let refused = json!({"url": "https://10.0.0.1/", "event_types": ["execution.failed"]});
+    check(
+        &doc,
+        list,
+        "post",
+        app.send_json(Method::POST, list, &refused).await,
+    )
+    .await;
+
+    let id = submit(&app, "documented").await;
+    wait_deliveries(&app, &id, "succeeded").await;
+    let of_execution = "/v1/executions/{id}/deliveries";
+    let answer = app.get_authorized(&of_execution.replace("{id}", &id)).await;
+    let deliveries = check(&doc, of_execution, "get", answer).await;
+    let of_endpoint = "/v1/webhook-endpoints/{id}/deliveries";
+    let answer = app
+        .get_authorized(&format!("{}?status=succeeded", at(of_endpoint)))
+        .await;
+    check(&doc, of_endpoint, "get", answer).await;
+    let answer = app
+        .get_authorized(&format!("{}?status=odd", at(of_endpoint)))
+        .await;
+    check(&doc, of_endpoint, "get", answer).await;
+    let retry = "/v1/deliveries/{id}/retry";
+    let did = deliveries["data"][0]["id"].as_str().unwrap();
+    let answer = app
+        .send_empty(Method::POST, &retry.replace("{id}", did))
+        .await;
+    check(&doc, retry, "post", answer).await;
+    let recover = "/v1/webhook-endpoints/{id}/recover";
+    let since = json!({"since": chrono::Utc::now()});
+    check(
+        &doc,
+        recover,
+        "post",
+        app.send_json(Method::POST, &at(recover), &since).await,
+    )
+    .await;
+    let gone = app.send_empty(Method::DELETE, &at(one)).await;
+    assert_eq!(gone.status(), StatusCode::NO_CONTENT);
+    check(&doc, one, "get", app.get_authorized(&at(one)).await).await;
+    app.cleanup().await;
+    receiver.stop().await;
+}

@@ -1,7 +1,8 @@
 //! Nothing lost between an outcome and its callback: a worker SIGKILLed
 //! right after it committed outcomes (its messages still unacknowledged,
 //! so they are redelivered) leaves exactly one delivery per execution,
-//! each received once.
+//! each received once; and the worker that delivers them (a real
+//! process) never writes the signing secret to its log.
 
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ const EXECUTIONS: usize = 20;
 async fn a_worker_killed_after_committing_outcomes_still_yields_one_delivery_per_execution() {
     let _shared = support::shared().await;
     let receiver = Receiver::start().await.unwrap();
-    let mut app = TestApp::builder()
+    let app = TestApp::builder()
         .without_worker()
         .fake_latency_ms(300)
         .configure(|s| {
@@ -40,6 +41,8 @@ async fn a_worker_killed_after_committing_outcomes_still_yields_one_delivery_per
         )
         .await;
     assert_eq!(response.status(), StatusCode::CREATED);
+    let created: serde_json::Value = response.json().await.unwrap();
+    let secret = created["secret"].as_str().unwrap().to_string();
 
     // The victim only runs executions: nothing it commits is delivered by it.
     let mut victim_settings = app.settings.clone();
@@ -66,7 +69,8 @@ async fn a_worker_killed_after_committing_outcomes_still_yields_one_delivery_per
         victim.log_tail(30)
     );
 
-    app.start_worker().await;
+    // The survivor runs everything, as a process whose log we can read.
+    let survivor = WorkerProcess::spawn(&app.settings, "webhook-survivor");
     let got = receiver.wait_for(EXECUTIONS, Duration::from_secs(60)).await;
     let settled = app
         .eventually(Duration::from_secs(60), || async {
@@ -109,6 +113,17 @@ async fn a_worker_killed_after_committing_outcomes_still_yields_one_delivery_per
     received.sort();
     ids.sort();
     assert_eq!(received, ids);
+    let log = std::fs::read_to_string(survivor.log_path()).unwrap();
+    assert!(
+        log.contains("webhook delivery started"),
+        "{}",
+        survivor.log_tail(20)
+    );
+    assert!(
+        !log.contains(&secret[6..]),
+        "the secret is in the worker's log"
+    );
+    drop(survivor);
     app.cleanup().await;
     receiver.stop().await;
 }
