@@ -517,3 +517,98 @@ async fn webhook_answers_match_the_openapi_document() {
     app.cleanup().await;
     receiver.stop().await;
 }
+
+#[tokio::test]
+async fn a_large_resource_is_sent_thin_and_started_is_sent_when_subscribed() {
+    let receiver = Receiver::start().await.unwrap();
+    let app = TestApp::builder()
+        .configure(|s| {
+            s.worker.roles = vec!["executions".into(), "relay".into(), "webhooks".into()];
+            s.webhooks.allow_http = true;
+            s.webhooks.allowed_hosts = vec!["127.0.0.1".into()];
+            s.webhooks.retry_schedule_ms = vec![0];
+            s.webhooks.poll_interval_ms = 50;
+            s.webhooks.max_payload_bytes = 200;
+        })
+        .spawn()
+        .await;
+    create_endpoint(
+        &app,
+        &receiver.url,
+        &["execution.started", "execution.succeeded"],
+    )
+    .await;
+    let id = submit(&app, "a resource larger than two hundred bytes").await;
+    let got = receiver.wait_for(2, WAIT).await;
+    assert_eq!(got.len(), 2);
+    let mut types: Vec<String> = got
+        .iter()
+        .map(|r| r.json()["type"].as_str().unwrap().to_string())
+        .collect();
+    types.sort();
+    assert_eq!(types, ["execution.started", "execution.succeeded"]);
+    for r in &got {
+        let data = r.json()["data"].clone();
+        let mut keys: Vec<&String> = data.as_object().unwrap().keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["id", "links", "status"], "thin: {data}");
+        assert_eq!(data["id"], id.as_str());
+        assert_eq!(data["links"]["self"], format!("/v1/executions/{id}"));
+    }
+    let deliveries = wait_deliveries(&app, &id, "succeeded").await;
+    assert_eq!(deliveries.len(), 2, "one per event");
+    app.cleanup().await;
+    receiver.stop().await;
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_for_the_configured_period_is_disabled_with_a_reason() {
+    let receiver = Receiver::start().await.unwrap();
+    receiver.set_default(500);
+    let app = TestApp::builder()
+        .configure(|s| {
+            s.worker.roles = vec!["executions".into(), "relay".into(), "webhooks".into()];
+            s.webhooks.allow_http = true;
+            s.webhooks.allowed_hosts = vec!["127.0.0.1".into()];
+            s.webhooks.retry_schedule_ms = vec![0, 100, 100];
+            s.webhooks.poll_interval_ms = 50;
+            // Every failure is already "failing for the whole period".
+            s.webhooks.disable_after_failing_secs = 0;
+        })
+        .spawn()
+        .await;
+    let endpoint = create_endpoint(&app, &receiver.url, &["execution.succeeded"]).await;
+    let eid = endpoint["id"].as_str().unwrap();
+    let id = submit(&app, "always failing").await;
+    let deliveries = wait_deliveries(&app, &id, "failed").await;
+    assert_eq!(deliveries[0]["status"], "failed");
+    let now: Value = app
+        .get_authorized(&format!("/v1/webhook-endpoints/{eid}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(now["enabled"], false, "{now}");
+    assert!(
+        now["disabled_reason"]
+            .as_str()
+            .unwrap()
+            .contains("every delivery failed since"),
+        "{now}"
+    );
+    // Enabling it again clears the reason.
+    let enabled: Value = app
+        .send_json(
+            Method::PATCH,
+            &format!("/v1/webhook-endpoints/{eid}"),
+            &json!({"enabled": true}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(enabled["enabled"], true);
+    assert!(enabled["disabled_reason"].is_null());
+    app.cleanup().await;
+    receiver.stop().await;
+}
