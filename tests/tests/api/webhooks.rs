@@ -612,3 +612,36 @@ async fn an_endpoint_failing_for_the_configured_period_is_disabled_with_a_reason
     app.cleanup().await;
     receiver.stop().await;
 }
+
+#[tokio::test]
+async fn cancelling_a_queued_execution_creates_its_cancelled_delivery() {
+    let receiver = Receiver::start().await.unwrap();
+    let mut app = TestApp::builder()
+        .without_worker()
+        .configure(|s| {
+            s.worker.roles = vec!["executions".into(), "relay".into(), "webhooks".into()];
+            s.webhooks.allow_http = true;
+            s.webhooks.allowed_hosts = vec!["127.0.0.1".into()];
+            s.webhooks.retry_schedule_ms = vec![0];
+            s.webhooks.poll_interval_ms = 50;
+        })
+        .spawn()
+        .await;
+    create_endpoint(&app, &receiver.url, &["execution.cancelled"]).await;
+    let id = submit(&app, "cancel me while queued").await;
+    let cancelled = app
+        .send_empty(Method::POST, &format!("/v1/executions/{id}/cancel"))
+        .await;
+    assert_eq!(cancelled.status(), StatusCode::OK);
+    // Written by the cancel's own statement, before any worker runs.
+    let pending = deliveries_of(&app, &id).await;
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0]["event_type"], "execution.cancelled");
+    app.start_worker().await;
+    let got = receiver.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].json()["type"], "execution.cancelled");
+    assert_eq!(got[0].json()["data"]["status"], "cancelled");
+    app.cleanup().await;
+    receiver.stop().await;
+}
