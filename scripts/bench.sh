@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: load-test llmq on this machine and compare with the targets.
 #
-# Three settings, each on a fresh database and a fresh queue prefix, with the
+# Four settings, each on a fresh database and a fresh queue prefix, with the
 # fake provider, the API and one worker started here:
 #   (a) provider latency 0 ms, worker concurrency 1024, closed loop (64
 #       submits always in flight) — orchestration overhead: how fast the
@@ -14,6 +14,10 @@
 #       latency while the machine carries that load (an open loop measures
 #       latency at a given load; a closed loop's latency is its concurrency
 #       divided by its throughput, by construction)
+#   (c) provider latency 0 ms, open loop at 1,000 submits/s, every
+#       execution with a webhook to a local receiver — deliveries/s and
+#       finished_at → delivered p50 / p99 (the webhooks role runs in the
+#       same worker)
 # The load generator (tests/bench, `llmq-bench`) submits the executions over
 # HTTP, waits for them via Postgres and prints its figures; a summary with the
 # targets comes last. Targets are reported, not enforced: the script exits 0
@@ -27,9 +31,16 @@
 #                      submits always in flight)
 #   BENCH_WARMUP       warm-up executions per setting (default 200)
 #   BENCH_TIMEOUT      seconds to wait for a setting's executions (default 240)
-#   BENCH_SETTINGS     "LATENCY_MS:WORKER_CONCURRENCY[:RATE[:N]] ..." (N
-#                      overrides BENCH_N for that setting)
-#                      (default "0:1024 0:1024:100:3000 2000:8192:2500")
+#   BENCH_SETTINGS     "LATENCY_MS:WORKER_CONCURRENCY[:RATE[:N[:webhook]]] ..."
+#                      (N overrides BENCH_N for that setting; `webhook` makes
+#                      every execution carry a webhook to the fake provider's
+#                      /webhook receiver, runs the worker's `webhooks` role
+#                      and reports deliveries/s and finished_at -> delivered;
+#                      "0:1024:1000:20000:webhook" is the issue's setting at
+#                      1,000 executions/s, "0:1024:0:20000:webhook" the peak
+#                      delivery rate)
+#                      (default "0:1024 0:1024:100:3000 2000:8192:2500
+#                      0:1024:1000:20000:webhook")
 #   BENCH_SSE          the event-stream setting, "LATENCY_MS:WORKER_CONCURRENCY:RATE:N"
 #                      (default "20000:16384:1000:10000": N executions submitted
 #                      at RATE/s, each with its own SSE subscriber opened right
@@ -73,7 +84,7 @@ BENCH_CONCURRENCY=${BENCH_CONCURRENCY:-64}
 BENCH_RATE=${BENCH_RATE:-0}
 BENCH_WARMUP=${BENCH_WARMUP:-200}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-240}
-BENCH_SETTINGS=${BENCH_SETTINGS:-"0:1024 0:1024:100:3000 2000:8192:2500"}
+BENCH_SETTINGS=${BENCH_SETTINGS:-"0:1024 0:1024:100:3000 2000:8192:2500 0:1024:1000:20000:webhook"}
 BENCH_SSE=${BENCH_SSE:-"20000:16384:1000:10000"}
 BENCH_CURVE=${BENCH_CURVE:-0}
 BENCH_DB=${BENCH_DB:-llmq_bench}
@@ -190,13 +201,14 @@ psql_admin() {
 
 # Called plainly (not in a condition) so that `set -e` stays in force inside;
 # a run that did not complete sets failed=1.
-setting_name() { # setting_name LATENCY_MS RATE
-    if [ "$2" = 0 ]; then echo "${1}ms"; else echo "${1}ms-${2}per-s"; fi
+setting_name() { # setting_name LATENCY_MS RATE [webhook]
+    if [ "$2" = 0 ]; then echo "${1}ms${3:+-$3}"; else echo "${1}ms-${2}per-s${3:+-$3}"; fi
 }
 
-run_setting() { # run_setting LATENCY_MS WORKER_CONCURRENCY RATE N [sse]
-    local latency=$1 concurrency=$2 rate=$3 n=$4 mode=${5:-} name ts rc=0 hwm rabbit_pid
-    name=$(setting_name "$latency" "$rate")
+run_setting() { # run_setting LATENCY_MS WORKER_CONCURRENCY RATE N [sse|webhook]
+    local latency=$1 concurrency=$2 rate=$3 n=$4 mode=${5:-} hooks= name ts rc=0 hwm rabbit_pid
+    [ "$mode" = webhook ] && hooks=webhook
+    name=$(setting_name "$latency" "$rate" "$hooks")
     [ "$mode" = sse ] && name="sse-$name"
     local out="$RUN_DIR/bench-$name.out" json="$RUN_DIR/bench-$name.json"
     rm -f "$json" "$out"
@@ -229,6 +241,13 @@ run_setting() { # run_setting LATENCY_MS WORKER_CONCURRENCY RATE N [sse]
         "LLMQ_PROMPTS_DIR=prompts" "LLMQ_API__ADDR=127.0.0.1:$API_PORT" "LLMQ_API__API_KEY=$API_KEY"
         "LLMQ_API__ADMIN_KEY=$ADMIN_KEY" "RUST_LOG=warn"
     )
+    local worker_extra=() bench_extra=()
+    if [ "$hooks" = webhook ]; then
+        # Deliveries go to the fake provider's /webhook over plain http.
+        common+=("LLMQ_WEBHOOKS__ALLOW_HTTP=true" 'LLMQ_WEBHOOKS__ALLOWED_HOSTS=["127.0.0.1"]')
+        worker_extra=('LLMQ_WORKER__ROLES=["executions","relay","webhooks"]')
+        bench_extra=(--webhook-url "http://127.0.0.1:$PROVIDER_PORT/webhook")
+    fi
 
     start fake-provider "$RUN_DIR/bench-fake-provider-$name.log" \
         env RUST_LOG=warn "$BIN/fake-provider" --port "$PROVIDER_PORT" --latency-ms "$latency"
@@ -246,6 +265,7 @@ run_setting() { # run_setting LATENCY_MS WORKER_CONCURRENCY RATE N [sse]
         "LLMQ_WORKER__METRICS_ADDR=127.0.0.1:$METRICS_PORT" \
         "LLMQ_WORKER__SHUTDOWN_GRACE_SECS=5" \
         "LLMQ_DB_POOL_SIZE=32" \
+        "${worker_extra[@]}" \
         "$BIN/llmq-worker"
     local worker_pid=$STARTED_PID
     sleep 1
@@ -265,7 +285,7 @@ run_setting() { # run_setting LATENCY_MS WORKER_CONCURRENCY RATE N [sse]
             -n "$n" -c "$BENCH_CONCURRENCY" --rate "$rate" --warmup "$BENCH_WARMUP" \
             --timeout-secs "$BENCH_TIMEOUT" --warmup-timeout-secs 60 \
             --label "$name" --provider-latency-ms "$latency" --worker-concurrency "$concurrency" \
-            "${watch[@]}" "${SPLIT_ARGS[@]}" --json-out "$json" | tee "$out" || rc=$?
+            "${watch[@]}" "${SPLIT_ARGS[@]}" "${bench_extra[@]}" --json-out "$json" | tee "$out" || rc=$?
     fi
 
     hwm=$(vm_hwm_kb "$worker_pid")
@@ -310,13 +330,13 @@ failed=0
 results=()
 curve=()
 for setting in $BENCH_SETTINGS; do
-    IFS=: read -r latency concurrency rate n <<<"$setting"
+    IFS=: read -r latency concurrency rate n hooks <<<"$setting"
     rate=${rate:-$BENCH_RATE}
-    run_setting "$latency" "${concurrency:-1024}" "$rate" "${n:-$BENCH_N}"
-    json="$RUN_DIR/bench-$(setting_name "$latency" "$rate").json"
+    run_setting "$latency" "${concurrency:-1024}" "$rate" "${n:-$BENCH_N}" "${hooks:-}"
+    json="$RUN_DIR/bench-$(setting_name "$latency" "$rate" "${hooks:-}").json"
     if [ -f "$json" ]; then
         results+=("$json")
-        [ "$latency" = 0 ] && curve+=("$json")
+        [ "$latency" = 0 ] && [ -z "${hooks:-}" ] && curve+=("$json")
     fi
 done
 

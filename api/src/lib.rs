@@ -14,5 +14,6 @@ pub mod routes;
 pub mod services;
 pub mod startup;
 pub mod state;
+pub mod webhook_resources;
 
 pub use startup::Application;

@@ -10,6 +10,11 @@ use crate::resources::{
     ExecutionResource, Links, PromptRef, Readiness, StepList, StepResource, SubmitExecution,
     WebhookSpec,
 };
+use crate::webhook_resources::{
+    AttemptResource, CreateEndpoint, DeliveryList, DeliveryResource, EndpointList,
+    EndpointResource, EndpointWithSecret, RecoverRequest, RecoverResult, UpdateEndpoint,
+    WebhookSecret,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -28,6 +33,8 @@ use crate::resources::{
         crate::services::prompts::diff::FieldChange,
         llmq_shared::prompt::LabelRule, llmq_shared::prompt::Target,
         llmq_shared::execution::ExecutionStatus, llmq_shared::execution::Usage, llmq_shared::execution::ErrorInfo,
+        CreateEndpoint, UpdateEndpoint, EndpointResource, EndpointWithSecret, EndpointList, WebhookSecret,
+        DeliveryResource, AttemptResource, DeliveryList, RecoverRequest, RecoverResult,
     )),
     modifiers(&BearerAuth)
 )]

@@ -5,8 +5,9 @@
 pub mod prompts;
 
 use chrono::{DateTime, Utc};
-use llmq_shared::execution::{codes, ErrorInfo, Execution, ExecutionStatus, Usage};
+use llmq_shared::execution::{ErrorInfo, Usage};
 use llmq_shared::ids::{Label, PromptName};
+pub use llmq_shared::resource::{ExecutionResource, Links, PromptRef};
 use llmq_shared::step::Step;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -42,7 +43,10 @@ pub struct SubmitExecution {
     /// event stream while it generates.
     #[serde(default)]
     pub stream: bool,
-    /// Not supported yet: any value is answered 422 `not_supported`.
+    /// Where to POST the signed outcome (Standard Webhooks, signed with
+    /// the tenant's secret of `POST /v1/webhook-secret`). `https`, and
+    /// every address the host resolves to public, or 422
+    /// `invalid_webhook_url`.
     pub webhook: Option<WebhookSpec>,
     /// 0..9.
     pub priority: Option<i16>,
@@ -78,12 +82,9 @@ fn no_nul(field: &str, value: &str) -> Result<(), ServiceError> {
 impl SubmitExecution {
     /// The domain request this body asks for, defaults applied. Refuses
     /// what cannot be stored (NUL characters: Postgres `text` and `jsonb`
-    /// have no room for them) or is not implemented yet (`webhook`)
-    /// rather than accepting it and doing nothing.
+    /// have no room for them) rather than accepting it. A `webhook.url`'s
+    /// destination is checked by the submit service.
     pub fn into_request(self) -> Result<SubmitRequest, ServiceError> {
-        if self.webhook.is_some() {
-            return Err(not_supported("webhook"));
-        }
         let prompt =
             PromptName::parse(&self.prompt).map_err(|e| invalid(format!("prompt: {e}")))?;
         let target = match (self.version, self.label) {
@@ -131,95 +132,8 @@ impl SubmitExecution {
             user: self.user,
             segment: self.segment,
             stream: self.stream,
+            webhook_url: self.webhook.map(|w| w.url),
         })
-    }
-}
-
-fn not_supported(field: &str) -> ServiceError {
-    ServiceError::Rejected {
-        code: codes::NOT_SUPPORTED,
-        message: format!("{field} is not supported yet; submit without it"),
-        details: None,
-    }
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PromptRef {
-    pub name: String,
-    pub version: i32,
-    pub label: Option<String>,
-    /// The arm of the label's rule: `split:<i>` (the i-th weighted
-    /// target) or `segment:<name>`; absent for a label with one version
-    /// or an exact version.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub arm: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Links {
-    #[serde(rename = "self")]
-    pub self_: String,
-    pub steps: String,
-    /// The execution's event stream (Server-Sent Events).
-    pub events: String,
-}
-
-/// An execution as clients see it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ExecutionResource {
-    pub id: String,
-    pub status: ExecutionStatus,
-    pub prompt: PromptRef,
-    pub model: String,
-    #[schema(value_type = Object)]
-    pub input: Value,
-    /// A string for a text prompt, the parsed value for a JSON one; null
-    /// until the execution succeeds.
-    #[schema(value_type = Option<serde_json::Value>)]
-    pub output: Option<Value>,
-    pub error: Option<ErrorInfo>,
-    pub usage: Option<Usage>,
-    pub attempts: i32,
-    #[schema(value_type = Object)]
-    pub metadata: Value,
-    pub user: Option<String>,
-    pub priority: i16,
-    pub created_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub links: Links,
-}
-
-impl From<&Execution> for ExecutionResource {
-    fn from(e: &Execution) -> Self {
-        let base = format!("/v1/executions/{}", e.id);
-        Self {
-            id: e.id.to_string(),
-            status: e.status,
-            prompt: PromptRef {
-                name: e.prompt_name.clone(),
-                version: e.prompt_version,
-                label: e.prompt_label.clone(),
-                arm: e.prompt_arm.clone(),
-            },
-            model: e.model.clone(),
-            input: e.input.clone(),
-            output: e.output.clone(),
-            error: e.error.clone(),
-            usage: e.usage,
-            attempts: e.attempts,
-            metadata: e.metadata.clone(),
-            user: e.end_user.clone(),
-            priority: e.priority,
-            created_at: e.created_at,
-            started_at: e.started_at,
-            finished_at: e.finished_at,
-            links: Links {
-                steps: format!("{base}/steps"),
-                events: format!("{base}/events"),
-                self_: base,
-            },
-        }
     }
 }
 

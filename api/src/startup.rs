@@ -94,6 +94,10 @@ impl Application {
             events,
             to_publish,
             metrics: llmq_shared::metrics::install(),
+            sealer: llmq_shared::webhook::seal::Sealer::from_config(
+                &settings.webhooks.encryption_key,
+            )?,
+            destinations: (&settings.webhooks).into(),
         });
         sessions.spawn(invalidate_moved_labels(
             label_moves,

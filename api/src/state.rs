@@ -10,7 +10,11 @@ use llmq_shared::queue::Publisher;
 use llmq_shared::Settings;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use llmq_shared::webhook::destination::DestinationPolicy;
+use llmq_shared::webhook::seal::Sealer;
+
 use crate::services::executions::{Inserts, PublishQueue, SubmitDeps};
+use crate::services::webhooks::WebhookDeps;
 
 pub struct AppState {
     pub settings: Arc<Settings>,
@@ -26,6 +30,10 @@ pub struct AppState {
     /// Accepted executions to publish (with a confirm) in the background.
     pub to_publish: PublishQueue,
     pub metrics: Option<PrometheusHandle>,
+    /// Seals webhook signing secrets (`webhooks.encryption_key`).
+    pub sealer: Sealer,
+    /// Which webhook destinations may be registered.
+    pub destinations: DestinationPolicy,
 }
 
 impl AppState {
@@ -40,6 +48,20 @@ impl AppState {
             to_publish: &self.to_publish,
             republish_after: self.settings.republish_after(),
             idempotency_ttl: std::time::Duration::from_secs(self.settings.api.idempotency_ttl_secs),
+            destinations: &self.destinations,
+        }
+    }
+
+    /// What the webhook services need, borrowed from the state.
+    pub fn webhook_deps(&self) -> WebhookDeps<'_> {
+        WebhookDeps {
+            pool: &self.pool,
+            publisher: &self.publisher,
+            sealer: &self.sealer,
+            policy: &self.destinations,
+            rotation_overlap: std::time::Duration::from_secs(
+                self.settings.webhooks.rotation_overlap_secs,
+            ),
         }
     }
 

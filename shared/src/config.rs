@@ -32,6 +32,7 @@ pub struct Settings {
     pub provider: ProviderSettings,
     /// Event streams (SSE) and token deltas.
     pub events: EventSettings,
+    pub webhooks: WebhookSettings,
     /// Logical models named by prompts, mapped onto providers.
     pub models: BTreeMap<String, ModelSettings>,
 }
@@ -105,7 +106,7 @@ pub struct ApiSettings {
 }
 
 /// The roles a worker process can run.
-pub const WORKER_ROLES: &[&str] = &["executions", "relay"];
+pub const WORKER_ROLES: &[&str] = &["executions", "relay", "webhooks"];
 
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -142,6 +143,44 @@ pub struct ProviderSettings {
     pub api_key: String,
     /// Timeout of one `generate` call.
     pub timeout_secs: u64,
+}
+
+/// Webhook delivery (the `webhooks` worker role) and the rules every
+/// destination must pass (at registration and at delivery).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebhookSettings {
+    /// Key sealing the signing secrets in Postgres: base64 of 32 bytes.
+    /// Empty uses a fixed development key (and says so in the log): set
+    /// it in production, or anyone with the source can open the secrets.
+    pub encryption_key: String,
+    /// Timeout of one delivery attempt (connect, send, first KB read).
+    pub timeout_secs: u64,
+    /// Delays before each attempt, from the first: the default is
+    /// immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h. Each gets
+    /// up to a fifth of jitter either way; its length is the number of
+    /// attempts before a delivery fails.
+    pub retry_schedule_ms: Vec<u64>,
+    /// An endpoint whose deliveries have all failed for this long is
+    /// disabled, with a reason.
+    pub disable_after_failing_secs: u64,
+    /// After a rotation, how long deliveries are signed with both the new
+    /// and the old secret.
+    pub rotation_overlap_secs: u64,
+    /// An execution resource larger than this is sent thin (id, status,
+    /// links).
+    pub max_payload_bytes: usize,
+    /// Deliveries in flight per worker process, and per destination.
+    pub concurrency: usize,
+    pub per_endpoint_concurrency: usize,
+    /// How often the role looks for due deliveries without a wake-up
+    /// (retries, replays; a commit's terminal events wake it at once).
+    pub poll_interval_ms: u64,
+    /// Plain `http` destinations are refused unless this is true.
+    pub allow_http: bool,
+    /// Hosts (names or addresses, as written in the URL) exempt from the
+    /// private-address check; tests allow `127.0.0.1`.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// A logical model: where it is served and what it costs.
@@ -195,6 +234,7 @@ impl Default for Settings {
             worker: WorkerSettings::default(),
             provider: ProviderSettings::default(),
             events: EventSettings::default(),
+            webhooks: WebhookSettings::default(),
             models: BTreeMap::new(),
         }
     }
@@ -234,6 +274,26 @@ impl Default for WorkerSettings {
             retry_base_ms: 500,
             retry_max_ms: 60_000,
             validate_delay_ms: 0,
+        }
+    }
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            encryption_key: String::new(),
+            timeout_secs: 15,
+            retry_schedule_ms: vec![
+                0, 5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000,
+            ],
+            disable_after_failing_secs: 5 * 24 * 3600,
+            rotation_overlap_secs: 24 * 3600,
+            max_payload_bytes: 20 * 1024,
+            concurrency: 256,
+            per_endpoint_concurrency: 16,
+            poll_interval_ms: 1000,
+            allow_http: false,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -340,6 +400,11 @@ impl std::fmt::Debug for Settings {
             .field("worker.roles", &self.worker.roles)
             .field("provider.base_url", &self.provider.base_url)
             .field("provider.api_key", &redact(&self.provider.api_key))
+            .field(
+                "webhooks.encryption_key",
+                &redact(&self.webhooks.encryption_key),
+            )
+            .field("webhooks.allowed_hosts", &self.webhooks.allowed_hosts)
             .field("models", &self.models.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -399,7 +464,7 @@ mod tests {
         w.roles = vec!["executions".into(), "realy".into()];
         let e = w.check_roles().unwrap_err();
         assert!(
-            e.contains("\"realy\"") && e.contains("executions, relay"),
+            e.contains("\"realy\"") && e.contains("executions, relay, webhooks"),
             "{e}"
         );
         w.roles.clear();

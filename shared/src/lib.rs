@@ -16,11 +16,13 @@ pub mod mask;
 pub mod metrics;
 pub mod prompt;
 pub mod queue;
+pub mod resource;
 pub mod sanitize;
 pub mod shutdown;
 pub mod step;
 pub mod telemetry;
 pub mod trace;
+pub mod webhook;
 
 pub use config::Settings;
 pub use execution::{ExecutionId, ExecutionStatus};

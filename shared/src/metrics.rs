@@ -20,6 +20,7 @@ pub const LEASES_REAPED: &str = "llmq_leases_reaped_total";
 pub const MESSAGES_DEAD_LETTERED: &str = "llmq_messages_dead_lettered_total";
 pub const DB_BATCH_SIZE: &str = "llmq_db_batch_size";
 pub const DB_BATCH_WAIT: &str = "llmq_db_batch_wait_seconds";
+pub const WEBHOOK_ATTEMPTS: &str = "llmq_webhook_attempts_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -59,6 +60,10 @@ fn builder() -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildErro
 
 fn describe() {
     describe_counter!(HTTP_REQUESTS, "HTTP requests by method, route and status");
+    describe_counter!(
+        WEBHOOK_ATTEMPTS,
+        "Webhook delivery attempts, by what they left the delivery as (succeeded, pending, failed)"
+    );
     describe_histogram!(
         HTTP_REQUEST_DURATION,
         Unit::Seconds,

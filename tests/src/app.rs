@@ -207,6 +207,28 @@ impl TestApp {
             .expect("POST /v1/executions")
     }
 
+    /// An authorized request with a JSON body to any route (the webhook
+    /// routes use these: `POST/PATCH /v1/webhook-endpoints…`).
+    pub async fn send_json(&self, method: reqwest::Method, path: &str, body: &Value) -> Response {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(&self.api_key)
+            .json(body)
+            .send()
+            .await
+            .expect("request to the API")
+    }
+
+    /// An authorized request without a body (`POST …/rotate-secret`, `DELETE`).
+    pub async fn send_empty(&self, method: reqwest::Method, path: &str) -> Response {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(&self.api_key)
+            .send()
+            .await
+            .expect("request to the API")
+    }
+
     /// `POST /v1/executions` with an arbitrary body.
     pub async fn submit_with_raw_body(
         &self,

@@ -9,6 +9,7 @@ pub mod amqp;
 pub mod app;
 pub mod database;
 pub mod prompts;
+pub mod receiver;
 pub mod skip;
 pub mod sse;
 pub mod worker_process;

@@ -73,6 +73,44 @@ pub fn worker_env(settings: &Settings) -> Vec<(String, String)> {
             "LLMQ_PROVIDER__TIMEOUT_SECS",
             settings.provider.timeout_secs.to_string(),
         ),
+        (
+            "LLMQ_WEBHOOKS__ENCRYPTION_KEY",
+            settings.webhooks.encryption_key.clone(),
+        ),
+        (
+            "LLMQ_WEBHOOKS__ALLOW_HTTP",
+            settings.webhooks.allow_http.to_string(),
+        ),
+        (
+            "LLMQ_WEBHOOKS__ALLOWED_HOSTS",
+            format!(
+                "[{}]",
+                settings
+                    .webhooks
+                    .allowed_hosts
+                    .iter()
+                    .map(|h| format!("{h:?}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        ),
+        (
+            "LLMQ_WEBHOOKS__RETRY_SCHEDULE_MS",
+            format!(
+                "[{}]",
+                settings
+                    .webhooks
+                    .retry_schedule_ms
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        ),
+        (
+            "LLMQ_WEBHOOKS__POLL_INTERVAL_MS",
+            settings.webhooks.poll_interval_ms.to_string(),
+        ),
         // No config file: only what the test set applies.
         ("LLMQ_CONFIG", "/nonexistent/llmq-tests.toml".to_string()),
     ];

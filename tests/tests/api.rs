@@ -21,4 +21,5 @@ mod api {
     mod telemetry;
     mod templates;
     mod validation;
+    mod webhooks;
 }

@@ -22,4 +22,5 @@ mod chaos {
     mod killed_workers;
     mod poison_messages;
     mod provider_faults;
+    mod webhooks;
 }

@@ -10,6 +10,7 @@ pub mod retry;
 pub mod runner;
 pub mod startup;
 pub mod steps;
+pub mod webhooks;
 pub mod writer;
 
 pub use startup::Worker;

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::context::{lease_owner, WorkerContext};
 use crate::provider::ProviderClient;
 use crate::writer::Writer;
-use crate::{consumer, relay};
+use crate::{consumer, relay, webhooks};
 
 pub struct Worker {
     ctx: Arc<WorkerContext>,
@@ -28,6 +28,8 @@ pub struct Worker {
 impl Worker {
     pub async fn build(settings: Settings, stop: CancellationToken) -> anyhow::Result<Self> {
         settings.worker.check_roles().map_err(anyhow::Error::msg)?;
+        // A bad key stops the worker at start, not at its first delivery.
+        llmq_shared::webhook::seal::Sealer::from_config(&settings.webhooks.encryption_key)?;
         let settings = Arc::new(settings);
         if !settings.worker.metrics_addr.is_empty() {
             let addr = settings
@@ -93,6 +95,12 @@ impl Worker {
             .iter()
             .any(|r| r == "relay")
             .then(|| tokio::spawn(relay::run_relay(self.ctx.clone(), self.background.clone())));
+        let webhooks = roles.iter().any(|r| r == "webhooks").then(|| {
+            tokio::spawn(webhooks::run_webhooks(
+                self.ctx.clone(),
+                self.background.clone(),
+            ))
+        });
         if roles.iter().any(|r| r == "executions") {
             let interrupt = CancellationToken::new();
             consumer::run_consumer(self.ctx.clone(), self.stop.clone(), interrupt).await;
@@ -111,6 +119,13 @@ impl Worker {
         let _ = canceller.await;
         if let Some(relay) = relay {
             let _ = relay.await;
+        }
+        if let Some(webhooks) = webhooks {
+            match webhooks.await {
+                Ok(Err(e)) => tracing::error!(error = %e, "webhook delivery could not run"),
+                Err(e) => tracing::error!(error = %e, "webhook delivery panicked"),
+                Ok(Ok(())) => {}
+            }
         }
         self.sessions.wait().await;
         tracing::info!("llmq-worker stopped");

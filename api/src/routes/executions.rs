@@ -49,7 +49,7 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError
         (status = 409, description = "Idempotency-Key reused with a different body", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
-        (status = 422, description = "Input fails the schema or the template; model not allowed; webhook (not supported yet)", body = ErrorBody),
+        (status = 422, description = "Input fails the schema or the template; model not allowed; webhook.url refused (invalid_webhook_url)", body = ErrorBody),
         (status = 503, description = "Not accepted (database unavailable); retry after Retry-After", body = ErrorBody),
     ),
     security(("bearer" = []))

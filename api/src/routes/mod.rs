@@ -16,6 +16,7 @@ pub mod events;
 pub mod executions;
 pub mod health;
 pub mod prompts;
+pub mod webhooks;
 
 use std::sync::LazyLock;
 
@@ -57,6 +58,17 @@ route_list!(
     prompts::stats,
     events::execution_events,
     events::tenant_events,
+    webhooks::create_endpoint,
+    webhooks::list_endpoints,
+    webhooks::get_endpoint,
+    webhooks::update_endpoint,
+    webhooks::delete_endpoint,
+    webhooks::rotate_secret,
+    webhooks::endpoint_deliveries,
+    webhooks::recover,
+    webhooks::put_tenant_secret,
+    webhooks::execution_deliveries,
+    webhooks::retry_delivery,
 );
 
 route_list!(

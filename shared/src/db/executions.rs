@@ -15,7 +15,7 @@ use std::sync::LazyLock;
 use serde_json::{json, Value};
 
 use super::events::{self, Logged};
-use super::{steps, DbError, GenericClient, Result};
+use super::{steps, webhooks, DbError, GenericClient, Result};
 use crate::event_log::{EventType, LogEvent};
 use crate::execution::{ErrorInfo, Execution, ExecutionId, ExecutionStatus, NewExecution, Usage};
 use crate::sanitize::{clean_json, clean_str};
@@ -153,9 +153,10 @@ pub struct Outcome {
 }
 
 /// Terminal transitions and the steps that lead to them (the last
-/// generate, the finalize) in one statement: a generate result is never
-/// committed without its outcome, nor an outcome without its trace. The
-/// events it numbers: the steps', then the terminal status, then `done`.
+/// generate, the finalize) in one statement, with the webhook deliveries
+/// they owe: a generate result is never committed without its outcome,
+/// nor an outcome without its trace and its deliveries. The events it
+/// numbers: the steps', then the terminal status, then `done`.
 static FINISH: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH o AS ( \
@@ -171,13 +172,15 @@ static FINISH: LazyLock<String> = LazyLock::new(|| {
              publish_due_at = NULL, event_seq = e.event_seq + coalesce(sc.n, 0) + 2 \
            FROM o LEFT JOIN sc ON sc.execution_id = o.id \
            WHERE e.id = o.id AND e.lease_owner = $1 \
-           RETURNING e.id, e.tenant_id, e.prompt_name, e.event_seq AS last, \
+           RETURNING e.id, e.tenant_id, e.webhook_url, e.prompt_name, e.event_seq AS last, \
              e.event_seq - coalesce(sc.n, 0) - 2 AS base, e.attempts, o.status, o.error_code, o.error_message), \
          {write}, \
+         {hooks}, \
          {ev} \
          {fence} UNION ALL {step_rows} UNION ALL {status_rows} UNION ALL {done}",
         steps = steps::step_ctes(11),
         write = steps::step_write_ctes("f"),
+        hooks = webhooks::deliveries_cte("f"),
         ev = events::status_event_cte(
             "ev",
             "f",
@@ -367,8 +370,9 @@ static REQUEST_CANCEL: LazyLock<String> = LazyLock::new(|| {
            publish_due_at = CASE WHEN status = 'queued' THEN NULL ELSE publish_due_at END, \
            event_seq = CASE WHEN status = 'queued' THEN event_seq + 2 ELSE event_seq END \
          WHERE id = $1 AND tenant_id = $2 AND status IN ('queued', 'running') RETURNING *, event_seq AS last), \
-         {ev} SELECT {cols}, (SELECT data FROM ev) AS event_data, last FROM f",
+         {ev}, {hooks} SELECT {cols}, (SELECT data FROM ev) AS event_data, last FROM f",
         ev = cancelled_event_cte(),
+        hooks = webhooks::deliveries_cte("f"),
         cols = execution_columns!(),
     )
 });
@@ -409,8 +413,8 @@ pub fn cancel_events(execution: &Execution, last: i32, data: Value) -> Vec<LogEv
     ]
 }
 
-/// Cancels a queued execution at once, or asks its worker to stop a
-/// running one at the next step boundary. None when it is not cancellable
+/// Cancels a queued execution at once (with its webhook deliveries), or
+/// asks its worker to stop a running one at the next step boundary. None when it is not cancellable
 /// (terminal, or not the tenant's); else the execution and, when the
 /// cancel ended it, the events it numbered.
 pub async fn request_cancel(
@@ -442,14 +446,15 @@ static CANCEL_UNCLAIMED: LazyLock<String> = LazyLock::new(|| {
          WHERE id = $1 AND cancel_requested \
            AND (status = 'queued' OR (status = 'running' AND lease_expires_at < now())) \
          RETURNING *, event_seq AS last), \
-         {ev} SELECT {cols}, (SELECT data FROM ev) AS event_data, last FROM f",
+         {ev}, {hooks} SELECT {cols}, (SELECT data FROM ev) AS event_data, last FROM f",
         ev = cancelled_event_cte(),
+        hooks = webhooks::deliveries_cte("f"),
         cols = execution_columns!(),
     )
 });
 
-/// Finishes a cancel request that no live worker will act on: the events
-/// it numbered (none when there was nothing to finish).
+/// Finishes a cancel request that no live worker will act on, with its
+/// webhook deliveries: the events it numbered (none when there was nothing to finish).
 pub async fn cancel_unclaimed(
     client: &impl GenericClient,
     id: ExecutionId,

@@ -44,7 +44,7 @@ static CLAIM: LazyLock<String> = LazyLock::new(|| {
          WHERE id = ANY($1) AND NOT cancel_requested AND (not_before IS NULL OR not_before <= now()) \
            AND (status = 'queued' OR (status = 'running' AND (lease_expires_at < now() OR lease_owner = $2))) \
          RETURNING *, event_seq AS last), \
-         {ev} SELECT {cols}, f.last, ev.data AS event_data FROM f JOIN ev ON ev.execution_id = f.id",
+         {ev}, {hooks} SELECT {cols}, f.last, ev.data AS event_data FROM f JOIN ev ON ev.execution_id = f.id",
         ev = events::status_event_cte(
             "ev",
             "f",
@@ -53,6 +53,7 @@ static CLAIM: LazyLock<String> = LazyLock::new(|| {
             "true"
         ),
         cols = execution_columns!(),
+        hooks = super::webhooks::started_deliveries_cte("f"),
     )
 });
 const CLAIM_MISS: &str =
@@ -60,8 +61,10 @@ const CLAIM_MISS: &str =
      FROM executions WHERE id = ANY($1)";
 
 /// Takes the lease on executions so that this worker alone runs them, in
-/// one statement; answers what claiming found for each, in the order
-/// given, and the `running` events the claims numbered.
+/// one statement that also creates the `execution.started` webhook
+/// deliveries of endpoints subscribed to them (once per execution);
+/// answers what claiming found for each, in the order given, and the
+/// `running` events the claims numbered.
 pub async fn claim_executions(
     client: &impl GenericClient,
     ids: &[ExecutionId],

@@ -79,6 +79,25 @@ pub struct Report {
     /// process of the machine, largest first): shows what else ran.
     #[serde(default)]
     pub cpu_by_command: Vec<(String, f64)>,
+    /// The webhook setting's deliveries (`--webhook-url`).
+    #[serde(default)]
+    pub webhooks: Option<WebhookStats>,
+}
+
+/// Webhook deliveries of the measured executions, from the delivery log:
+/// "delivered" is the successful attempt's start plus its latency (when
+/// the receiver's answer was back), measured from the execution's
+/// `finished_at`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WebhookStats {
+    pub deliveries: i64,
+    pub succeeded: i64,
+    pub pending: i64,
+    /// Succeeded deliveries over the span from the first to the last.
+    pub per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -392,6 +411,21 @@ pub fn render_report(r: &Report) -> String {
             .collect::<Vec<_>>()
             .join(", ");
         row(&mut s, "CPU s by command (measured phase)", top);
+    }
+    if let Some(w) = &r.webhooks {
+        row(
+            &mut s,
+            "webhook deliveries",
+            format!(
+                "{} of {} succeeded ({} pending), {:.0} /s",
+                w.succeeded, w.deliveries, w.pending, w.per_sec
+            ),
+        );
+        row(
+            &mut s,
+            "finished_at -> delivered p50 / p99 / max",
+            format!("{:.1} / {:.1} / {:.1} ms", w.p50_ms, w.p99_ms, w.max_ms),
+        );
     }
     s
 }

@@ -120,6 +120,11 @@ struct RunArgs {
     /// Worker concurrency of this setting (only recorded in the report).
     #[arg(long)]
     worker_concurrency: Option<u64>,
+    /// Webhook setting: every execution carries `webhook: {url}`, and the
+    /// deliveries' throughput and finished_at -> delivered latency are
+    /// reported (the worker must run the `webhooks` role).
+    #[arg(long)]
+    webhook_url: Option<String>,
     /// Process to report peak RSS and CPU of, as NAME=PID (repeatable);
     /// name one "worker" for the RSS target.
     #[arg(long = "watch", value_parser = parse_watch)]
@@ -296,6 +301,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(split) = &args.split {
         apply_split(&http, &args, split).await?;
     }
+    if args.webhook_url.is_some() {
+        // Per-execution URLs are signed with the tenant's secret.
+        let url = format!("{}/v1/webhook-secret", args.api.trim_end_matches('/'));
+        let status = http
+            .post(&url)
+            .bearer_auth(&args.api_key)
+            .send()
+            .await?
+            .status();
+        if !status.is_success() {
+            bail!("POST /v1/webhook-secret answered {status}");
+        }
+    }
 
     if args.warmup > 0 {
         eprintln!(
@@ -374,6 +392,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut e2e = e2e_stats(&db, &phase.ids).await?;
     e2e.client_wall_secs = client_wall;
     let peak_generate_in_flight = generate_overlap(&db, &phase.ids).await?;
+    let webhooks = match &args.webhook_url {
+        Some(_) => Some(webhook_stats(&db, &phase.ids, args.timeout_secs).await?),
+        None => None,
+    };
 
     let report = Report {
         label: args.label.clone(),
@@ -392,6 +414,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         machine_cpu_busy_pct,
         submit_machine_cpu_busy_pct,
         cpu_by_command: cpu_by_command(&before.all, &after.all),
+        webhooks,
     };
 
     let json = serde_json::to_string(&report)?;
@@ -473,6 +496,7 @@ async fn submit_all(
     let auth: Arc<str> = format!("Bearer {}", args.api_key).into();
     let prompt: Arc<str> = args.prompt.clone().into();
     let tag: Arc<str> = tag.into();
+    let webhook: Option<Arc<str>> = args.webhook_url.as_deref().map(Into::into);
     let first = range.start;
     let rate = args.rate;
     let started = Instant::now();
@@ -480,17 +504,21 @@ async fn submit_all(
     let results: Vec<Submitted> = futures::stream::iter(range)
         .map(|i| {
             let (http, url, auth, prompt, tag) = (http.clone(), url.clone(), auth.clone(), prompt.clone(), tag.clone());
+            let webhook = webhook.clone();
             tokio::spawn(async move {
                 if rate > 0.0 {
                     let due = Duration::from_secs_f64((i - first) as f64 / rate);
                     tokio::time::sleep_until(start_at + due).await;
                 }
-                let body = serde_json::json!({
+                let mut body = serde_json::json!({
                     "prompt": &*prompt,
                     "input": {"text": format!(
                         "benchmark execution {i} ({tag}): llmq runs prompts durably; this text only has to be summarized."
                     )},
                 });
+                if let Some(hook) = &webhook {
+                    body["webhook"] = serde_json::json!({"url": &**hook});
+                }
                 let t0 = Instant::now();
                 let sent = http.post(&*url).header("Authorization", &*auth).json(&body).send().await;
                 match sent {
@@ -721,6 +749,62 @@ async fn e2e_stats(db: &tokio_postgres::Client, ids: &[Uuid]) -> anyhow::Result<
 
 /// Most `generate` steps open at once: a sweep over their start (+1) and
 /// finish (−1) events, finishes first on ties.
+/// Waits (up to `timeout_secs`) for the executions' deliveries to settle,
+/// then measures them from the delivery log.
+async fn webhook_stats(
+    db: &tokio_postgres::Client,
+    ids: &[Uuid],
+    timeout_secs: u64,
+) -> anyhow::Result<llmq_bench::WebhookStats> {
+    let deadline = Instant::now() + Duration::from_secs(timeout_secs);
+    let count = "SELECT count(*), count(*) FILTER (WHERE status = 'pending') \
+                 FROM webhook_deliveries WHERE execution_id = ANY($1)";
+    loop {
+        let row = db.query_one(count, &[&ids]).await?;
+        let (all, pending): (i64, i64) = (row.get(0), row.get(1));
+        if (all >= ids.len() as i64 && pending == 0) || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rows = db
+        .query(
+            "SELECT extract(epoch FROM a.attempted_at - e.finished_at) * 1000 + a.latency_ms AS ms, \
+               extract(epoch FROM a.attempted_at) + a.latency_ms / 1000 AS at \
+             FROM webhook_deliveries d JOIN executions e ON e.id = d.execution_id \
+             JOIN webhook_attempts a ON a.delivery_id = d.id AND a.status_code BETWEEN 200 AND 299 \
+             WHERE d.execution_id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+    let mut ms: Vec<f64> = rows.iter().map(|r| r.get::<_, f64>(0)).collect();
+    ms.sort_by(f64::total_cmp);
+    let at: Vec<f64> = rows.iter().map(|r| r.get::<_, f64>(1)).collect();
+    let span =
+        at.iter().copied().fold(f64::MIN, f64::max) - at.iter().copied().fold(f64::MAX, f64::min);
+    let row = db.query_one(count, &[&ids]).await?;
+    let pick = |p: f64| {
+        if ms.is_empty() {
+            0.0
+        } else {
+            ms[((ms.len() as f64 * p).ceil() as usize).clamp(1, ms.len()) - 1]
+        }
+    };
+    Ok(llmq_bench::WebhookStats {
+        deliveries: row.get(0),
+        pending: row.get(1),
+        succeeded: ms.len() as i64,
+        per_sec: if span > 0.0 {
+            ms.len() as f64 / span
+        } else {
+            0.0
+        },
+        p50_ms: pick(0.5),
+        p99_ms: pick(0.99),
+        max_ms: ms.last().copied().unwrap_or(0.0),
+    })
+}
+
 async fn generate_overlap(db: &tokio_postgres::Client, ids: &[Uuid]) -> anyhow::Result<i64> {
     let row = db
         .query_one(

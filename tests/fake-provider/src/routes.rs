@@ -1,5 +1,6 @@
 //! HTTP routes: `POST /v1/chat/completions` (with fault injection), `GET /v1/models`,
-//! `GET /_stats` and `GET /healthz`.
+//! `GET /_stats`, `GET /healthz`, and `POST /webhook` (a webhook receiver
+//! that answers 204, for the benchmark's webhook setting).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -23,7 +24,12 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/models", web::get().to(models))
         .route("/_stats", web::get().to(stats))
         .route("/healthz", web::get().to(healthz))
+        .route("/webhook", web::post().to(webhook))
         .default_service(web::to(not_found));
+}
+
+async fn webhook() -> HttpResponse {
+    HttpResponse::NoContent().finish()
 }
 
 async fn healthz() -> HttpResponse {

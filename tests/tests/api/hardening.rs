@@ -33,23 +33,8 @@ fn summary(extra: Value) -> Value {
 }
 
 #[tokio::test]
-async fn a_webhook_is_refused_until_it_is_implemented() {
+async fn stream_is_accepted_and_links_the_event_stream() {
     let app = api_only().await;
-    for extra in [json!({"webhook": {"url": "https://example.com/hook"}})] {
-        let error = assert_error(
-            app.submit(&summary(extra.clone())).await,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "not_supported",
-        )
-        .await;
-        let field = extra.as_object().unwrap().keys().next().unwrap().clone();
-        assert!(
-            error["message"].as_str().unwrap().contains(&field),
-            "{error}"
-        );
-    }
-    assert_eq!(execution_count(&app).await, 0);
-
     // `stream` is accepted either way (events.rs tests what it does).
     for stream in [false, true] {
         let accepted = app

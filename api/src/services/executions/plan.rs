@@ -51,6 +51,8 @@ pub struct SubmitRequest {
     pub segment: Option<String>,
     /// Publish the model's tokens as `delta` events while it generates.
     pub stream: bool,
+    /// Where the outcome is POSTed (`webhook.url`).
+    pub webhook_url: Option<String>,
 }
 
 impl SubmitRequest {
@@ -67,6 +69,7 @@ impl SubmitRequest {
             user: None,
             segment: None,
             stream: false,
+            webhook_url: None,
         }
     }
 
@@ -108,6 +111,9 @@ impl SubmitRequest {
         }
         if self.stream {
             meaning.insert("stream".into(), true.into());
+        }
+        if let Some(url) = &self.webhook_url {
+            meaning.insert("webhook".into(), url.as_str().into());
         }
         json_sha256(&Value::Object(meaning))
     }
@@ -177,7 +183,7 @@ pub fn plan_execution(
         end_user: request.user,
         priority: request.priority,
         stream: request.stream,
-        webhook_url: None,
+        webhook_url: request.webhook_url,
     })
 }
 

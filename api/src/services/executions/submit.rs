@@ -112,6 +112,8 @@ pub struct SubmitDeps<'a> {
     pub to_publish: &'a PublishQueue,
     pub republish_after: Duration,
     pub idempotency_ttl: Duration,
+    /// Which `webhook.url`s are accepted.
+    pub destinations: &'a llmq_shared::webhook::destination::DestinationPolicy,
 }
 
 fn out_of_time() -> ServiceError {
@@ -136,6 +138,11 @@ pub async fn submit_execution(
         if let Some(existing) = replayed {
             return Ok(Submitted::Existing(existing));
         }
+    }
+    if let Some(url) = &request.webhook_url {
+        let check =
+            crate::services::webhooks::check_destination(deps.destinations, "webhook.url", url);
+        within_until(deadline, check).await?;
     }
     let (compiled, label, arm) = within_until(deadline, resolve(deps, &request)).await?;
     let mut new = plan_execution(tenant, request, &compiled, label, deps.models)?;
