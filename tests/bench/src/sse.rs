@@ -8,6 +8,7 @@
 //! that commits it, for step events: an upper bound that includes the
 //! group commit's wait).
 
+use std::io::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -98,7 +99,9 @@ pub async fn run(args: SseArgs) -> anyhow::Result<()> {
         "status_event_delay_ms": {"p50": ms(&t.status_us, 0.50), "p99": ms(&t.status_us, 0.99), "count": t.status_us.len()},
         "api_peak_rss_mb": api_hwm_kb.map(|kb| kb as f64 / 1024.0),
     });
-    println!(
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
         "sse {}: {} subscribers ({} held at peak), {} streams completed, {} failed, {} events in {:.1} s\n  \
          step event commit -> subscriber p50 {} ms, p99 {} ms; status events p99 {} ms; API peak RSS {} MB",
         args.label,
@@ -112,7 +115,7 @@ pub async fn run(args: SseArgs) -> anyhow::Result<()> {
         report["step_event_delay_ms"]["p99"],
         report["status_event_delay_ms"]["p99"],
         report["api_peak_rss_mb"],
-    );
+    )?;
     if let Some(path) = &args.json_out {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
     }

@@ -59,7 +59,7 @@ async fn a_subscriber_sees_the_whole_life_of_an_execution_in_order_and_the_strea
     assert_eq!(snapshot.data["status"], "queued");
     let queued = stream.next_event(WAIT).await.expect("the queued event");
     assert_eq!(
-        shape(&[queued.clone()])[0],
+        shape(std::slice::from_ref(&queued))[0],
         (Some(1), "status".into(), "queued".into())
     );
 
