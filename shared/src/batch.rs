@@ -3,8 +3,12 @@
 //! background task takes whatever has queued up (up to `max_batch`) as soon
 //! as one of `max_in_flight` slots is free and runs it as one batch.
 //!
-//! No timer is involved. When no batch is running, an item goes out the
-//! moment it arrives, alone: at low load nothing waits for company. While
+//! At low load no timer is involved. When no batch is running, an item
+//! goes out the moment it arrives, alone: nothing waits for company. Only
+//! a busy batcher (its previous batch had company) lets its next batch
+//! wait up to a short linger (`spawn_with_linger`; 2 ms for the database
+//! batches) for more items: at 2,500 writes/s that halves the statements
+//! and lowers Postgres's CPU per execution, where waiting costs least. While
 //! a batch runs, the next one forms from what queues behind it, and starts
 //! when the running one ends, or earlier, in a second slot, once a quarter
 //! of a full batch has queued (enough company to be worth a statement of
@@ -18,6 +22,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::time::Instant;
@@ -54,6 +59,25 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<O>> + Send + 'static,
     {
+        Self::spawn_with_linger(name, max_batch, max_in_flight, Duration::ZERO, run)
+    }
+
+    /// Like [`Self::spawn`], and under load a batch waits up to `linger`
+    /// for company before it starts. Under load means the previous batch
+    /// had company: a lone item after a lone item still goes out at once,
+    /// so only a busy batcher pays the wait, and it buys fewer, larger
+    /// statements exactly when the database is busiest.
+    pub fn spawn_with_linger<F, Fut>(
+        name: &'static str,
+        max_batch: usize,
+        max_in_flight: usize,
+        linger: Duration,
+        run: F,
+    ) -> Self
+    where
+        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<O>> + Send + 'static,
+    {
         let (tx, mut rx) = mpsc::unbounded_channel::<Job<I, O>>();
         let run = Arc::new(run);
         let slots = Arc::new(Semaphore::new(max_in_flight.max(1)));
@@ -64,6 +88,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         let ended = Arc::new(Notify::new());
         tokio::spawn(async move {
             let mut jobs = Vec::with_capacity(max_batch);
+            let mut busy = false;
             loop {
                 // Wait for a free slot first: whatever queues up meanwhile
                 // goes into this batch. With a slot free, `recv_many` hands
@@ -84,6 +109,17 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                         n = rx.recv_many(&mut jobs, room) => open = n > 0,
                     }
                 }
+                // Under load, wait a little for company (see spawn_with_linger).
+                if busy && !linger.is_zero() && jobs.len() < max_batch {
+                    let until = Instant::now() + linger;
+                    while jobs.len() < max_batch {
+                        let room = max_batch - jobs.len();
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(until) => break,
+                            n = rx.recv_many(&mut jobs, room) => if n == 0 { break },
+                        }
+                    }
+                }
                 // A caller that stopped waiting (its request timed out and
                 // was answered 503) must not have its item written later.
                 jobs.retain(|(_, answer, _)| !answer.is_closed());
@@ -101,6 +137,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                 }
                 metrics::histogram!(crate::metrics::DB_BATCH_SIZE, "batch" => name)
                     .record(items.len() as f64);
+                busy = items.len() > 1;
                 let run = run.clone();
                 let (running, ended) = (running.clone(), ended.clone());
                 running.fetch_add(1, Ordering::AcqRel);
@@ -151,15 +188,30 @@ mod tests {
         max_in_flight: usize,
         statement: Duration,
     ) -> (Batcher<u32, u32>, Log) {
+        recording_with_linger(max_batch, max_in_flight, statement, Duration::ZERO)
+    }
+
+    fn recording_with_linger(
+        max_batch: usize,
+        max_in_flight: usize,
+        statement: Duration,
+        linger: Duration,
+    ) -> (Batcher<u32, u32>, Log) {
         let batches = Arc::new(Mutex::new(Vec::new()));
         let seen = batches.clone();
-        let batcher = Batcher::spawn("test", max_batch, max_in_flight, move |items: Vec<u32>| {
-            seen.lock().unwrap().push((Instant::now(), items.clone()));
-            async move {
-                tokio::time::sleep(statement).await;
-                items.into_iter().map(|i| i * 2).collect::<Vec<_>>()
-            }
-        });
+        let batcher = Batcher::spawn_with_linger(
+            "test",
+            max_batch,
+            max_in_flight,
+            linger,
+            move |items: Vec<u32>| {
+                seen.lock().unwrap().push((Instant::now(), items.clone()));
+                async move {
+                    tokio::time::sleep(statement).await;
+                    items.into_iter().map(|i| i * 2).collect::<Vec<_>>()
+                }
+            },
+        );
         (batcher, batches)
     }
 
@@ -188,6 +240,42 @@ mod tests {
         assert_eq!(
             batches[0].0, submitted,
             "the batch started the instant its item came"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_busy_batcher_lingers_for_company() {
+        let ms = Duration::from_millis;
+        let (batcher, batches) = recording_with_linger(64, 1, ms(10), ms(5));
+        let start = Instant::now();
+        let calls: Vec<_> = [
+            (0, 0),   // idle: at once
+            (100, 1), // after a lone batch: at once
+            (200, 4), // at once; 5 and 2 queue behind it
+            (203, 5),
+            (205, 2), // [5, 2] starts when [4] ends: [4] was lone
+            (222, 3), // after [5, 2], a batch with company: waits 5 ms
+            (225, 6), // and takes 6 along
+            (300, 7), // after [3, 6]: waits 5 ms, alone
+            (400, 8), // after a lone batch again: at once
+        ]
+        .into_iter()
+        .map(|(at, item)| submit_at(&batcher, ms(at), item))
+        .collect();
+        for call in calls {
+            call.await.unwrap();
+        }
+        assert_eq!(
+            shape(&batches, start),
+            vec![
+                (0, vec![0]),
+                (100, vec![1]),
+                (200, vec![4]),
+                (210, vec![5, 2]),
+                (227, vec![3, 6]),
+                (305, vec![7]),
+                (400, vec![8]),
+            ],
         );
     }
 

@@ -172,6 +172,9 @@ const MAX_BATCH: usize = 128;
 /// 3.6–4.0 / 7.8–9.8 ms, with worker batches half as large and Postgres
 /// planning twice the statements.
 const MAX_BATCHES_IN_FLIGHT: usize = 1;
+/// How long a busy batcher's next batch waits for company (see
+/// `Batcher::spawn_with_linger`); an idle one never waits.
+const BUSY_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// A batcher (see `crate::batch`) whose batches are written by `write` on a
 /// connection of `pool`, through `run_batch`.
@@ -192,10 +195,11 @@ where
         + 'static,
 {
     let write = std::sync::Arc::new(write);
-    crate::batch::Batcher::spawn(
+    crate::batch::Batcher::spawn_with_linger(
         name,
         MAX_BATCH,
         MAX_BATCHES_IN_FLIGHT,
+        BUSY_LINGER,
         move |items: Vec<I>| {
             let (pool, write) = (pool.clone(), write.clone());
             async move { run_batch(&pool, &items, &*write).await }

@@ -266,13 +266,8 @@ async fn call(
         .then(|| endpoint.response_format(&cx.prompt.name, output.schema(), output.strict()))
         .flatten();
     let streamed = cx.execution.stream;
-    let body = ProviderClient::request_body(
-        &endpoint,
-        &messages,
-        &params,
-        format.as_ref(),
-        streamed,
-    );
+    let body =
+        ProviderClient::request_body(&endpoint, &messages, &params, format.as_ref(), streamed);
     let mut step = cx.begin(StepKind::Generate);
     step.model = Some(model.to_string());
     let mut recorded_params = params;
