@@ -26,8 +26,10 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub async fn build(settings: Settings, stop: CancellationToken) -> anyhow::Result<Self> {
+    pub async fn build(mut settings: Settings, stop: CancellationToken) -> anyhow::Result<Self> {
         settings.worker.check_roles().map_err(anyhow::Error::msg)?;
+        settings.worker.concurrency =
+            crate::open_files::fit_concurrency(settings.worker.concurrency);
         // A bad key stops the worker at start, not at its first delivery.
         llmq_shared::webhook::seal::Sealer::from_config(&settings.webhooks.encryption_key)?;
         let settings = Arc::new(settings);
