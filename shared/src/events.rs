@@ -28,8 +28,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
@@ -427,43 +425,13 @@ async fn open(
     name: &str,
     topology: &Topology,
 ) -> queue::Result<(lapin::Connection, lapin::Channel, lapin::Consumer)> {
-    let conn = queue::connect(url, name).await?;
-    let channel = conn.create_channel().await?;
-    topology.declare(&channel).await?;
-    let opts = QueueDeclareOptions {
-        exclusive: true,
-        auto_delete: true,
-        ..Default::default()
-    };
-    let q = channel
-        .queue_declare(s(""), opts, FieldTable::default())
-        .await?;
-    channel
-        .queue_bind(
-            q.name().clone(),
-            s(&topology.events_exchange),
-            s(TERMINAL_EVENTS_KEY),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            q.name().clone(),
-            s(&topology.events_exchange),
-            s(LABEL_EVENTS_KEY),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let consume = BasicConsumeOptions {
-        no_ack: true,
-        ..Default::default()
-    };
-    let consumer = channel
-        .basic_consume(q.name().clone(), s(name), consume, FieldTable::default())
-        .await?;
-    Ok((conn, channel, consumer))
+    queue::consume_events(
+        url,
+        name,
+        topology,
+        &[TERMINAL_EVENTS_KEY, LABEL_EVENTS_KEY],
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
+    ExchangeKind,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, RwLock};
@@ -159,6 +160,47 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection> {
     Connection::connect(url, props)
         .await
         .map_err(|e| QueueError::Unavailable(e.to_string()))
+}
+
+/// How a process listens to the events exchange: a connection, its
+/// channel, and a consumer (no acks) of a new exclusive, auto-deleted
+/// queue bound under each of `keys`. The queue goes with the connection.
+pub async fn consume_events(
+    url: &str,
+    name: &str,
+    topology: &Topology,
+    keys: &[&str],
+) -> Result<(Connection, Channel, Consumer)> {
+    let conn = connect(url, name).await?;
+    let channel = conn.create_channel().await?;
+    topology.declare(&channel).await?;
+    let opts = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let q = channel
+        .queue_declare(s(""), opts, FieldTable::default())
+        .await?;
+    for key in keys {
+        channel
+            .queue_bind(
+                q.name().clone(),
+                s(&topology.events_exchange),
+                s(key),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    let consume = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let consumer = channel
+        .basic_consume(q.name().clone(), s(name), consume, FieldTable::default())
+        .await?;
+    Ok((conn, channel, consumer))
 }
 
 /// A confirmed publisher over one channel, replaced when the connection dies.

@@ -6,8 +6,6 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use llmq_shared::backoff::{retry_until_cancelled, unless_cancelled, Backoff, Ended};
 use llmq_shared::events::TERMINAL_EVENTS_KEY;
 use llmq_shared::queue::{self, s, QueueError, Topology};
@@ -60,34 +58,11 @@ async fn open(
     name: &str,
     topology: &Topology,
 ) -> queue::Result<(lapin::Connection, lapin::Channel, lapin::Consumer)> {
-    let conn = queue::connect(url, name).await?;
-    let channel = conn.create_channel().await?;
-    topology.declare(&channel).await?;
-    let opts = QueueDeclareOptions {
-        exclusive: true,
-        auto_delete: true,
-        ..Default::default()
-    };
-    let q = channel
-        .queue_declare(s(""), opts, FieldTable::default())
-        .await?;
-    for key in [TERMINAL_EVENTS_KEY, WEBHOOKS_DUE_KEY] {
-        channel
-            .queue_bind(
-                q.name().clone(),
-                s(&topology.events_exchange),
-                s(key),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-    }
-    let consume = BasicConsumeOptions {
-        no_ack: true,
-        ..Default::default()
-    };
-    let consumer = channel
-        .basic_consume(q.name().clone(), s(name), consume, FieldTable::default())
-        .await?;
-    Ok((conn, channel, consumer))
+    queue::consume_events(
+        url,
+        name,
+        topology,
+        &[TERMINAL_EVENTS_KEY, WEBHOOKS_DUE_KEY],
+    )
+    .await
 }
