@@ -121,6 +121,56 @@ impl Client {
         })
     }
 
+    /// Reads the event stream at `path` (Server-Sent Events) and hands
+    /// each event, as its type and JSON data, to `on_event` until that
+    /// answers false (then true) or the stream ends (then false).
+    pub async fn events(
+        &self,
+        path: &str,
+        mut on_event: impl FnMut(&str, Value) -> bool,
+    ) -> Result<bool, CliError> {
+        let url = self.url(path, &[])?;
+        let unreachable = |e: reqwest::Error| CliError::Unreachable(e.to_string());
+        let mut response = self
+            .http
+            .get(url)
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        if !response.status().is_success() {
+            return Err(CliError::Api {
+                status: response.status().as_u16(),
+                code: String::new(),
+                message: format!("{path} answered {}", response.status()),
+            });
+        }
+        let (mut pending, mut event, mut data) = (Vec::new(), String::new(), String::new());
+        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let raw: Vec<u8> = pending.drain(..=end).collect();
+                let text = String::from_utf8_lossy(&raw);
+                let text = text.trim_end_matches(['\n', '\r']);
+                if text.is_empty() {
+                    if !data.is_empty() {
+                        let value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                        if !on_event(&event, value) {
+                            return Ok(true);
+                        }
+                    }
+                    event.clear();
+                    data.clear();
+                } else if let Some(v) = text.strip_prefix("event:") {
+                    event = v.trim().to_string();
+                } else if let Some(v) = text.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+        }
+        Ok(false)
+    }
+
     pub async fn get(
         &self,
         path: &str,

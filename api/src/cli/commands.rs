@@ -334,6 +334,50 @@ fn move_text(name: &str, moved: &Value) -> String {
     )
 }
 
+fn is_terminal(status: &str) -> bool {
+    matches!(status, "succeeded" | "failed" | "cancelled")
+}
+
+/// Prints an execution's status changes and finished steps from its event
+/// stream; answers the final resource (`done`), or None when the stream
+/// ended without it.
+async fn follow_events(
+    client: &Client,
+    out: &Output,
+    id: &str,
+    last: &mut String,
+) -> Result<Option<Value>, CliError> {
+    let mut done = None;
+    client
+        .events(&format!("/v1/executions/{id}/events"), |event, data| {
+            match event {
+                "status" => {
+                    let status = s(&data, "/status");
+                    if status != *last && !out.json {
+                        let _ = line(&format!("{id} {status}"));
+                    }
+                    *last = status;
+                }
+                "step" if data["phase"] == "finished" && !out.json => {
+                    let _ = line(&format!(
+                        "{id} step {} {} ({} ms)",
+                        s(&data, "/kind"),
+                        s(&data, "/status"),
+                        data["latency_ms"].as_f64().unwrap_or_default().round()
+                    ));
+                }
+                "done" => {
+                    done = Some(data);
+                    return false;
+                }
+                _ => {}
+            }
+            true
+        })
+        .await?;
+    Ok(done)
+}
+
 /// What `run` submits.
 pub struct RunSpec {
     pub name: String,
@@ -345,7 +389,8 @@ pub struct RunSpec {
     pub timeout: Duration,
 }
 
-/// Submits and follows the execution (long polls) until it ends.
+/// Submits and follows the execution (its event stream, long polls if
+/// that ends early) until it ends.
 pub async fn run(client: &Client, out: &Output, spec: RunSpec) -> Result<u8, CliError> {
     let name = checked("name", &spec.name)?;
     let raw = match spec.input.strip_prefix('@') {
@@ -386,7 +431,16 @@ pub async fn run(client: &Client, out: &Output, spec: RunSpec) -> Result<u8, Cli
     }
     let started = Instant::now();
     let mut last = s(&execution, "/status");
-    while !matches!(last.as_str(), "succeeded" | "failed" | "cancelled") {
+    if !is_terminal(&last) {
+        // Its events as they happen; if the stream ends before `done` (or
+        // takes longer than --timeout-secs), the long polls below finish.
+        let follow = follow_events(client, out, &id, &mut last);
+        if let Ok(Ok(Some(done))) = tokio::time::timeout(spec.timeout, follow).await {
+            execution = done;
+            last = s(&execution, "/status");
+        }
+    }
+    while !is_terminal(&last) {
         if started.elapsed() > spec.timeout {
             eprintln!(
                 "llmq: stopped following {id} after {:?}; it goes on",

@@ -209,6 +209,14 @@ async fn the_cli_run_follows_an_execution_and_its_exit_code_says_how_it_ended() 
     let first = text.lines().next().unwrap();
     assert!(first.ends_with("queued (summarize v2)"), "{text}");
     assert!(text.lines().any(|l| l.ends_with(" succeeded")), "{text}");
+    // It followed the event stream: each finished step has a line.
+    for kind in ["render", "generate", "finalize"] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(&format!(" step {kind} succeeded"))),
+            "{text}"
+        );
+    }
 
     let failed = llmq(
         &app,
