@@ -28,7 +28,7 @@ use crate::webhook_resources::{
         crate::resources::prompts::CreatedVersion, crate::resources::prompts::VersionDiff,
         crate::resources::prompts::MoveLabel, crate::resources::prompts::SegmentTarget,
         crate::resources::prompts::RollbackLabel, crate::resources::prompts::LabelMoveResource,
-        crate::resources::prompts::LabelHistory, crate::resources::prompts::VersionStatsResource,
+        crate::resources::prompts::LabelHistory, llmq_shared::db::stats::VersionStats,
         crate::resources::prompts::PromptStats, crate::resources::prompts::ExecutionList,
         crate::services::prompts::diff::FieldChange,
         llmq_shared::prompt::LabelRule, llmq_shared::prompt::Target,

@@ -258,49 +258,13 @@ pub struct LabelHistory {
     pub moves: Vec<LabelMoveResource>,
 }
 
-/// One version's figures.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct VersionStatsResource {
-    pub version: i32,
-    pub executions: i64,
-    /// Terminal ones; the rates are over these.
-    pub finished: i64,
-    pub succeeded: i64,
-    pub invalid_output: i64,
-    pub success_rate: Option<f64>,
-    pub invalid_output_rate: Option<f64>,
-    /// Accepted to finished, of finished executions.
-    pub p50_latency_ms: Option<f64>,
-    pub p95_latency_ms: Option<f64>,
-    pub tokens_per_execution: Option<f64>,
-    pub cost_per_execution_usd: Option<f64>,
-}
-
-impl From<VersionStats> for VersionStatsResource {
-    fn from(s: VersionStats) -> Self {
-        Self {
-            version: s.version,
-            executions: s.executions,
-            finished: s.finished,
-            succeeded: s.succeeded,
-            invalid_output: s.invalid_output,
-            success_rate: s.success_rate,
-            invalid_output_rate: s.invalid_output_rate,
-            p50_latency_ms: s.p50_latency_ms,
-            p95_latency_ms: s.p95_latency_ms,
-            tokens_per_execution: s.tokens_per_execution,
-            cost_per_execution_usd: s.cost_per_execution_usd,
-        }
-    }
-}
-
 /// `GET /v1/prompts/{name}/stats`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PromptStats {
     pub name: String,
     pub label: Option<String>,
     pub since: Option<DateTime<Utc>>,
-    pub versions: Vec<VersionStatsResource>,
+    pub versions: Vec<VersionStats>,
 }
 
 /// `GET /v1/executions`.

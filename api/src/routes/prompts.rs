@@ -317,7 +317,7 @@ pub async fn stats(
         name,
         label: label.map(str::to_string),
         since,
-        versions: versions.into_iter().map(Into::into).collect(),
+        versions,
     }))
 }
 

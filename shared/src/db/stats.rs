@@ -4,6 +4,8 @@
 //! UUIDv7, so they sort by creation time).
 
 use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{GenericClient, Result};
@@ -11,15 +13,17 @@ use super::{GenericClient, Result};
 /// One version's figures. Rates are over finished executions; latency is
 /// end to end (accepted to finished) of finished executions; tokens and
 /// cost are averaged over the executions that report them.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
 pub struct VersionStats {
     pub version: i32,
     pub executions: i64,
+    /// Terminal ones; the rates are over these.
     pub finished: i64,
     pub succeeded: i64,
     pub invalid_output: i64,
     pub success_rate: Option<f64>,
     pub invalid_output_rate: Option<f64>,
+    /// Accepted to finished, of finished executions.
     pub p50_latency_ms: Option<f64>,
     pub p95_latency_ms: Option<f64>,
     pub tokens_per_execution: Option<f64>,
