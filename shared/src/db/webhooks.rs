@@ -9,6 +9,7 @@
 //! again. Secrets are stored sealed (`crate::webhook::seal`) and are never
 //! read back by the API.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -299,6 +300,7 @@ pub async fn claim_due_deliveries(
 }
 
 /// Where and with what a delivery is sent now.
+#[derive(Clone, Debug)]
 pub struct Target {
     pub url: String,
     pub enabled: bool,
@@ -306,110 +308,170 @@ pub struct Target {
     pub secrets: Vec<Vec<u8>>,
 }
 
-const ENDPOINT_TARGET: &str = "SELECT url, enabled, secret, \
+const ENDPOINT_TARGETS: &str = "SELECT id, url, enabled, secret, \
        CASE WHEN previous_secret_until > now() THEN previous_secret END AS previous \
-     FROM webhook_endpoints WHERE id = $1";
-const TENANT_TARGET: &str = "SELECT secret, \
+     FROM webhook_endpoints WHERE id = ANY($1)";
+const TENANT_TARGETS: &str = "SELECT tenant_id, secret, \
        CASE WHEN previous_secret_until > now() THEN previous_secret END AS previous \
-     FROM webhook_tenant_secrets WHERE tenant_id = $1";
+     FROM webhook_tenant_secrets WHERE tenant_id = ANY($1)";
 
-/// The endpoint's URL, state and secrets (None: it was deleted), or for a
-/// per-execution URL the tenant's secrets (None: the tenant has none).
-pub async fn delivery_target(
-    client: &impl GenericClient,
-    claimed: &Claimed,
-) -> Result<Option<Target>> {
-    let (row, url, enabled) = match claimed.endpoint_id {
-        Some(endpoint) => {
-            let row = client
-                .query_opt(&client.prepare_cached(ENDPOINT_TARGET).await?, &[&endpoint])
-                .await?;
-            let Some(row) = row else { return Ok(None) };
-            let url: String = row.try_get("url")?;
-            let enabled: bool = row.try_get("enabled")?;
-            (row, url, enabled)
-        }
-        None => {
-            let row = client
-                .query_opt(
-                    &client.prepare_cached(TENANT_TARGET).await?,
-                    &[&claimed.tenant_id],
-                )
-                .await?;
-            let Some(row) = row else { return Ok(None) };
-            (row, claimed.url.clone(), true)
-        }
-    };
+fn sealed_secrets(row: &Row) -> Result<Vec<Vec<u8>>> {
     let mut secrets = vec![row.try_get::<_, Vec<u8>>("secret")?];
     if let Some(previous) = row.try_get::<_, Option<Vec<u8>>>("previous")? {
         secrets.push(previous);
     }
-    Ok(Some(Target {
-        url,
-        enabled,
-        secrets,
-    }))
+    Ok(secrets)
+}
+
+/// Each claimed delivery's target, by delivery id, in at most two round
+/// trips for the whole batch: the endpoint's URL, state and secrets (absent:
+/// it was deleted), or for a per-execution URL the tenant's secrets
+/// (absent: the tenant has none).
+pub async fn delivery_targets(
+    client: &impl GenericClient,
+    claimed: &[Claimed],
+) -> Result<HashMap<Uuid, Target>> {
+    let mut endpoint_ids: Vec<Uuid> = claimed.iter().filter_map(|c| c.endpoint_id).collect();
+    endpoint_ids.sort_unstable();
+    endpoint_ids.dedup();
+    let mut tenants: Vec<&str> = claimed
+        .iter()
+        .filter(|c| c.endpoint_id.is_none())
+        .map(|c| c.tenant_id.as_str())
+        .collect();
+    tenants.sort_unstable();
+    tenants.dedup();
+
+    let mut endpoints = HashMap::new();
+    if !endpoint_ids.is_empty() {
+        let stmt = client.prepare_cached(ENDPOINT_TARGETS).await?;
+        for row in client.query(&stmt, &[&endpoint_ids]).await? {
+            let id: Uuid = row.try_get("id")?;
+            let target = Target {
+                url: row.try_get("url")?,
+                enabled: row.try_get("enabled")?,
+                secrets: sealed_secrets(&row)?,
+            };
+            endpoints.insert(id, target);
+        }
+    }
+    let mut tenant_secrets = HashMap::new();
+    if !tenants.is_empty() {
+        let stmt = client.prepare_cached(TENANT_TARGETS).await?;
+        for row in client.query(&stmt, &[&tenants]).await? {
+            let tenant: String = row.try_get("tenant_id")?;
+            tenant_secrets.insert(tenant, sealed_secrets(&row)?);
+        }
+    }
+    Ok(claimed
+        .iter()
+        .filter_map(|c| {
+            let target = match c.endpoint_id {
+                Some(endpoint) => endpoints.get(&endpoint).cloned(),
+                None => tenant_secrets.get(&c.tenant_id).map(|secrets| Target {
+                    url: c.url.clone(),
+                    enabled: true,
+                    secrets: secrets.clone(),
+                }),
+            };
+            target.map(|t| (c.id, t))
+        })
+        .collect())
 }
 
 /// One attempt's result, as recorded.
-pub struct AttemptRecord<'a> {
+#[derive(Clone, Debug)]
+pub struct AttemptRecord {
     pub delivery: Uuid,
     pub attempt: i32,
     pub at: DateTime<Utc>,
     pub status_code: Option<i32>,
     pub latency_ms: f64,
-    pub error: Option<&'a str>,
-    pub response_body: Option<&'a str>,
+    pub error: Option<String>,
+    pub response_body: Option<String>,
     /// `pending` (retry after `retry_in`), `succeeded` or `failed`.
-    pub outcome: &'a str,
+    pub outcome: &'static str,
     pub retry_in: Duration,
     pub delivered: bool,
     /// 410: disable the endpoint.
     pub gone: bool,
-    /// An endpoint failing for this long is disabled.
-    pub disable_after: Duration,
 }
 
-const RECORD_ATTEMPT: &str = "WITH a AS ( \
+/// Many attempts' results in one statement (the role group-commits them):
+/// each attempt's row, each delivery's state and next due time, and per
+/// endpoint its failing streak and its disabling (410, or every attempt
+/// failing for `$12` seconds). An endpoint row is written only when
+/// something about it changes: a success on an endpoint that was not
+/// failing leaves it alone, so a busy endpoint's row is not a point of
+/// contention. Within one batch an endpoint with any success is not
+/// failing, and one with any 410 is disabled.
+const RECORD_ATTEMPTS: &str = "WITH r AS ( \
+       SELECT * FROM unnest($1::uuid[], $2::int[], $3::timestamptz[], $4::int[], $5::float8[], \
+         $6::text[], $7::text[], $8::text[], $9::float8[], $10::bool[], $11::bool[]) \
+         AS r(delivery, attempt, at, status_code, latency_ms, error, response_body, outcome, \
+           retry_in, delivered, gone)), \
+     a AS ( \
        INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, status_code, latency_ms, error, \
-         response_body) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING), \
+         response_body) \
+       SELECT delivery, attempt, at, status_code, latency_ms, error, response_body FROM r \
+       ON CONFLICT DO NOTHING), \
      d AS ( \
-       UPDATE webhook_deliveries SET attempts = GREATEST(attempts, $2), round_attempts = round_attempts + 1, \
-         status = $8, next_attempt_at = CASE WHEN $8 = 'pending' THEN now() + make_interval(secs => $9) END, \
-         last_status_code = $4, last_error = $6, \
-         finished_at = CASE WHEN $8 = 'pending' THEN NULL ELSE now() END \
-       WHERE id = $1 RETURNING endpoint_id) \
+       UPDATE webhook_deliveries w SET attempts = GREATEST(w.attempts, r.attempt), \
+         round_attempts = w.round_attempts + 1, status = r.outcome, \
+         next_attempt_at = CASE WHEN r.outcome = 'pending' THEN now() + make_interval(secs => r.retry_in) END, \
+         last_status_code = r.status_code, last_error = r.error, \
+         finished_at = CASE WHEN r.outcome = 'pending' THEN NULL ELSE now() END \
+       FROM r WHERE w.id = r.delivery \
+       RETURNING w.endpoint_id, r.delivered, r.gone, r.at), \
+     e AS ( \
+       SELECT endpoint_id, bool_or(delivered) AS delivered, bool_or(gone) AS gone, min(at) AS at \
+       FROM d WHERE endpoint_id IS NOT NULL GROUP BY endpoint_id) \
      UPDATE webhook_endpoints w SET \
-       failing_since = CASE WHEN $10 THEN NULL ELSE COALESCE(w.failing_since, $3) END, \
-       enabled = w.enabled AND NOT ($11 OR (NOT $10 AND COALESCE(w.failing_since, $3) <= now() - make_interval(secs => $12))), \
+       failing_since = CASE WHEN e.delivered THEN NULL ELSE COALESCE(w.failing_since, e.at) END, \
+       enabled = w.enabled AND NOT (e.gone OR (NOT e.delivered AND COALESCE(w.failing_since, e.at) <= now() - make_interval(secs => $12))), \
        disabled_reason = CASE WHEN NOT w.enabled THEN w.disabled_reason \
-         WHEN $11 THEN 'the receiver answered 410 Gone' \
-         WHEN NOT $10 AND COALESCE(w.failing_since, $3) <= now() - make_interval(secs => $12) \
-           THEN 'every delivery failed since ' || to_char(COALESCE(w.failing_since, $3) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
+         WHEN e.gone THEN 'the receiver answered 410 Gone' \
+         WHEN NOT e.delivered AND COALESCE(w.failing_since, e.at) <= now() - make_interval(secs => $12) \
+           THEN 'every delivery failed since ' || to_char(COALESCE(w.failing_since, e.at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
          ELSE w.disabled_reason END, \
        updated_at = now() \
-     FROM d WHERE w.id = d.endpoint_id";
+     FROM e WHERE w.id = e.endpoint_id \
+       AND (e.gone OR NOT e.delivered OR w.failing_since IS NOT NULL)";
 
-/// Records an attempt and its consequences in one statement: the
-/// delivery's state and next due time, the endpoint's failing streak, and
-/// its disabling (410, or failing for `disable_after`).
-pub async fn record_attempt(client: &impl GenericClient, r: &AttemptRecord<'_>) -> Result<()> {
+/// Records attempts and their consequences in one statement (see
+/// `RECORD_ATTEMPTS`). An endpoint failing for `disable_after` is disabled.
+pub async fn record_attempts(
+    client: &impl GenericClient,
+    records: &[AttemptRecord],
+    disable_after: Duration,
+) -> Result<()> {
+    let deliveries: Vec<Uuid> = records.iter().map(|r| r.delivery).collect();
+    let attempts: Vec<i32> = records.iter().map(|r| r.attempt).collect();
+    let at: Vec<DateTime<Utc>> = records.iter().map(|r| r.at).collect();
+    let codes: Vec<Option<i32>> = records.iter().map(|r| r.status_code).collect();
+    let latency: Vec<f64> = records.iter().map(|r| r.latency_ms).collect();
+    let errors: Vec<Option<&str>> = records.iter().map(|r| r.error.as_deref()).collect();
+    let bodies: Vec<Option<&str>> = records.iter().map(|r| r.response_body.as_deref()).collect();
+    let outcomes: Vec<&str> = records.iter().map(|r| r.outcome).collect();
+    let retry_in: Vec<f64> = records.iter().map(|r| r.retry_in.as_secs_f64()).collect();
+    let delivered: Vec<bool> = records.iter().map(|r| r.delivered).collect();
+    let gone: Vec<bool> = records.iter().map(|r| r.gone).collect();
     client
         .execute(
-            &client.prepare_cached(RECORD_ATTEMPT).await?,
+            &client.prepare_cached(RECORD_ATTEMPTS).await?,
             &[
-                &r.delivery,
-                &r.attempt,
-                &r.at,
-                &r.status_code,
-                &r.latency_ms,
-                &r.error,
-                &r.response_body,
-                &r.outcome,
-                &r.retry_in.as_secs_f64(),
-                &r.delivered,
-                &r.gone,
-                &r.disable_after.as_secs_f64(),
+                &deliveries,
+                &attempts,
+                &at,
+                &codes,
+                &latency,
+                &errors,
+                &bodies,
+                &outcomes,
+                &retry_in,
+                &delivered,
+                &gone,
+                &disable_after.as_secs_f64(),
             ],
         )
         .await?;
@@ -637,9 +699,9 @@ pub static ALL_SQL: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
         ROTATE_ENDPOINT_SECRET,
         PUT_TENANT_SECRET,
         CLAIM_DUE,
-        ENDPOINT_TARGET,
-        TENANT_TARGET,
-        RECORD_ATTEMPT,
+        ENDPOINT_TARGETS,
+        TENANT_TARGETS,
+        RECORD_ATTEMPTS,
         FAIL_UNSENDABLE,
         DEFER,
         EXECUTION_DELIVERIES,

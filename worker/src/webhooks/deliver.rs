@@ -2,11 +2,17 @@
 //! result: what to send (the execution resource, signed with the
 //! destination's secrets), the POST, the verdict and the next due time
 //! (`llmq_shared::webhook::schedule` decides both), and the attempt's row.
+//!
+//! Round trips are per batch, not per attempt: a due scan's deliveries
+//! get their targets and executions in one go ([`Deliverer::prepare`]),
+//! and attempts' rows are group-committed ([`llmq_shared::batch`]).
 
 use chrono::Utc;
-use llmq_shared::db::webhooks::{self as db, AttemptRecord, Claimed};
-use llmq_shared::db::{executions, DbError, Pool};
-use llmq_shared::execution::ExecutionId;
+use futures::FutureExt;
+use llmq_shared::batch::Batcher;
+use llmq_shared::db::webhooks::{self as db, AttemptRecord, Claimed, Target};
+use llmq_shared::db::{executions, spawn_batcher, DbError, GenericClient, Pool};
+use llmq_shared::execution::Execution;
 use llmq_shared::resource::ExecutionResource;
 use llmq_shared::webhook::payload::payload_body;
 use llmq_shared::webhook::schedule::{judge, Schedule, Verdict};
@@ -18,12 +24,21 @@ use super::send::Sender;
 
 /// What every attempt needs.
 pub struct Deliverer {
-    pub pool: Pool,
-    pub sender: Sender,
-    pub sealer: Sealer,
-    pub schedule: Schedule,
-    pub max_payload_bytes: usize,
-    pub disable_after: Duration,
+    pool: Pool,
+    sender: Sender,
+    sealer: Sealer,
+    schedule: Schedule,
+    max_payload_bytes: usize,
+    records: Batcher<AttemptRecord, Result<(), DbError>>,
+}
+
+/// A claimed delivery with what its attempt sends: its target (None: the
+/// endpoint was deleted, or the tenant has no secret) and its execution
+/// (None: no longer kept).
+pub struct Prepared {
+    pub claimed: Claimed,
+    target: Option<Target>,
+    execution: Option<Execution>,
 }
 
 /// How long a delivery whose secret cannot be opened waits before it is
@@ -31,20 +46,76 @@ pub struct Deliverer {
 const UNREADABLE_SECRET_DELAY: Duration = Duration::from_secs(300);
 
 impl Deliverer {
-    /// Makes one attempt of `claimed` and records it. A database error
-    /// leaves the delivery as claimed: it is due again once the claim's
-    /// hold is over.
-    #[tracing::instrument(skip_all, fields(delivery.id = %claimed.id, execution.id = %claimed.execution_id))]
-    pub async fn attempt(&self, claimed: &Claimed) -> Result<(), DbError> {
-        let client = self.pool.get().await?;
-        let Some(target) = db::delivery_target(&client, claimed).await? else {
+    pub fn new(
+        pool: Pool,
+        sender: Sender,
+        sealer: Sealer,
+        schedule: Schedule,
+        max_payload_bytes: usize,
+        disable_after: Duration,
+    ) -> Self {
+        let records = spawn_batcher("webhook_attempts", pool.clone(), move |client, records| {
+            async move {
+                db::record_attempts(client, records, disable_after).await?;
+                Ok(vec![(); records.len()])
+            }
+            .boxed()
+        });
+        Self {
+            pool,
+            sender,
+            sealer,
+            schedule,
+            max_payload_bytes,
+            records,
+        }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The targets and executions of a due scan's deliveries, in at most
+    /// three round trips for the whole batch.
+    pub async fn prepare(
+        &self,
+        client: &impl GenericClient,
+        claimed: Vec<Claimed>,
+    ) -> Result<Vec<Prepared>, DbError> {
+        let mut targets = db::delivery_targets(client, &claimed).await?;
+        let ids: Vec<_> = claimed.iter().map(|c| c.execution_id).collect();
+        let found = executions::get_executions(client, &ids).await?;
+        Ok(claimed
+            .into_iter()
+            .map(|c| Prepared {
+                target: targets.remove(&c.id),
+                // A delivery names its tenant's execution; the check keeps
+                // it so even if a row were ever mislabelled.
+                execution: found
+                    .get(&c.execution_id)
+                    .filter(|e| e.tenant_id == c.tenant_id)
+                    .cloned(),
+                claimed: c,
+            })
+            .collect())
+    }
+
+    /// Makes one attempt of a prepared delivery and records it. A database
+    /// error leaves the delivery as claimed: it is due again once the
+    /// claim's hold is over.
+    #[tracing::instrument(skip_all, fields(delivery.id = %prepared.claimed.id, execution.id = %prepared.claimed.execution_id))]
+    pub async fn attempt(&self, prepared: &Prepared) -> Result<(), DbError> {
+        let claimed = &prepared.claimed;
+        let Some(target) = &prepared.target else {
             let reason = match claimed.endpoint_id {
                 Some(_) => "the endpoint was deleted",
                 None => "the tenant has no webhook secret: create one with POST /v1/webhook-secret, then retry the delivery",
             };
+            let client = self.pool.get().await?;
             return db::fail_unsendable(&client, claimed.id, reason).await;
         };
         if !target.enabled {
+            let client = self.pool.get().await?;
             return db::fail_unsendable(&client, claimed.id, "the endpoint is disabled").await;
         }
         let secrets: Result<Vec<Secret>, _> =
@@ -52,18 +123,16 @@ impl Deliverer {
         let Ok(secrets) = secrets else {
             tracing::error!("a webhook secret does not open with webhooks.encryption_key");
             let reason = "the signing secret cannot be opened with the configured encryption key";
+            let client = self.pool.get().await?;
             return db::defer_delivery(&client, claimed.id, UNREADABLE_SECRET_DELAY, reason).await;
         };
-        let id = ExecutionId(claimed.execution_id);
-        let Some(execution) = executions::get_execution(&client, &claimed.tenant_id, id).await?
-        else {
+        let Some(execution) = &prepared.execution else {
+            let client = self.pool.get().await?;
             return db::fail_unsendable(&client, claimed.id, "the execution no longer exists")
                 .await;
         };
-        // No connection is held while the receiver is called.
-        drop(client);
 
-        let resource = ExecutionResource::from(&execution);
+        let resource = ExecutionResource::from(execution);
         let body = payload_body(
             &claimed.event_type,
             claimed.created_at,
@@ -101,24 +170,22 @@ impl Deliverer {
         });
         metrics::counter!(llmq_shared::metrics::WEBHOOK_ATTEMPTS, "outcome" => outcome)
             .increment(1);
-        let client = self.pool.get().await?;
-        db::record_attempt(
-            &client,
-            &AttemptRecord {
-                delivery: claimed.id,
-                attempt: claimed.attempts + 1,
-                at: now,
-                status_code: answer.status.map(i32::from),
-                latency_ms: answer.latency.as_secs_f64() * 1000.0,
-                error: error.as_deref(),
-                response_body: answer.body.as_deref(),
-                outcome,
-                retry_in,
-                delivered: verdict == Verdict::Delivered,
-                gone: verdict == Verdict::Gone && claimed.endpoint_id.is_some(),
-                disable_after: self.disable_after,
-            },
-        )
-        .await
+        let record = AttemptRecord {
+            delivery: claimed.id,
+            attempt: claimed.attempts + 1,
+            at: now,
+            status_code: answer.status.map(i32::from),
+            latency_ms: answer.latency.as_secs_f64() * 1000.0,
+            error,
+            response_body: answer.body,
+            outcome,
+            retry_in,
+            delivered: verdict == Verdict::Delivered,
+            gone: verdict == Verdict::Gone && claimed.endpoint_id.is_some(),
+        };
+        self.records
+            .submit(record)
+            .await
+            .map_err(|e| DbError::Unavailable(e.to_string()))?
     }
 }

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::context::WorkerContext;
-use deliver::Deliverer;
+use deliver::{Deliverer, Prepared};
 use send::Sender;
 
 struct Dispatcher {
@@ -59,14 +59,14 @@ pub async fn run_webhooks(ctx: Arc<WorkerContext>, stop: CancellationToken) -> a
     }
     let timeout = Duration::from_secs(settings.timeout_secs.max(1));
     let dispatcher = Dispatcher {
-        deliverer: Arc::new(Deliverer {
-            pool: ctx.pool.clone(),
-            sender: Sender::new(DestinationPolicy::from(settings), timeout)?,
+        deliverer: Arc::new(Deliverer::new(
+            ctx.pool.clone(),
+            Sender::new(DestinationPolicy::from(settings), timeout)?,
             sealer,
-            schedule: Schedule::from_ms(&settings.retry_schedule_ms),
-            max_payload_bytes: settings.max_payload_bytes,
-            disable_after: Duration::from_secs(settings.disable_after_failing_secs),
-        }),
+            Schedule::from_ms(&settings.retry_schedule_ms),
+            settings.max_payload_bytes,
+            Duration::from_secs(settings.disable_after_failing_secs),
+        )),
         slots: Arc::new(Semaphore::new(settings.concurrency.max(1))),
         per_destination: settings.per_endpoint_concurrency.max(1),
         destinations: Mutex::new(HashMap::new()),
@@ -118,25 +118,30 @@ impl Dispatcher {
             return Ok(false);
         }
         let busy = self.busy_destinations();
-        let claimed = {
-            let client = self.deliverer.pool.get().await?;
-            claim_due_deliveries(
+        let prepared = {
+            let client = self.deliverer.pool().get().await?;
+            let claimed = claim_due_deliveries(
                 &client,
                 free as i64,
                 self.per_destination as i64,
                 &busy,
                 self.hold,
             )
-            .await?
+            .await?;
+            if claimed.is_empty() {
+                return Ok(false);
+            }
+            // A failure here leaves the batch claimed: due again after its hold.
+            self.deliverer.prepare(&client, claimed).await?
         };
-        let full = claimed.len() == free;
-        for delivery in claimed {
+        let full = prepared.len() == free;
+        for delivery in prepared {
             let Ok(slot) = self.slots.clone().try_acquire_owned() else {
                 // Cannot happen (only this loop takes slots); the claim's
                 // hold makes the delivery due again if it does.
                 break;
             };
-            let destination = self.destination(&delivery);
+            let destination = self.destination(&delivery.claimed);
             let (deliverer, freed) = (self.deliverer.clone(), self.freed.clone());
             attempts.spawn(async move {
                 let _slot = slot;
@@ -174,8 +179,8 @@ impl Dispatcher {
     }
 }
 
-async fn attempt(deliverer: &Deliverer, delivery: &Claimed) {
+async fn attempt(deliverer: &Deliverer, delivery: &Prepared) {
     if let Err(e) = deliverer.attempt(delivery).await {
-        tracing::warn!(delivery.id = %delivery.id, error = %e, "webhook attempt not recorded; it is retried after its hold");
+        tracing::warn!(delivery.id = %delivery.claimed.id, error = %e, "webhook attempt not recorded; it is retried after its hold");
     }
 }
