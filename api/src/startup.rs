@@ -77,6 +77,7 @@ impl Application {
         );
         sessions.spawn(consume_events);
         let label_moves = events.label_moves();
+        let key_revocations = events.key_revocations();
         let (to_publish, pipeline) = Pipeline::start(
             publisher.clone(),
             pool.clone(),
@@ -98,7 +99,16 @@ impl Application {
                 &settings.webhooks.encryption_key,
             )?,
             destinations: (&settings.webhooks).into(),
+            keys: crate::auth::KeyCache::new(
+                Duration::from_secs(settings.api.key_cache_secs),
+                Duration::from_secs(settings.api.key_negative_cache_secs),
+            ),
         });
+        sessions.spawn(forget_revoked_keys(
+            key_revocations,
+            state.clone(),
+            broker.clone(),
+        ));
         sessions.spawn(invalidate_moved_labels(
             label_moves,
             state.clone(),
@@ -244,6 +254,32 @@ async fn invalidate_moved_labels(
                     state.labels.invalidate(&m.prompt, &m.label);
                 }
                 Ok(LabelEvent::Resubscribed) | Err(RecvError::Lagged(_)) => state.labels.invalidate_all(),
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+/// Drops a key from this process's cache as soon as any API process
+/// announces its revocation; after announcements may have been missed,
+/// every key (the next request of each loads it again). Runs until the
+/// broker sessions stop.
+async fn forget_revoked_keys(
+    mut revocations: tokio::sync::broadcast::Receiver<llmq_shared::events::KeyEvent>,
+    state: web::Data<AppState>,
+    stop: CancellationToken,
+) {
+    use llmq_shared::events::KeyEvent;
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            heard = revocations.recv() => match heard {
+                Ok(KeyEvent::Revoked(r)) => {
+                    tracing::debug!("key revoked; cache entry cleared");
+                    state.keys.forget(&r.key_hash);
+                }
+                Ok(KeyEvent::Resubscribed) | Err(RecvError::Lagged(_)) => state.keys.forget_all(),
                 Err(RecvError::Closed) => return,
             }
         }

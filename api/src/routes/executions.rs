@@ -40,6 +40,7 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError
     request_body = SubmitExecution,
     params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body return the same execution; 1 to 255 visible ASCII characters")),
     responses(
+        (status = 403, description = "The key lacks the route's scope (missing_scope)", body = ErrorBody),
         (status = 202, description = "Accepted and durable", body = ExecutionResource),
         (status = 200, description = "Same Idempotency-Key and body as an earlier request: that execution", body = ExecutionResource),
         (status = 400, description = "Malformed body, a bad name, a NUL character in a string", body = ErrorBody),
@@ -52,7 +53,7 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError
         (status = 422, description = "Input fails the schema or the template; model not allowed; webhook.url refused (invalid_webhook_url)", body = ErrorBody),
         (status = 503, description = "Not accepted (database unavailable); retry after Retry-After", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["executions:write"]))
 )]
 #[post("/v1/executions")]
 pub async fn submit(
@@ -97,12 +98,13 @@ pub struct ListQuery {
     tag = "executions",
     params(ListQuery),
     responses(
+        (status = 403, description = "The key lacks the route's scope (missing_scope)", body = ErrorBody),
         (status = 200, body = ExecutionList),
         (status = 400, description = "A bad limit, status or cursor", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 503, body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["executions:read"]))
 )]
 #[get("/v1/executions")]
 pub async fn list(
@@ -135,13 +137,14 @@ pub async fn list(
     tag = "executions",
     params(("id" = String, Path, description = "Execution id")),
     responses(
+        (status = 403, description = "The key lacks the route's scope (missing_scope)", body = ErrorBody),
         (status = 200, description = "Cancelled, or cancellation requested for a running execution", body = ExecutionResource),
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, description = "Already terminal", body = ErrorBody),
         (status = 503, body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["executions:write"]))
 )]
 #[post("/v1/executions/{id}/cancel")]
 pub async fn cancel(
@@ -187,13 +190,14 @@ impl WaitQuery {
     tag = "executions",
     params(("id" = String, Path, description = "Execution id"), WaitQuery),
     responses(
+        (status = 403, description = "The key lacks the route's scope (missing_scope)", body = ErrorBody),
         (status = 200, body = ExecutionResource),
         (status = 400, description = "wait is not a whole number of seconds", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 503, body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["executions:read"]))
 )]
 #[get("/v1/executions/{id}")]
 pub async fn get(
@@ -227,12 +231,13 @@ pub async fn get(
     tag = "executions",
     params(("id" = String, Path, description = "Execution id")),
     responses(
+        (status = 403, description = "The key lacks the route's scope (missing_scope)", body = ErrorBody),
         (status = 200, body = StepList),
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 503, body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["executions:read"]))
 )]
 #[get("/v1/executions/{id}/steps")]
 pub async fn steps(
