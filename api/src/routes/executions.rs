@@ -40,12 +40,12 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError
     request_body = SubmitExecution,
     params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body return the same execution; 1 to 255 visible ASCII characters")),
     responses(
-        (status = 403, description = "The key lacks the route's scope (missing_scope)", body = ErrorBody),
         (status = 202, description = "Accepted and durable", body = ExecutionResource),
         (status = 200, description = "Same Idempotency-Key and body as an earlier request: that execution", body = ExecutionResource),
         (status = 400, description = "Malformed body, a bad name, a NUL character in a string", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 404, description = "Unknown prompt, version or label", body = ErrorBody),
+        (status = 403, description = "The key lacks executions:write (missing_scope), or is bound to another end user than `user`", body = ErrorBody),
         (status = 408, description = "The body did not arrive within api.body_timeout_secs", body = ErrorBody),
         (status = 409, description = "Idempotency-Key reused with a different body", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
@@ -63,7 +63,18 @@ pub async fn submit(
     body: web::Json<SubmitExecution>,
 ) -> Result<HttpResponse, ApiError> {
     let key = idempotency_key(&req)?;
-    let request = body.into_inner().into_request()?;
+    let mut request = body.into_inner().into_request()?;
+    if let Some(bound) = &caller.user {
+        // A key bound to an end user submits as that user only.
+        match &request.user {
+            Some(asked) if asked != bound => {
+                return Err(ApiError::Forbidden(
+                    "user: this key is bound to another end user".into(),
+                ))
+            }
+            _ => request.user = Some(bound.clone()),
+        }
+    }
     let deadline = tokio::time::Instant::now() + state.deadline();
     let deps = state.submit_deps();
     let (mut response, execution) =

@@ -15,6 +15,7 @@
 pub mod events;
 pub mod executions;
 pub mod health;
+pub mod orgs;
 pub mod prompts;
 pub mod webhooks;
 
@@ -69,6 +70,12 @@ route_list!(
     webhooks::put_tenant_secret,
     webhooks::execution_deliveries,
     webhooks::retry_delivery,
+    orgs::create_org,
+    orgs::list_orgs,
+    orgs::get_org,
+    orgs::create_key,
+    orgs::list_keys,
+    orgs::revoke_key,
 );
 
 route_list!(
