@@ -44,6 +44,8 @@ pub struct Application {
     broker: CancellationToken,
     /// The publisher's and subscriber's sessions.
     sessions: TaskTracker,
+    /// Counts the events subscriber's sessions (bound queues).
+    event_sessions: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Application {
@@ -76,6 +78,7 @@ impl Application {
             buffers,
         );
         sessions.spawn(consume_events);
+        let event_sessions = events.sessions();
         let label_moves = events.label_moves();
         let key_revocations = events.key_revocations();
         let (to_publish, pipeline) = Pipeline::start(
@@ -208,7 +211,17 @@ impl Application {
             pipeline,
             broker,
             sessions,
+            event_sessions,
         })
+    }
+
+    /// Resolves once this process listens to the events exchange (label
+    /// moves and key revocations announced from then on reach it).
+    pub fn events_bound(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let mut sessions = self.event_sessions.clone();
+        async move {
+            let _ = sessions.wait_for(|n| *n > 0).await;
+        }
     }
 
     pub fn port(&self) -> u16 {

@@ -18,6 +18,7 @@ mod api {
     mod shutdown;
     mod sql;
     mod structured_output;
+    mod tenancy;
     mod telemetry;
     mod templates;
     mod validation;
