@@ -9,6 +9,7 @@ mod api {
     mod failures;
     mod group_commit;
     mod hardening;
+    mod isolation;
     mod lifecycle;
     mod openapi;
     mod operations;
