@@ -31,8 +31,8 @@ use actix_web::{web, FromRequest, HttpRequest};
 use chrono::{DateTime, Utc};
 use futures::future::LocalBoxFuture;
 use llmq_shared::db::{tenancy, DbError, Pool};
-pub use llmq_shared::ids::DEFAULT_TENANT;
 use llmq_shared::ids::TenantId;
+pub use llmq_shared::ids::DEFAULT_TENANT;
 use llmq_shared::keys::{hash_key, looks_like_key, Scope, Scopes};
 use tokio::sync::Semaphore;
 
@@ -230,7 +230,11 @@ impl KeyCache {
     }
 
     /// The key a presented secret is, from the cache or else the database.
-    pub async fn find(&self, pool: &Pool, presented: &str) -> Result<Option<Arc<CachedKey>>, ApiError> {
+    pub async fn find(
+        &self,
+        pool: &Pool,
+        presented: &str,
+    ) -> Result<Option<Arc<CachedKey>>, ApiError> {
         let hash = hash_key(presented);
         if let Some(found) = self.cached(&hash) {
             return Ok(found);

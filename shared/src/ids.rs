@@ -164,7 +164,10 @@ mod tests {
     fn an_organisations_prompts_are_keyed_under_its_id() {
         let acme = TenantId::parse("acme").unwrap();
         assert_eq!(acme.prompt_key("summarize"), "acme/summarize");
-        assert_eq!(TenantId::new(DEFAULT_TENANT).prompt_key("summarize"), "summarize");
+        assert_eq!(
+            TenantId::new(DEFAULT_TENANT).prompt_key("summarize"),
+            "summarize"
+        );
         assert_eq!(public_prompt_name("acme/summarize"), "summarize");
         assert_eq!(public_prompt_name("summarize"), "summarize");
         assert!(TenantId::parse("Acme/x").is_err());

@@ -19,9 +19,9 @@ mod api {
     mod shutdown;
     mod sql;
     mod structured_output;
-    mod tenancy;
     mod telemetry;
     mod templates;
+    mod tenancy;
     mod validation;
     mod webhooks;
 }

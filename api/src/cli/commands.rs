@@ -483,7 +483,12 @@ pub async fn run(client: &Client, out: &Output, spec: RunSpec) -> Result<u8, Cli
 }
 
 fn org_line(o: &Value) -> String {
-    format!("{:<24} {:<24} {}", s(o, "/id"), s(o, "/name"), s(o, "/created_at"))
+    format!(
+        "{:<24} {:<24} {}",
+        s(o, "/id"),
+        s(o, "/name"),
+        s(o, "/created_at")
+    )
 }
 
 pub async fn orgs(client: &Client, out: &Output, command: OrgsCommand) -> Result<u8, CliError> {
@@ -493,7 +498,9 @@ pub async fn orgs(client: &Client, out: &Output, command: OrgsCommand) -> Result
             let url = client.url("/v1/orgs", &[])?;
             let body = json!({"id": id, "name": name});
             let (_, created) = client.send(Method::POST, url, Some(&body)).await?;
-            out.show(&created, || format!("created organisation {}", s(&created, "/id")))?;
+            out.show(&created, || {
+                format!("created organisation {}", s(&created, "/id"))
+            })?;
         }
         OrgsCommand::List => {
             let body = client.get("/v1/orgs", &[]).await?;
@@ -551,7 +558,8 @@ pub async fn keys(client: &Client, out: &Output, command: KeysCommand) -> Result
         } => {
             let org = checked("org", &org)?;
             let url = client.url(&format!("/v1/orgs/{org}/keys"), &[])?;
-            let body = json!({"scopes": scopes, "name": name, "user": user, "expires_at": expires_at});
+            let body =
+                json!({"scopes": scopes, "name": name, "user": user, "expires_at": expires_at});
             let (_, created) = client.send(Method::POST, url, Some(&body)).await?;
             // The secret alone on stdout, so `KEY=$(llmq keys create ...)` works;
             // the rest on stderr.
@@ -585,12 +593,18 @@ pub async fn keys(client: &Client, out: &Output, command: KeysCommand) -> Result
         }
         KeysCommand::Revoke { id, org } => {
             let org = checked("org", &org)?;
-            let id: uuid::Uuid = id
-                .parse()
-                .map_err(|_| CliError::Usage(format!("{id}: not a key id (see `llmq keys list`)")))?;
+            let id: uuid::Uuid = id.parse().map_err(|_| {
+                CliError::Usage(format!("{id}: not a key id (see `llmq keys list`)"))
+            })?;
             let url = client.url(&format!("/v1/orgs/{org}/keys/{id}/revoke"), &[])?;
             let (_, revoked) = client.send(Method::POST, url, None).await?;
-            out.show(&revoked, || format!("revoked key {} ({})", s(&revoked, "/id"), s(&revoked, "/prefix")))?;
+            out.show(&revoked, || {
+                format!(
+                    "revoked key {} ({})",
+                    s(&revoked, "/id"),
+                    s(&revoked, "/prefix")
+                )
+            })?;
         }
     }
     Ok(exit::OK)

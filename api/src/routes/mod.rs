@@ -153,7 +153,9 @@ pub fn required_scopes(method: &str, pattern: &str) -> &'static [llmq_shared::ke
             return table;
         };
         for (path, item) in paths {
-            let Some(item) = item.as_object() else { continue };
+            let Some(item) = item.as_object() else {
+                continue;
+            };
             for (method, op) in item {
                 let scopes = op["security"][0]["bearer"]
                     .as_array()

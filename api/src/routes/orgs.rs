@@ -65,7 +65,10 @@ pub async fn create_org(
     security(("bearer" = ["admin"]))
 )]
 #[get("/v1/orgs")]
-pub async fn list_orgs(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+pub async fn list_orgs(
+    state: web::Data<AppState>,
+    caller: Caller,
+) -> Result<HttpResponse, ApiError> {
     let manager = manager(&caller);
     let work = service::list_orgs(&state.pool, &manager);
     let orgs = within(state.deadline(), work).await?;
@@ -121,8 +124,8 @@ pub async fn create_key(
     body: web::Json<CreateKey>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let scopes =
-        Scopes::parse_all(&body.scopes).map_err(|e| ApiError::BadRequest(format!("scopes: {e}")))?;
+    let scopes = Scopes::parse_all(&body.scopes)
+        .map_err(|e| ApiError::BadRequest(format!("scopes: {e}")))?;
     let request = KeyRequest {
         name: body.name,
         scopes,

@@ -50,7 +50,11 @@ fn actor(caller: &Caller) -> Actor {
 )]
 #[get("/v1/prompts")]
 pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
-    let prompts = within(state.deadline(), versions::list_prompts(&state.pool, &caller.tenant)).await?;
+    let prompts = within(
+        state.deadline(),
+        versions::list_prompts(&state.pool, &caller.tenant),
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(PromptList {
         prompts: prompts.into_iter().map(Into::into).collect(),
     }))
@@ -71,7 +75,11 @@ pub async fn show(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let name = name(&path, "name")?;
-    let (v, l) = within(state.deadline(), versions::show_prompt(&state.pool, &caller.tenant.prompt_key(&name))).await?;
+    let (v, l) = within(
+        state.deadline(),
+        versions::show_prompt(&state.pool, &caller.tenant.prompt_key(&name)),
+    )
+    .await?;
     let protected = &state.settings.api.protected_labels;
     Ok(HttpResponse::Ok().json(PromptResource {
         name,

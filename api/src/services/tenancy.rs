@@ -116,10 +116,7 @@ pub async fn create_key(
             "expires_at: must be in the future".into(),
         ));
     }
-    for (field, value, max) in [
-        ("name", &request.name, 200),
-        ("user", &request.user, 255),
-    ] {
+    for (field, value, max) in [("name", &request.name, 200), ("user", &request.user, 255)] {
         if value
             .as_ref()
             .is_some_and(|v| v.is_empty() || v.len() > max || v.contains('\0'))
@@ -199,7 +196,9 @@ pub async fn revoke_key(
         return Err(no_org(org));
     }
     let client = pool.get().await.map_err(DbError::from)?;
-    let (hash, key) = db::revoke_key(&client, org, id).await?.ok_or_else(unknown)?;
+    let (hash, key) = db::revoke_key(&client, org, id)
+        .await?
+        .ok_or_else(unknown)?;
     drop(client);
     keys.forget(&hash);
     publisher

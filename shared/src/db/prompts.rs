@@ -277,7 +277,10 @@ pub async fn create_version(
 /// Every prompt of one organisation's registry (`namespace`: what its
 /// prompt keys start with, see `TenantId::prompt_namespace`) with its
 /// newest version and its labels; names as the organisation knows them.
-pub async fn list_prompts(client: &impl GenericClient, namespace: &str) -> Result<Vec<PromptSummary>> {
+pub async fn list_prompts(
+    client: &impl GenericClient,
+    namespace: &str,
+) -> Result<Vec<PromptSummary>> {
     client
         .query(&client.prepare_cached(LIST_PROMPTS).await?, &[&namespace])
         .await?

@@ -59,7 +59,8 @@ const COPY_FILE_VERSIONS: &str =
      ON CONFLICT (prompt_name, version) DO NOTHING";
 /// `production` of each copied prompt, at its newest file version, unless
 /// the organisation has moved it.
-const COPY_FILE_LABELS: &str = "INSERT INTO prompt_labels (prompt_name, label, version, updated_by) \
+const COPY_FILE_LABELS: &str =
+    "INSERT INTO prompt_labels (prompt_name, label, version, updated_by) \
      SELECT $1 || '/' || prompt_name, 'production', max(version), 'sync' FROM prompt_versions \
      WHERE source = 'file' AND strpos(prompt_name, '/') = 0 GROUP BY prompt_name \
      ON CONFLICT (prompt_name, label) DO UPDATE SET version = EXCLUDED.version, updated_at = now() \

@@ -274,14 +274,25 @@ async fn the_cli_creates_an_organisation_and_keys_lists_and_revokes_them() {
     let key = llmq(
         &app,
         ADMIN,
-        &["keys", "create", "--org", "acme", "--scope", "executions:read,executions:write", "--name", "ci"],
+        &[
+            "keys",
+            "create",
+            "--org",
+            "acme",
+            "--scope",
+            "executions:read,executions:write",
+            "--name",
+            "ci",
+        ],
     )
     .await;
     assert_eq!(code(&key), 0, "{key:?}");
     let secret = stdout(&key).trim().to_string();
     assert!(secret.starts_with("llmq_sk_"), "{secret}");
     assert!(String::from_utf8_lossy(&key.stderr).contains("shown once"));
-    let reader = app.send_as(&secret, reqwest::Method::GET, "/v1/executions", None).await;
+    let reader = app
+        .send_as(&secret, reqwest::Method::GET, "/v1/executions", None)
+        .await;
     assert_eq!(reader.status(), reqwest::StatusCode::OK);
 
     let list = llmq(&app, ADMIN, &["keys", "list", "--org", "acme"]).await;
@@ -293,7 +304,9 @@ async fn the_cli_creates_an_organisation_and_keys_lists_and_revokes_them() {
 
     let revoked = llmq(&app, ADMIN, &["keys", "revoke", &id, "--org", "acme"]).await;
     assert_eq!(code(&revoked), 0, "{revoked:?}");
-    let refused = app.send_as(&secret, reqwest::Method::GET, "/v1/executions", None).await;
+    let refused = app
+        .send_as(&secret, reqwest::Method::GET, "/v1/executions", None)
+        .await;
     assert_eq!(refused.status(), reqwest::StatusCode::UNAUTHORIZED);
     let list = llmq(&app, ADMIN, &["keys", "list", "--org", "acme"]).await;
     assert!(stdout(&list).contains("revoked"), "{}", stdout(&list));
@@ -327,7 +340,12 @@ async fn bootstrap_admin_prints_the_first_admin_key_once() {
     assert!(secret.starts_with("llmq_sk_"), "{secret}");
     // An operator's key: it creates organisations.
     let created = app
-        .send_as(&secret, reqwest::Method::POST, "/v1/orgs", Some(&serde_json::json!({"id": "first"})))
+        .send_as(
+            &secret,
+            reqwest::Method::POST,
+            "/v1/orgs",
+            Some(&serde_json::json!({"id": "first"})),
+        )
         .await;
     assert_eq!(created.status(), reqwest::StatusCode::CREATED);
     app.cleanup().await;

@@ -66,57 +66,85 @@ fn plan(method: &str, path: &str, a: &Owned) -> (String, Option<Value>, Expect) 
         ("POST", "/v1/executions") => (path.to_string(), Some(submit), NotFound),
         ("GET", "/v1/executions") => (path.to_string(), None, OwnList),
         ("GET", "/v1/executions/{id}") => (format!("/v1/executions/{e}"), None, NotFound),
-        ("GET", "/v1/executions/{id}/steps") => (format!("/v1/executions/{e}/steps"), None, NotFound),
-        ("POST", "/v1/executions/{id}/cancel") => (format!("/v1/executions/{e}/cancel"), None, NotFound),
-        ("GET", "/v1/executions/{id}/events") => (format!("/v1/executions/{e}/events"), None, NotFound),
+        ("GET", "/v1/executions/{id}/steps") => {
+            (format!("/v1/executions/{e}/steps"), None, NotFound)
+        }
+        ("POST", "/v1/executions/{id}/cancel") => {
+            (format!("/v1/executions/{e}/cancel"), None, NotFound)
+        }
+        ("GET", "/v1/executions/{id}/events") => {
+            (format!("/v1/executions/{e}/events"), None, NotFound)
+        }
         ("GET", "/v1/executions/{id}/deliveries") => {
             (format!("/v1/executions/{e}/deliveries"), None, NotFound)
         }
         ("GET", "/v1/events") => (path.to_string(), None, OwnStream),
         ("GET", "/v1/prompts") => (path.to_string(), None, OwnList),
         ("GET", "/v1/prompts/{name}") => (format!("/v1/prompts/{p}"), None, NotFound),
-        ("POST", "/v1/prompts/{name}/versions") => {
-            (format!("/v1/prompts/{p}/versions"), Some(definition), OwnCreated)
-        }
+        ("POST", "/v1/prompts/{name}/versions") => (
+            format!("/v1/prompts/{p}/versions"),
+            Some(definition),
+            OwnCreated,
+        ),
         ("GET", "/v1/prompts/{name}/versions/{version}") => {
             (format!("/v1/prompts/{p}/versions/1"), None, NotFound)
         }
-        ("GET", "/v1/prompts/{name}/diff") => (format!("/v1/prompts/{p}/diff?from=1&to=1"), None, NotFound),
+        ("GET", "/v1/prompts/{name}/diff") => {
+            (format!("/v1/prompts/{p}/diff?from=1&to=1"), None, NotFound)
+        }
         ("PUT", "/v1/prompts/{name}/labels/{label}") => (
             format!("/v1/prompts/{p}/labels/staging"),
             Some(json!({"version": 1})),
             NotFound,
         ),
-        ("POST", "/v1/prompts/{name}/labels/{label}/rollback") => {
-            (format!("/v1/prompts/{p}/labels/staging/rollback"), None, NotFound)
-        }
-        ("GET", "/v1/prompts/{name}/labels/{label}/history") => {
-            (format!("/v1/prompts/{p}/labels/staging/history"), None, NotFound)
-        }
+        ("POST", "/v1/prompts/{name}/labels/{label}/rollback") => (
+            format!("/v1/prompts/{p}/labels/staging/rollback"),
+            None,
+            NotFound,
+        ),
+        ("GET", "/v1/prompts/{name}/labels/{label}/history") => (
+            format!("/v1/prompts/{p}/labels/staging/history"),
+            None,
+            NotFound,
+        ),
         ("GET", "/v1/prompts/{name}/stats") => (format!("/v1/prompts/{p}/stats"), None, NotFound),
         ("POST", "/v1/webhook-endpoints") => (path.to_string(), Some(endpoint), OwnCreated),
         ("GET", "/v1/webhook-endpoints") => (path.to_string(), None, OwnList),
-        ("GET", "/v1/webhook-endpoints/{id}") => (format!("/v1/webhook-endpoints/{w}"), None, NotFound),
+        ("GET", "/v1/webhook-endpoints/{id}") => {
+            (format!("/v1/webhook-endpoints/{w}"), None, NotFound)
+        }
         ("PATCH", "/v1/webhook-endpoints/{id}") => (
             format!("/v1/webhook-endpoints/{w}"),
             Some(json!({"enabled": false})),
             NotFound,
         ),
-        ("DELETE", "/v1/webhook-endpoints/{id}") => (format!("/v1/webhook-endpoints/{w}"), None, NotFound),
-        ("POST", "/v1/webhook-endpoints/{id}/rotate-secret") => {
-            (format!("/v1/webhook-endpoints/{w}/rotate-secret"), None, NotFound)
+        ("DELETE", "/v1/webhook-endpoints/{id}") => {
+            (format!("/v1/webhook-endpoints/{w}"), None, NotFound)
         }
-        ("GET", "/v1/webhook-endpoints/{id}/deliveries") => {
-            (format!("/v1/webhook-endpoints/{w}/deliveries"), None, NotFound)
-        }
+        ("POST", "/v1/webhook-endpoints/{id}/rotate-secret") => (
+            format!("/v1/webhook-endpoints/{w}/rotate-secret"),
+            None,
+            NotFound,
+        ),
+        ("GET", "/v1/webhook-endpoints/{id}/deliveries") => (
+            format!("/v1/webhook-endpoints/{w}/deliveries"),
+            None,
+            NotFound,
+        ),
         ("POST", "/v1/webhook-endpoints/{id}/recover") => (
             format!("/v1/webhook-endpoints/{w}/recover"),
             Some(json!({"since": "2020-01-01T00:00:00Z"})),
             NotFound,
         ),
         ("POST", "/v1/webhook-secret") => (path.to_string(), None, OwnCreated),
-        ("POST", "/v1/deliveries/{id}/retry") => (format!("/v1/deliveries/{d}/retry"), None, NotFound),
-        ("POST", "/v1/orgs") => (path.to_string(), Some(json!({"id": "made-by-b"})), Forbidden),
+        ("POST", "/v1/deliveries/{id}/retry") => {
+            (format!("/v1/deliveries/{d}/retry"), None, NotFound)
+        }
+        ("POST", "/v1/orgs") => (
+            path.to_string(),
+            Some(json!({"id": "made-by-b"})),
+            Forbidden,
+        ),
         ("GET", "/v1/orgs") => (path.to_string(), None, OwnList),
         ("GET", "/v1/orgs/{id}") => (format!("/v1/orgs/{o}"), None, NotFound),
         ("POST", "/v1/orgs/{id}/keys") => (
@@ -165,20 +193,38 @@ async fn make_everything(app: &TestApp, org: &str, key: &str) -> Owned {
     let definition = json!({"model": "gpt-4o-mini", "template": format!("{A_MARKER} {{{{ text }}}}"),
         "input_schema": {"type": "object", "required": ["text"]}});
     let path = format!("/v1/prompts/{prompt}/versions");
-    ok_json(app.send_as(key, Method::POST, &path, Some(&definition)).await, "A's version").await;
+    ok_json(
+        app.send_as(key, Method::POST, &path, Some(&definition))
+            .await,
+        "A's version",
+    )
+    .await;
     let path = format!("/v1/prompts/{prompt}/labels/production");
-    ok_json(app.send_as(key, Method::PUT, &path, Some(&json!({"version": 1}))).await, "A's production").await;
+    ok_json(
+        app.send_as(key, Method::PUT, &path, Some(&json!({"version": 1})))
+            .await,
+        "A's production",
+    )
+    .await;
     let path = format!("/v1/prompts/{prompt}/labels/staging");
-    ok_json(app.send_as(key, Method::PUT, &path, Some(&json!({"version": 1}))).await, "A's staging").await;
+    ok_json(
+        app.send_as(key, Method::PUT, &path, Some(&json!({"version": 1})))
+            .await,
+        "A's staging",
+    )
+    .await;
     let endpoint = json!({"url": "http://127.0.0.1:9/a", "event_types": ["execution.succeeded"]});
     let endpoint = ok_json(
-        app.send_as(key, Method::POST, "/v1/webhook-endpoints", Some(&endpoint)).await,
+        app.send_as(key, Method::POST, "/v1/webhook-endpoints", Some(&endpoint))
+            .await,
         "A's endpoint",
     )
     .await;
-    let submit = json!({"prompt": prompt, "input": {"text": A_MARKER}, "metadata": {"m": A_MARKER}});
+    let submit =
+        json!({"prompt": prompt, "input": {"text": A_MARKER}, "metadata": {"m": A_MARKER}});
     let execution = ok_json(
-        app.send_as(key, Method::POST, "/v1/executions", Some(&submit)).await,
+        app.send_as(key, Method::POST, "/v1/executions", Some(&submit))
+            .await,
         "A's execution",
     )
     .await;
@@ -187,7 +233,11 @@ async fn make_everything(app: &TestApp, org: &str, key: &str) -> Owned {
     let delivery = std::sync::Mutex::new(None::<String>);
     let found = app
         .eventually(WAIT, || async {
-            let body = ok_json(app.send_as(key, Method::GET, &deliveries_path, None).await, "A's deliveries").await;
+            let body = ok_json(
+                app.send_as(key, Method::GET, &deliveries_path, None).await,
+                "A's deliveries",
+            )
+            .await;
             let id = body["data"][0]["id"].as_str().map(str::to_string);
             let seen = id.is_some();
             *delivery.lock().unwrap() = id;
@@ -288,13 +338,25 @@ async fn walk(app: &TestApp, a: &Owned, b_key: &str) {
 
     // A's things are as A left them.
     let path = format!("/v1/executions/{}", a.execution);
-    let execution = ok_json(app.send_as(&a.key, Method::GET, &path, None).await, "A's execution").await;
+    let execution = ok_json(
+        app.send_as(&a.key, Method::GET, &path, None).await,
+        "A's execution",
+    )
+    .await;
     assert_eq!(execution["status"], "succeeded");
     let path = format!("/v1/webhook-endpoints/{}", a.endpoint);
-    let endpoint = ok_json(app.send_as(&a.key, Method::GET, &path, None).await, "A's endpoint").await;
+    let endpoint = ok_json(
+        app.send_as(&a.key, Method::GET, &path, None).await,
+        "A's endpoint",
+    )
+    .await;
     assert_eq!(endpoint["enabled"], true);
     let path = format!("/v1/prompts/{}", a.prompt);
-    let prompt = ok_json(app.send_as(&a.key, Method::GET, &path, None).await, "A's prompt").await;
+    let prompt = ok_json(
+        app.send_as(&a.key, Method::GET, &path, None).await,
+        "A's prompt",
+    )
+    .await;
     assert_eq!(prompt["versions"].as_array().unwrap().len(), 1, "{prompt}");
 }
 
@@ -304,7 +366,12 @@ async fn tenant_stream_is_own(app: &TestApp, a: &Owned, b_key: &str) {
     assert_eq!(response.status(), StatusCode::OK);
     let mut stream = SseClient::new(response);
     let submit = json!({"prompt": a.prompt, "input": {"text": A_MARKER}});
-    let theirs = ok_json(app.send_as(&a.key, Method::POST, "/v1/executions", Some(&submit)).await, "A's").await;
+    let theirs = ok_json(
+        app.send_as(&a.key, Method::POST, "/v1/executions", Some(&submit))
+            .await,
+        "A's",
+    )
+    .await;
     let theirs = theirs["id"].as_str().unwrap().to_string();
     let path = format!("/v1/executions/{theirs}?wait=10");
     let finished = app
@@ -315,7 +382,12 @@ async fn tenant_stream_is_own(app: &TestApp, a: &Owned, b_key: &str) {
         .await;
     assert!(finished, "A's execution never finished");
     let submit = json!({"prompt": "summarize", "input": {"text": "b's own"}});
-    let mine = ok_json(app.send_as(b_key, Method::POST, "/v1/executions", Some(&submit)).await, "B's").await;
+    let mine = ok_json(
+        app.send_as(b_key, Method::POST, "/v1/executions", Some(&submit))
+            .await,
+        "B's",
+    )
+    .await;
     let mine = mine["id"].as_str().unwrap().to_string();
     loop {
         let event = stream
@@ -323,7 +395,10 @@ async fn tenant_stream_is_own(app: &TestApp, a: &Owned, b_key: &str) {
             .await
             .expect("B's stream ended before B's execution finished");
         let text = event.data.to_string();
-        assert!(!text.contains(&theirs) && !text.contains(A_MARKER), "{text}");
+        assert!(
+            !text.contains(&theirs) && !text.contains(A_MARKER),
+            "{text}"
+        );
         if event.event == "done" && text.contains(&mine) {
             break;
         }

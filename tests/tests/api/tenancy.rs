@@ -24,7 +24,12 @@ async fn spawn() -> TestApp {
 async fn an_admin_creates_an_organisation_and_a_key_that_is_shown_once_and_stored_hashed() {
     let app = spawn().await;
     let created = app
-        .send_as(ADMIN, Method::POST, "/v1/orgs", Some(&json!({"id": "acme", "name": "Acme"})))
+        .send_as(
+            ADMIN,
+            Method::POST,
+            "/v1/orgs",
+            Some(&json!({"id": "acme", "name": "Acme"})),
+        )
         .await;
     assert_eq!(created.status(), StatusCode::CREATED);
     let org: Value = created.json().await.unwrap();
@@ -32,11 +37,21 @@ async fn an_admin_creates_an_organisation_and_a_key_that_is_shown_once_and_store
     assert_eq!(org["keys"], "/v1/orgs/acme/keys");
     // The same id again is a conflict; a bad id a 400.
     let again = app
-        .send_as(ADMIN, Method::POST, "/v1/orgs", Some(&json!({"id": "acme"})))
+        .send_as(
+            ADMIN,
+            Method::POST,
+            "/v1/orgs",
+            Some(&json!({"id": "acme"})),
+        )
         .await;
     assert_error(again, StatusCode::CONFLICT, "conflict").await;
     let bad = app
-        .send_as(ADMIN, Method::POST, "/v1/orgs", Some(&json!({"id": "Acme Corp"})))
+        .send_as(
+            ADMIN,
+            Method::POST,
+            "/v1/orgs",
+            Some(&json!({"id": "Acme Corp"})),
+        )
         .await;
     assert_error(bad, StatusCode::BAD_REQUEST, "bad_request").await;
 
@@ -47,23 +62,34 @@ async fn an_admin_creates_an_organisation_and_a_key_that_is_shown_once_and_store
     assert_eq!(response.status(), StatusCode::CREATED);
     let key: Value = response.json().await.unwrap();
     let secret = key["secret"].as_str().unwrap().to_string();
-    assert!(secret.starts_with("llmq_sk_") && secret.len() >= 8 + 43, "{secret}");
+    assert!(
+        secret.starts_with("llmq_sk_") && secret.len() >= 8 + 43,
+        "{secret}"
+    );
     assert!(secret.starts_with(key["prefix"].as_str().unwrap()));
     assert_eq!(key["organisation"], "acme");
 
     // Listed with its prefix and scopes, never its secret; stored hashed.
-    let listed = app.send_as(ADMIN, Method::GET, "/v1/orgs/acme/keys", None).await;
+    let listed = app
+        .send_as(ADMIN, Method::GET, "/v1/orgs/acme/keys", None)
+        .await;
     assert_eq!(listed.status(), StatusCode::OK);
     let text = listed.text().await.unwrap();
     assert!(!text.contains(&secret), "{text}");
     let listed: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(listed["keys"][0]["prefix"], key["prefix"]);
-    assert_eq!(listed["keys"][0]["scopes"], json!(["executions:write", "executions:read"]));
+    assert_eq!(
+        listed["keys"][0]["scopes"],
+        json!(["executions:write", "executions:read"])
+    );
     assert!(listed["keys"][0]["revoked_at"].is_null());
     let row = app
         .db()
         .await
-        .query_one("SELECT key_hash FROM api_keys WHERE prefix = $1", &[&key["prefix"].as_str()])
+        .query_one(
+            "SELECT key_hash FROM api_keys WHERE prefix = $1",
+            &[&key["prefix"].as_str()],
+        )
         .await
         .unwrap();
     let hash: String = row.get(0);
@@ -118,11 +144,18 @@ async fn a_missing_scope_is_403_naming_it() {
         .await;
     let body = assert_error(submit, StatusCode::FORBIDDEN, "missing_scope").await;
     assert_eq!(body["details"]["scope"], "executions:write");
-    assert!(body["message"].as_str().unwrap().contains("executions:write"));
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("executions:write"));
     // Reading is allowed; webhook management and administration are not.
-    let listed = app.send_as(&reader, Method::GET, "/v1/executions", None).await;
+    let listed = app
+        .send_as(&reader, Method::GET, "/v1/executions", None)
+        .await;
     assert_eq!(listed.status(), StatusCode::OK);
-    let hooks = app.send_as(&reader, Method::GET, "/v1/webhook-endpoints", None).await;
+    let hooks = app
+        .send_as(&reader, Method::GET, "/v1/webhook-endpoints", None)
+        .await;
     let body = assert_error(hooks, StatusCode::FORBIDDEN, "missing_scope").await;
     assert_eq!(body["details"]["scope"], "webhooks:manage");
     let orgs = app.send_as(&reader, Method::GET, "/v1/orgs", None).await;
@@ -133,18 +166,41 @@ async fn a_missing_scope_is_403_naming_it() {
     // prompts:promote too.
     let writer = app.create_key("acme", &["prompts:write"]).await;
     let moved = app
-        .send_as(&writer, Method::PUT, "/v1/prompts/summarize/labels/staging", Some(&json!({"version": 1})))
+        .send_as(
+            &writer,
+            Method::PUT,
+            "/v1/prompts/summarize/labels/staging",
+            Some(&json!({"version": 1})),
+        )
         .await;
     assert_eq!(moved.status(), StatusCode::OK);
-    assert!(moved.json::<Value>().await.unwrap()["actor"].as_str().unwrap().starts_with("key:"));
+    assert!(moved.json::<Value>().await.unwrap()["actor"]
+        .as_str()
+        .unwrap()
+        .starts_with("key:"));
     let production = app
-        .send_as(&writer, Method::PUT, "/v1/prompts/summarize/labels/production", Some(&json!({"version": 1})))
+        .send_as(
+            &writer,
+            Method::PUT,
+            "/v1/prompts/summarize/labels/production",
+            Some(&json!({"version": 1})),
+        )
         .await;
     let body = assert_error(production, StatusCode::FORBIDDEN, "forbidden").await;
-    assert!(body["message"].as_str().unwrap().contains("prompts:promote"));
-    let promoter = app.create_key("acme", &["prompts:write", "prompts:promote"]).await;
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("prompts:promote"));
+    let promoter = app
+        .create_key("acme", &["prompts:write", "prompts:promote"])
+        .await;
     let production = app
-        .send_as(&promoter, Method::PUT, "/v1/prompts/summarize/labels/production", Some(&json!({"version": 1})))
+        .send_as(
+            &promoter,
+            Method::PUT,
+            "/v1/prompts/summarize/labels/production",
+            Some(&json!({"version": 1})),
+        )
         .await;
     assert_eq!(production.status(), StatusCode::OK);
     app.cleanup().await;
@@ -161,7 +217,9 @@ async fn unknown_expired_and_malformed_keys_are_refused() {
         let response = app.send_as(key, Method::GET, "/v1/executions", None).await;
         assert_error(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
     }
-    let response = app.send_as(&expiring, Method::GET, "/v1/executions", None).await;
+    let response = app
+        .send_as(&expiring, Method::GET, "/v1/executions", None)
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     // Cached or not, an expired key is refused from its expiry on.
     let refused = app
@@ -184,7 +242,12 @@ async fn unknown_expired_and_malformed_keys_are_refused() {
         .await;
     assert_error(past, StatusCode::BAD_REQUEST, "bad_request").await;
     let unknown_scope = app
-        .send_as(ADMIN, Method::POST, "/v1/orgs/acme/keys", Some(&json!({"scopes": ["root"]})))
+        .send_as(
+            ADMIN,
+            Method::POST,
+            "/v1/orgs/acme/keys",
+            Some(&json!({"scopes": ["root"]})),
+        )
         .await;
     assert_error(unknown_scope, StatusCode::BAD_REQUEST, "bad_request").await;
     app.cleanup().await;
@@ -229,18 +292,32 @@ async fn a_revoked_key_is_refused_by_two_api_processes_within_a_second() {
         }
     };
     // Both processes have the key cached.
-    assert_eq!(status_at(app.address.clone(), key.clone()).await, StatusCode::OK);
-    assert_eq!(status_at(second_url.clone(), key.clone()).await, StatusCode::OK);
+    assert_eq!(
+        status_at(app.address.clone(), key.clone()).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status_at(second_url.clone(), key.clone()).await,
+        StatusCode::OK
+    );
     let id: String = app
         .db()
         .await
-        .query_one("SELECT id::text FROM api_keys WHERE tenant_id = 'acme'", &[])
+        .query_one(
+            "SELECT id::text FROM api_keys WHERE tenant_id = 'acme'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
 
     let revoked = app
-        .send_as(ADMIN, Method::POST, &format!("/v1/orgs/acme/keys/{id}/revoke"), None)
+        .send_as(
+            ADMIN,
+            Method::POST,
+            &format!("/v1/orgs/acme/keys/{id}/revoke"),
+            None,
+        )
         .await;
     assert_eq!(revoked.status(), StatusCode::OK);
     let revoked_at = Instant::now();
@@ -259,14 +336,23 @@ async fn a_revoked_key_is_refused_by_two_api_processes_within_a_second() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let refused_after = refused_after.expect("the second API process accepted the key for a second after its revocation");
+    let refused_after = refused_after
+        .expect("the second API process accepted the key for a second after its revocation");
     eprintln!("revocation reached the second API process after {refused_after:?}");
     // Revoking again changes nothing; the listing shows it revoked.
     let again = app
-        .send_as(ADMIN, Method::POST, &format!("/v1/orgs/acme/keys/{id}/revoke"), None)
+        .send_as(
+            ADMIN,
+            Method::POST,
+            &format!("/v1/orgs/acme/keys/{id}/revoke"),
+            None,
+        )
         .await;
     assert_eq!(again.status(), StatusCode::OK);
-    assert_eq!(again.json::<Value>().await.unwrap()["revoked_at"], body["revoked_at"]);
+    assert_eq!(
+        again.json::<Value>().await.unwrap()["revoked_at"],
+        body["revoked_at"]
+    );
 
     cancel.cancel();
     second_task.await.unwrap().unwrap();
@@ -278,11 +364,21 @@ async fn a_key_bound_to_an_end_user_submits_as_that_user_only() {
     let app = spawn().await;
     app.create_org("acme").await;
     let key = app
-        .create_key_with("acme", &["executions:write", "executions:read"], Some("u_42"), None)
+        .create_key_with(
+            "acme",
+            &["executions:write", "executions:read"],
+            Some("u_42"),
+            None,
+        )
         .await;
     let input = json!({"text": "bound"});
     let ok = app
-        .send_as(&key, Method::POST, "/v1/executions", Some(&json!({"prompt": "summarize", "input": input})))
+        .send_as(
+            &key,
+            Method::POST,
+            "/v1/executions",
+            Some(&json!({"prompt": "summarize", "input": input})),
+        )
         .await;
     assert_eq!(ok.status(), StatusCode::ACCEPTED);
     assert_eq!(ok.json::<Value>().await.unwrap()["user"], "u_42");
@@ -307,10 +403,17 @@ async fn each_organisation_has_its_own_prompts_and_labels() {
     let definition = json!({"model": "gpt-4o-mini", "template": "Acme: {{ text }}",
         "input_schema": {"type": "object", "required": ["text"]}});
     let created = app
-        .send_as(&acme, Method::POST, "/v1/prompts/summarize/versions", Some(&definition))
+        .send_as(
+            &acme,
+            Method::POST,
+            "/v1/prompts/summarize/versions",
+            Some(&definition),
+        )
         .await;
     assert_eq!(created.status(), StatusCode::CREATED);
-    let version = created.json::<Value>().await.unwrap()["version"].as_i64().unwrap();
+    let version = created.json::<Value>().await.unwrap()["version"]
+        .as_i64()
+        .unwrap();
     let moved = app
         .send_as(
             &acme,
@@ -321,7 +424,12 @@ async fn each_organisation_has_its_own_prompts_and_labels() {
         .await;
     assert_eq!(moved.status(), StatusCode::OK);
     // The default organisation's summarize is untouched.
-    let default: Value = app.get_authorized("/v1/prompts/summarize").await.json().await.unwrap();
+    let default: Value = app
+        .get_authorized("/v1/prompts/summarize")
+        .await
+        .json()
+        .await
+        .unwrap();
     let acme_view: Value = app
         .send_as(&acme, Method::GET, "/v1/prompts/summarize", None)
         .await
@@ -353,8 +461,13 @@ async fn each_organisation_has_its_own_prompts_and_labels() {
 
     // An execution of each runs its own organisation's version.
     let submit = json!({"prompt": "summarize", "input": {"text": "t"}});
-    let mine = app.send_as(&acme, Method::POST, "/v1/executions", Some(&submit)).await;
-    assert_eq!(mine.json::<Value>().await.unwrap()["prompt"]["version"], version);
+    let mine = app
+        .send_as(&acme, Method::POST, "/v1/executions", Some(&submit))
+        .await;
+    assert_eq!(
+        mine.json::<Value>().await.unwrap()["prompt"]["version"],
+        version
+    );
     let theirs = app.submit_accepted(&submit).await;
     assert_ne!(theirs["prompt"]["version"], version);
     app.cleanup().await;
@@ -387,15 +500,29 @@ async fn an_organisations_admin_manages_only_its_own_keys_and_creates_no_organis
         .unwrap();
     assert_eq!(everyone["organisations"].as_array().unwrap().len(), 3);
     let created = app
-        .send_as(&acme_admin, Method::POST, "/v1/orgs/acme/keys", Some(&json!({"scopes": ["executions:read"]})))
+        .send_as(
+            &acme_admin,
+            Method::POST,
+            "/v1/orgs/acme/keys",
+            Some(&json!({"scopes": ["executions:read"]})),
+        )
         .await;
     assert_eq!(created.status(), StatusCode::CREATED);
-    for path in ["/v1/orgs/globex", "/v1/orgs/globex/keys", "/v1/orgs/default/keys"] {
+    for path in [
+        "/v1/orgs/globex",
+        "/v1/orgs/globex/keys",
+        "/v1/orgs/default/keys",
+    ] {
         let response = app.send_as(&acme_admin, Method::GET, path, None).await;
         assert_error(response, StatusCode::NOT_FOUND, "not_found").await;
     }
     let new_org = app
-        .send_as(&acme_admin, Method::POST, "/v1/orgs", Some(&json!({"id": "initech"})))
+        .send_as(
+            &acme_admin,
+            Method::POST,
+            "/v1/orgs",
+            Some(&json!({"id": "initech"})),
+        )
         .await;
     assert_error(new_org, StatusCode::FORBIDDEN, "forbidden").await;
     app.cleanup().await;

@@ -267,8 +267,13 @@ async fn resolve(
         .await?
         .map_err(|why| {
             ServiceError::NotFound(match why {
-                Unresolved::UnknownPrompt => format!("no prompt named {:?}", request.prompt.as_str()),
-                _ => format!("prompt {:?} has no version {version}", request.prompt.as_str()),
+                Unresolved::UnknownPrompt => {
+                    format!("no prompt named {:?}", request.prompt.as_str())
+                }
+                _ => format!(
+                    "prompt {:?} has no version {version}",
+                    request.prompt.as_str()
+                ),
             })
         })?;
     drop(client);
