@@ -25,6 +25,9 @@ HTTP_PORT=${LLMQ_HTTP_PORT:-8080}
 MODEL_PORT=${LLMQ_MODEL_PORT:-8081}
 MODEL_ALIAS=${LLMQ_MODEL_ALIAS:-smollm2-135m-instruct}
 API_KEY=${LLMQ_API__API_KEY:-dev-key}
+# The development bootstrap of the default organisation (empty by default:
+# production creates keys with `llmq-api bootstrap-admin`).
+ADMIN_KEY=${LLMQ_API__ADMIN_KEY:-dev-admin-key}
 READY_WAIT_SECS=${LLMQ_READY_WAIT_SECS:-60}
 STOP_WAIT_SECS=${LLMQ_STOP_WAIT_SECS:-35}
 export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/llmq}
@@ -176,6 +179,7 @@ else
         echo "[api]"
         echo "addr = $(toml_str "127.0.0.1:$HTTP_PORT")"
         echo "api_key = $(toml_str "$API_KEY")"
+        echo "admin_key = $(toml_str "$ADMIN_KEY")"
         echo
         echo "[provider]"
         if [ -n "${LLMQ_PROVIDER_BASE_URL:-}" ]; then

@@ -26,6 +26,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("{0}")]
     Forbidden(String),
+    #[error("this key lacks the {0} scope")]
+    MissingScope(llmq_shared::keys::Scope),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -71,6 +73,7 @@ impl ApiError {
             Self::BadRequest(_) => "bad_request",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden(_) => "forbidden",
+            Self::MissingScope(_) => "missing_scope",
             Self::NotFound(_) => "not_found",
             Self::Conflict(_) => "conflict",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
@@ -117,7 +120,7 @@ impl ResponseError for ApiError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::MissingScope(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -151,6 +154,7 @@ impl ResponseError for ApiError {
         };
         let details = match self {
             Self::Unprocessable { details, .. } => details.clone(),
+            Self::MissingScope(scope) => Some(serde_json::json!({"scope": scope.as_str()})),
             _ => None,
         };
         let mut response = HttpResponse::build(self.status_code());

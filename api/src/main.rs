@@ -1,5 +1,6 @@
 //! `llmq-api serve` runs the HTTP API; `llmq-api migrate` applies the
-//! schema migrations and loads the prompt files.
+//! schema migrations and loads the prompt files; `llmq-api bootstrap-admin`
+//! creates the first admin key and prints it.
 
 use clap::{Parser, Subcommand};
 use llmq_api::startup::{sync_prompts, Application};
@@ -25,6 +26,14 @@ enum Command {
     Serve,
     /// Apply migrations and sync prompt files, then exit.
     Migrate,
+    /// Create an admin key of the default organisation (every scope) and
+    /// print it once on stdout: the first key of a deployment, from which
+    /// `llmq orgs create` and `llmq keys create` make the rest.
+    BootstrapAdmin {
+        /// Shown in key listings.
+        #[arg(long, default_value = "bootstrap")]
+        name: String,
+    },
 }
 
 #[tokio::main]
@@ -37,6 +46,14 @@ async fn main() -> anyhow::Result<()> {
             let pool = db::create_pool(&settings.database_url, 2)?;
             sync_prompts(&settings, &pool).await?;
             tracing::info!("database is migrated and prompts are synced");
+        }
+        Command::BootstrapAdmin { name } => {
+            use std::io::Write;
+            db::migrate(&settings.database_url).await?;
+            let pool = db::create_pool(&settings.database_url, 2)?;
+            let created = llmq_api::services::tenancy::bootstrap_admin(&pool, name).await?;
+            tracing::info!(key.id = %created.key.id, key.prefix = %created.key.prefix, "admin key created");
+            writeln!(std::io::stdout(), "{}", created.secret)?;
         }
         Command::Serve => {
             // Before anything starts: a SIGTERM during start-up is kept.

@@ -35,6 +35,10 @@ use crate::webhook_resources::{
         llmq_shared::execution::ExecutionStatus, llmq_shared::execution::Usage, llmq_shared::execution::ErrorInfo,
         CreateEndpoint, UpdateEndpoint, EndpointResource, EndpointWithSecret, EndpointList, WebhookSecret,
         DeliveryResource, AttemptResource, DeliveryList, RecoverRequest, RecoverResult,
+        crate::resources::tenancy::CreateOrg, crate::resources::tenancy::OrgResource,
+        crate::resources::tenancy::OrgList, crate::resources::tenancy::CreateKey,
+        crate::resources::tenancy::KeyResource, crate::resources::tenancy::KeyWithSecret,
+        crate::resources::tenancy::KeyList,
     )),
     modifiers(&BearerAuth)
 )]

@@ -3,6 +3,7 @@
 //! handlers stay thin.
 
 pub mod prompts;
+pub mod tenancy;
 
 use chrono::{DateTime, Utc};
 use llmq_shared::execution::{ErrorInfo, Usage};

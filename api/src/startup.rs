@@ -44,6 +44,8 @@ pub struct Application {
     broker: CancellationToken,
     /// The publisher's and subscriber's sessions.
     sessions: TaskTracker,
+    /// Counts the events subscriber's sessions (bound queues).
+    event_sessions: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Application {
@@ -76,7 +78,9 @@ impl Application {
             buffers,
         );
         sessions.spawn(consume_events);
+        let event_sessions = events.sessions();
         let label_moves = events.label_moves();
+        let key_revocations = events.key_revocations();
         let (to_publish, pipeline) = Pipeline::start(
             publisher.clone(),
             pool.clone(),
@@ -98,7 +102,16 @@ impl Application {
                 &settings.webhooks.encryption_key,
             )?,
             destinations: (&settings.webhooks).into(),
+            keys: crate::auth::KeyCache::new(
+                Duration::from_secs(settings.api.key_cache_secs),
+                Duration::from_secs(settings.api.key_negative_cache_secs),
+            ),
         });
+        sessions.spawn(forget_revoked_keys(
+            key_revocations,
+            state.clone(),
+            broker.clone(),
+        ));
         sessions.spawn(invalidate_moved_labels(
             label_moves,
             state.clone(),
@@ -198,7 +211,17 @@ impl Application {
             pipeline,
             broker,
             sessions,
+            event_sessions,
         })
+    }
+
+    /// Resolves once this process listens to the events exchange (label
+    /// moves and key revocations announced from then on reach it).
+    pub fn events_bound(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let mut sessions = self.event_sessions.clone();
+        async move {
+            let _ = sessions.wait_for(|n| *n > 0).await;
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -244,6 +267,32 @@ async fn invalidate_moved_labels(
                     state.labels.invalidate(&m.prompt, &m.label);
                 }
                 Ok(LabelEvent::Resubscribed) | Err(RecvError::Lagged(_)) => state.labels.invalidate_all(),
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+/// Drops a key from this process's cache as soon as any API process
+/// announces its revocation; after announcements may have been missed,
+/// every key (the next request of each loads it again). Runs until the
+/// broker sessions stop.
+async fn forget_revoked_keys(
+    mut revocations: tokio::sync::broadcast::Receiver<llmq_shared::events::KeyEvent>,
+    state: web::Data<AppState>,
+    stop: CancellationToken,
+) {
+    use llmq_shared::events::KeyEvent;
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            heard = revocations.recv() => match heard {
+                Ok(KeyEvent::Revoked(r)) => {
+                    tracing::debug!("key revoked; cache entry cleared");
+                    state.keys.forget(&r.key_hash);
+                }
+                Ok(KeyEvent::Resubscribed) | Err(RecvError::Lagged(_)) => state.keys.forget_all(),
                 Err(RecvError::Closed) => return,
             }
         }

@@ -34,6 +34,8 @@ pub struct AppState {
     pub sealer: Sealer,
     /// Which webhook destinations may be registered.
     pub destinations: DestinationPolicy,
+    /// Presented API keys, by hash (`crate::auth`).
+    pub keys: crate::auth::KeyCache,
 }
 
 impl AppState {

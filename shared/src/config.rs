@@ -71,7 +71,8 @@ pub struct ApiSettings {
     /// served when set (e.g. `127.0.0.1:9465`), and then only there; empty
     /// serves them on `addr` beside the API.
     pub ops_addr: String,
-    /// The single API key accepted until tenants and scoped keys arrive.
+    /// Development bootstrap key of the `default` organisation (every scope
+    /// but `admin` and `prompts:promote`); empty: none.
     pub api_key: String,
     pub max_body_bytes: usize,
     /// Upper bound of `?wait=N` long polls.
@@ -97,10 +98,14 @@ pub struct ApiSettings {
     /// Connections one HTTP worker thread holds open at once; further
     /// ones wait in the listen backlog.
     pub max_connections: usize,
-    /// The key that may move protected labels (and set the protected
-    /// flag), until scoped keys exist; it is also accepted wherever
-    /// `api_key` is. Empty: no key may move a protected label.
+    /// Development bootstrap key of the `default` organisation with every
+    /// scope; empty: none.
     pub admin_key: String,
+    /// Longest time a cached API key is trusted (revocations are pushed;
+    /// this bounds a missed one).
+    pub key_cache_secs: u64,
+    /// How long an unknown presented key is remembered as unknown.
+    pub key_negative_cache_secs: u64,
     /// Labels that are protected whatever their flag says.
     pub protected_labels: Vec<String>,
 }
@@ -245,7 +250,7 @@ impl Default for ApiSettings {
         Self {
             addr: "127.0.0.1:8080".into(),
             ops_addr: String::new(),
-            api_key: "dev-key".into(),
+            api_key: String::new(),
             max_body_bytes: 256 * 1024,
             max_wait_secs: 60,
             http_workers: 0,
@@ -255,7 +260,9 @@ impl Default for ApiSettings {
             label_cache_ms: 1000,
             body_timeout_secs: 10,
             max_connections: 25_000,
-            admin_key: "dev-admin-key".into(),
+            admin_key: String::new(),
+            key_cache_secs: 60,
+            key_negative_cache_secs: 5,
             protected_labels: vec!["production".into()],
         }
     }

@@ -126,6 +126,46 @@ impl Publisher {
     }
 }
 
+/// Routing key of `KeyRevoked` messages on the events exchange.
+pub const KEY_EVENTS_KEY: &str = "keys.revoked";
+
+/// An API key was revoked: every API process drops it from its key cache.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct KeyRevoked {
+    /// The key's sha256 (what the caches are keyed by), never the key.
+    pub key_hash: String,
+}
+
+/// What the key-cache invalidator hears.
+#[derive(Clone, Debug, PartialEq)]
+pub enum KeyEvent {
+    Revoked(KeyRevoked),
+    /// The subscriber (re)bound its queue: revocations announced while it
+    /// was not bound were not heard, so every cached key must go.
+    Resubscribed,
+}
+
+impl Publisher {
+    /// Announces a revocation to every API process, tried like a label
+    /// move; a replica that misses it refuses the key once its cache entry
+    /// reaches `api.key_cache_secs`.
+    pub async fn publish_key_revoked(&self, revoked: &KeyRevoked) {
+        let Ok(body) = serde_json::to_vec(revoked) else {
+            return;
+        };
+        let mut tries = 0;
+        while let Err(e) = self.publish_event(KEY_EVENTS_KEY, &body).await {
+            tries += 1;
+            if tries == LABEL_PUBLISH_TRIES {
+                tracing::warn!(error = %e,
+                    "key revocation not announced; replicas refuse the key within the key cache age");
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
 /// Attempts at announcing one label move.
 const LABEL_PUBLISH_TRIES: u32 = 5;
 
@@ -162,6 +202,7 @@ pub struct Subscriber {
     by_id: Mutex<HashMap<ExecutionId, broadcast::Sender<ExecutionEvent>>>,
     all: broadcast::Sender<ExecutionEvent>,
     labels: broadcast::Sender<LabelEvent>,
+    keys: broadcast::Sender<KeyEvent>,
     streams: Mutex<HashMap<ExecutionId, broadcast::Sender<Arc<LogEvent>>>>,
     log_all: broadcast::Sender<Arc<LogEvent>>,
     buffers: StreamBuffers,
@@ -231,6 +272,7 @@ impl Subscriber {
             by_id: Mutex::new(HashMap::new()),
             all: broadcast::channel(SUBSCRIBE_BUFFER).0,
             labels: broadcast::channel(LABEL_BUFFER).0,
+            keys: broadcast::channel(LABEL_BUFFER).0,
             streams: Mutex::new(HashMap::new()),
             log_all: broadcast::channel(buffers.all.max(1)).0,
             buffers,
@@ -247,6 +289,12 @@ impl Subscriber {
     /// (re)subscription after which earlier moves may have been missed.
     pub fn label_moves(&self) -> broadcast::Receiver<LabelEvent> {
         self.labels.subscribe()
+    }
+
+    /// Every key revocation this process hears, from now on, and each
+    /// (re)subscription after which earlier ones may have been missed.
+    pub fn key_revocations(&self) -> broadcast::Receiver<KeyEvent> {
+        self.keys.subscribe()
     }
 
     /// The log events of one execution, from now on. Register before
@@ -388,6 +436,7 @@ async fn consume(
     tracing::debug!(session = name, "consuming lifecycle events");
     // Bound from here on; whatever moved before is re-read from Postgres.
     let _ = subscriber.labels.send(LabelEvent::Resubscribed);
+    let _ = subscriber.keys.send(KeyEvent::Resubscribed);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => {
@@ -401,6 +450,11 @@ async fn consume(
                 Some(Ok(delivery)) if delivery.routing_key.as_str() == LABEL_EVENTS_KEY => {
                     if let Ok(moved) = serde_json::from_slice::<LabelMoved>(&delivery.data) {
                         let _ = subscriber.labels.send(LabelEvent::Moved(moved));
+                    }
+                }
+                Some(Ok(delivery)) if delivery.routing_key.as_str() == KEY_EVENTS_KEY => {
+                    if let Ok(revoked) = serde_json::from_slice::<KeyRevoked>(&delivery.data) {
+                        let _ = subscriber.keys.send(KeyEvent::Revoked(revoked));
                     }
                 }
                 Some(Ok(delivery)) => {
@@ -429,7 +483,7 @@ async fn open(
         url,
         name,
         topology,
-        &[TERMINAL_EVENTS_KEY, LABEL_EVENTS_KEY],
+        &[TERMINAL_EVENTS_KEY, LABEL_EVENTS_KEY, KEY_EVENTS_KEY],
     )
     .await
 }

@@ -64,11 +64,54 @@ string_id!(
     IdempotencyKey
 );
 
+/// The organisation that owns the prompt files and the rows written
+/// before organisations existed; the configured development keys are its.
+pub const DEFAULT_TENANT: &str = "default";
+
 impl TenantId {
     /// Tenants come from configuration or the key store, not from clients.
     pub fn new(id: impl Into<String>) -> Self {
         Self(id.into())
     }
+
+    /// An organisation id as an admin gives it: the registry's name rules
+    /// (a-z, 0-9, `-`, `_`, `.`, up to 64).
+    pub fn parse(id: &str) -> Result<Self, InvalidId> {
+        validate_name(id).map_err(InvalidId)?;
+        Ok(Self(id.to_string()))
+    }
+
+    pub fn is_default(&self) -> bool {
+        self.0 == DEFAULT_TENANT
+    }
+
+    /// The registry key of this organisation's prompt `name`: the name
+    /// itself for `default`, `<org>/<name>` for any other. A client's
+    /// prompt name cannot contain `/`, so no organisation can name
+    /// another's prompt, and every prompt, label, version and execution
+    /// row of an organisation is its own by construction.
+    pub fn prompt_key(&self, name: &str) -> String {
+        if self.is_default() {
+            name.to_string()
+        } else {
+            format!("{}/{name}", self.0)
+        }
+    }
+
+    /// What `prompt_key` is prefixed with (empty for `default`).
+    pub fn prompt_namespace(&self) -> String {
+        if self.is_default() {
+            String::new()
+        } else {
+            format!("{}/", self.0)
+        }
+    }
+}
+
+/// The name a client knows a stored prompt by (its registry key without
+/// the organisation).
+pub fn public_prompt_name(key: &str) -> &str {
+    key.rsplit_once('/').map_or(key, |(_, name)| name)
 }
 
 impl PromptName {
@@ -115,6 +158,19 @@ mod tests {
         assert!(PromptName::parse("").is_err());
         assert!(Label::parse("a\0b").is_err());
         assert_eq!(Label::production().as_str(), "production");
+    }
+
+    #[test]
+    fn an_organisations_prompts_are_keyed_under_its_id() {
+        let acme = TenantId::parse("acme").unwrap();
+        assert_eq!(acme.prompt_key("summarize"), "acme/summarize");
+        assert_eq!(
+            TenantId::new(DEFAULT_TENANT).prompt_key("summarize"),
+            "summarize"
+        );
+        assert_eq!(public_prompt_name("acme/summarize"), "summarize");
+        assert_eq!(public_prompt_name("summarize"), "summarize");
+        assert!(TenantId::parse("Acme/x").is_err());
     }
 
     #[test]

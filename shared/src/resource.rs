@@ -64,7 +64,7 @@ impl From<&Execution> for ExecutionResource {
             id: e.id.to_string(),
             status: e.status,
             prompt: PromptRef {
-                name: e.prompt_name.clone(),
+                name: crate::ids::public_prompt_name(&e.prompt_name).to_string(),
                 version: e.prompt_version,
                 label: e.prompt_label.clone(),
                 arm: e.prompt_arm.clone(),

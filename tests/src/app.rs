@@ -194,6 +194,75 @@ impl TestApp {
         format!("{}{path}", self.ops_address)
     }
 
+    // ---- tenancy ---------------------------------------------------------
+
+    /// Creates organisation `id` (with its copy of the prompt files), as
+    /// the operator would, straight through the service.
+    pub async fn create_org(&self, id: &str) {
+        use llmq_api::services::tenancy::{create_org, Manager};
+        use llmq_shared::ids::TenantId;
+        let operator = Manager {
+            tenant: TenantId::new(llmq_shared::ids::DEFAULT_TENANT),
+            operator: true,
+        };
+        create_org(&self.pool, &operator, &TenantId::parse(id).unwrap(), None)
+            .await
+            .expect("creating the organisation");
+    }
+
+    /// A new key of organisation `org` with these scopes (`["*"]`: all);
+    /// answers the secret.
+    pub async fn create_key(&self, org: &str, scopes: &[&str]) -> String {
+        self.create_key_with(org, scopes, None, None).await
+    }
+
+    /// `create_key`, bound to an end user and/or expiring.
+    pub async fn create_key_with(
+        &self,
+        org: &str,
+        scopes: &[&str],
+        user: Option<&str>,
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> String {
+        use llmq_api::services::tenancy::{create_key, KeyRequest, Manager};
+        use llmq_shared::ids::TenantId;
+        use llmq_shared::keys::Scopes;
+        let operator = Manager {
+            tenant: TenantId::new(llmq_shared::ids::DEFAULT_TENANT),
+            operator: true,
+        };
+        let scopes = if scopes == ["*"] {
+            Scopes::all()
+        } else {
+            Scopes::parse_all(scopes).unwrap()
+        };
+        let request = KeyRequest {
+            name: Some("test".into()),
+            scopes,
+            user: user.map(str::to_string),
+            expires_at,
+        };
+        create_key(&self.pool, &operator, org, request)
+            .await
+            .expect("creating the key")
+            .secret
+    }
+
+    /// A request with another key than the app's.
+    pub async fn send_as(
+        &self,
+        key: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Response {
+        let mut request = self.client.request(method, self.url(path)).bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        request.send().await.expect("sending the request")
+    }
+
     // ---- endpoints -------------------------------------------------------
 
     /// `POST /v1/executions` with a JSON body.

@@ -9,6 +9,7 @@ mod api {
     mod failures;
     mod group_commit;
     mod hardening;
+    mod isolation;
     mod lifecycle;
     mod openapi;
     mod operations;
@@ -20,6 +21,7 @@ mod api {
     mod structured_output;
     mod telemetry;
     mod templates;
+    mod tenancy;
     mod validation;
     mod webhooks;
 }

@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::client::{CliError, Client};
-use super::{exit, PromptsCommand};
+use super::{exit, KeysCommand, OrgsCommand, PromptsCommand};
 
 /// Where and how results are printed.
 pub struct Output {
@@ -480,4 +480,132 @@ pub async fn run(client: &Client, out: &Output, spec: RunSpec) -> Result<u8, Cli
     } else {
         exit::EXECUTION_FAILED
     })
+}
+
+fn org_line(o: &Value) -> String {
+    format!(
+        "{:<24} {:<24} {}",
+        s(o, "/id"),
+        s(o, "/name"),
+        s(o, "/created_at")
+    )
+}
+
+pub async fn orgs(client: &Client, out: &Output, command: OrgsCommand) -> Result<u8, CliError> {
+    match command {
+        OrgsCommand::Create { id, name } => {
+            let id = checked("id", &id)?;
+            let url = client.url("/v1/orgs", &[])?;
+            let body = json!({"id": id, "name": name});
+            let (_, created) = client.send(Method::POST, url, Some(&body)).await?;
+            out.show(&created, || {
+                format!("created organisation {}", s(&created, "/id"))
+            })?;
+        }
+        OrgsCommand::List => {
+            let body = client.get("/v1/orgs", &[]).await?;
+            out.show(&body, || {
+                let mut text = format!("{:<24} {:<24} CREATED\n", "ID", "NAME");
+                for o in body["organisations"].as_array().into_iter().flatten() {
+                    text.push_str(&org_line(o));
+                    text.push('\n');
+                }
+                text
+            })?;
+        }
+        OrgsCommand::Show { id } => {
+            let id = checked("id", &id)?;
+            let body = client.get(&format!("/v1/orgs/{id}"), &[]).await?;
+            out.show(&body, || org_line(&body))?;
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn key_line(k: &Value) -> String {
+    let scopes: Vec<String> = k["scopes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    let state = if !k["revoked_at"].is_null() {
+        format!("revoked {}", s(k, "/revoked_at"))
+    } else if !k["expires_at"].is_null() {
+        format!("expires {}", s(k, "/expires_at"))
+    } else {
+        "active".into()
+    };
+    format!(
+        "{:<36} {:<16} {:<14} {:<10} {}  [{}]",
+        s(k, "/id"),
+        s(k, "/prefix"),
+        s(k, "/name"),
+        s(k, "/user"),
+        state,
+        scopes.join(",")
+    )
+}
+
+pub async fn keys(client: &Client, out: &Output, command: KeysCommand) -> Result<u8, CliError> {
+    match command {
+        KeysCommand::Create {
+            org,
+            scopes,
+            name,
+            user,
+            expires_at,
+        } => {
+            let org = checked("org", &org)?;
+            let url = client.url(&format!("/v1/orgs/{org}/keys"), &[])?;
+            let body =
+                json!({"scopes": scopes, "name": name, "user": user, "expires_at": expires_at});
+            let (_, created) = client.send(Method::POST, url, Some(&body)).await?;
+            // The secret alone on stdout, so `KEY=$(llmq keys create ...)` works;
+            // the rest on stderr.
+            if out.json {
+                out.show(&created, String::new)?;
+            } else {
+                line(&s(&created, "/secret"))?;
+                let mut err = std::io::stderr().lock();
+                let _ = writeln!(
+                    err,
+                    "created key {} ({}) of {org}; it is shown once, store it now",
+                    s(&created, "/id"),
+                    s(&created, "/prefix")
+                );
+            }
+        }
+        KeysCommand::List { org } => {
+            let org = checked("org", &org)?;
+            let body = client.get(&format!("/v1/orgs/{org}/keys"), &[]).await?;
+            out.show(&body, || {
+                let mut text = format!(
+                    "{:<36} {:<16} {:<14} {:<10} STATE  [SCOPES]\n",
+                    "ID", "PREFIX", "NAME", "USER"
+                );
+                for k in body["keys"].as_array().into_iter().flatten() {
+                    text.push_str(&key_line(k));
+                    text.push('\n');
+                }
+                text
+            })?;
+        }
+        KeysCommand::Revoke { id, org } => {
+            let org = checked("org", &org)?;
+            let id: uuid::Uuid = id.parse().map_err(|_| {
+                CliError::Usage(format!("{id}: not a key id (see `llmq keys list`)"))
+            })?;
+            let url = client.url(&format!("/v1/orgs/{org}/keys/{id}/revoke"), &[])?;
+            let (_, revoked) = client.send(Method::POST, url, None).await?;
+            out.show(&revoked, || {
+                format!(
+                    "revoked key {} ({})",
+                    s(&revoked, "/id"),
+                    s(&revoked, "/prefix")
+                )
+            })?;
+        }
+    }
+    Ok(exit::OK)
 }

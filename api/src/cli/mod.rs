@@ -33,7 +33,7 @@ pub struct Cli {
         global = true
     )]
     pub url: String,
-    /// API key (the admin key to move protected labels).
+    /// API key (`llmq_sk_…`; `dev-key` is `make run`'s development key).
     #[arg(
         long,
         env = "LLMQ_API_KEY",
@@ -54,6 +54,13 @@ pub enum Command {
     /// The prompt registry.
     #[command(subcommand)]
     Prompts(PromptsCommand),
+    /// Organisations (an admin key; creating one needs the default
+    /// organisation's).
+    #[command(subcommand)]
+    Orgs(OrgsCommand),
+    /// API keys of an organisation (an admin key).
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Submit an execution and follow it until it ends.
     Run {
         /// Prompt name.
@@ -129,6 +136,58 @@ pub enum PromptsCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum OrgsCommand {
+    /// Create an organisation (it gets its own copy of the prompt files).
+    Create {
+        /// a-z, 0-9, `-`, `_`, `.`; fixed for good.
+        id: String,
+        /// Display name (default: the id).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// The organisations this key sees.
+    List,
+    /// One organisation.
+    Show { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print it (shown once: store it now).
+    Create {
+        /// The key's organisation.
+        #[arg(long, default_value = "default")]
+        org: String,
+        /// A scope, repeatable or comma-separated: executions:write,
+        /// executions:read, prompts:write, prompts:promote,
+        /// webhooks:manage, admin.
+        #[arg(long = "scope", required = true, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// What the key is for.
+        #[arg(long)]
+        name: Option<String>,
+        /// Bind the key to one end user.
+        #[arg(long)]
+        user: Option<String>,
+        /// When the key stops working (RFC 3339).
+        #[arg(long)]
+        expires_at: Option<String>,
+    },
+    /// The organisation's keys: prefix, scopes, user, times.
+    List {
+        #[arg(long, default_value = "default")]
+        org: String,
+    },
+    /// Revoke a key: every API process refuses it within a second.
+    Revoke {
+        /// The key's id (from `keys list`).
+        id: String,
+        #[arg(long, default_value = "default")]
+        org: String,
+    },
+}
+
 /// Runs the command; answers the exit code.
 pub async fn run(cli: Cli) -> u8 {
     let client = match client::Client::new(&cli.url, &cli.key) {
@@ -138,6 +197,8 @@ pub async fn run(cli: Cli) -> u8 {
     let out = commands::Output { json: cli.json };
     let result = match cli.command {
         Command::Prompts(p) => commands::prompts(&client, &out, p).await,
+        Command::Orgs(o) => commands::orgs(&client, &out, o).await,
+        Command::Keys(k) => commands::keys(&client, &out, k).await,
         Command::Run {
             name,
             input,

@@ -36,13 +36,14 @@ fn sse(frames: impl futures::Stream<Item = Frame> + 'static) -> HttpResponse {
         CursorQuery,
     ),
     responses(
+        (status = 403, description = "The key lacks the route's scope (missing_scope)", body = ErrorBody),
         (status = 200, description = "Server-Sent Events: `snapshot`, then `status`, `step`, `delta` and `done` events (`id:` the sequence number); ends after `done`", content_type = "text/event-stream", body = String),
         (status = 400, description = "The cursor is not an event id, or is past the last event", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 503, body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["executions:read"]))
 )]
 #[get("/v1/executions/{id}/events")]
 pub async fn execution_events(
@@ -83,11 +84,12 @@ pub struct TenantQuery {
     tag = "events",
     params(TenantQuery),
     responses(
+        (status = 403, description = "The key lacks the route's scope (missing_scope)", body = ErrorBody),
         (status = 200, description = "Server-Sent Events: live `status`, `step` and `done` events, each with `execution_id` and `seq` in its data; no replay", content_type = "text/event-stream", body = String),
         (status = 400, description = "Unknown status or bad prompt name", body = ErrorBody),
         (status = 401, body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["executions:read"]))
 )]
 #[get("/v1/events")]
 pub async fn tenant_events(

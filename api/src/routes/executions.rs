@@ -45,6 +45,7 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError
         (status = 400, description = "Malformed body, a bad name, a NUL character in a string", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 404, description = "Unknown prompt, version or label", body = ErrorBody),
+        (status = 403, description = "The key lacks executions:write (missing_scope), or is bound to another end user than `user`", body = ErrorBody),
         (status = 408, description = "The body did not arrive within api.body_timeout_secs", body = ErrorBody),
         (status = 409, description = "Idempotency-Key reused with a different body", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
@@ -52,7 +53,7 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError
         (status = 422, description = "Input fails the schema or the template; model not allowed; webhook.url refused (invalid_webhook_url)", body = ErrorBody),
         (status = 503, description = "Not accepted (database unavailable); retry after Retry-After", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["executions:write"]))
 )]
 #[post("/v1/executions")]
 pub async fn submit(
@@ -62,7 +63,18 @@ pub async fn submit(
     body: web::Json<SubmitExecution>,
 ) -> Result<HttpResponse, ApiError> {
     let key = idempotency_key(&req)?;
-    let request = body.into_inner().into_request()?;
+    let mut request = body.into_inner().into_request()?;
+    if let Some(bound) = &caller.user {
+        // A key bound to an end user submits as that user only.
+        match &request.user {
+            Some(asked) if asked != bound => {
+                return Err(ApiError::Forbidden(
+                    "user: this key is bound to another end user".into(),
+                ))
+            }
+            _ => request.user = Some(bound.clone()),
+        }
+    }
     let deadline = tokio::time::Instant::now() + state.deadline();
     let deps = state.submit_deps();
     let (mut response, execution) =
@@ -97,12 +109,13 @@ pub struct ListQuery {
     tag = "executions",
     params(ListQuery),
     responses(
+        (status = 403, description = "The key lacks the route's scope (missing_scope)", body = ErrorBody),
         (status = 200, body = ExecutionList),
         (status = 400, description = "A bad limit, status or cursor", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 503, body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["executions:read"]))
 )]
 #[get("/v1/executions")]
 pub async fn list(
@@ -135,13 +148,14 @@ pub async fn list(
     tag = "executions",
     params(("id" = String, Path, description = "Execution id")),
     responses(
+        (status = 403, description = "The key lacks the route's scope (missing_scope)", body = ErrorBody),
         (status = 200, description = "Cancelled, or cancellation requested for a running execution", body = ExecutionResource),
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, description = "Already terminal", body = ErrorBody),
         (status = 503, body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["executions:write"]))
 )]
 #[post("/v1/executions/{id}/cancel")]
 pub async fn cancel(
@@ -187,13 +201,14 @@ impl WaitQuery {
     tag = "executions",
     params(("id" = String, Path, description = "Execution id"), WaitQuery),
     responses(
+        (status = 403, description = "The key lacks the route's scope (missing_scope)", body = ErrorBody),
         (status = 200, body = ExecutionResource),
         (status = 400, description = "wait is not a whole number of seconds", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 503, body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["executions:read"]))
 )]
 #[get("/v1/executions/{id}")]
 pub async fn get(
@@ -227,12 +242,13 @@ pub async fn get(
     tag = "executions",
     params(("id" = String, Path, description = "Execution id")),
     responses(
+        (status = 403, description = "The key lacks the route's scope (missing_scope)", body = ErrorBody),
         (status = 200, body = StepList),
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 503, body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["executions:read"]))
 )]
 #[get("/v1/executions/{id}/steps")]
 pub async fn steps(

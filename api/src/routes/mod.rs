@@ -15,6 +15,7 @@
 pub mod events;
 pub mod executions;
 pub mod health;
+pub mod orgs;
 pub mod prompts;
 pub mod webhooks;
 
@@ -69,6 +70,12 @@ route_list!(
     webhooks::put_tenant_secret,
     webhooks::execution_deliveries,
     webhooks::retry_delivery,
+    orgs::create_org,
+    orgs::list_orgs,
+    orgs::get_org,
+    orgs::create_key,
+    orgs::list_keys,
+    orgs::revoke_key,
 );
 
 route_list!(
@@ -130,6 +137,45 @@ impl Served {
             .find(|(def, _)| def.is_match(path))
             .map(|(_, allow)| allow.as_str())
     }
+}
+
+/// The scopes a key needs for a route (method, upper case, and the path
+/// pattern as registered): what the route's OpenAPI security requirement
+/// lists, the one place a route's scope is written. A route without a
+/// requirement (the operations routes) or with an empty list needs none.
+pub fn required_scopes(method: &str, pattern: &str) -> &'static [llmq_shared::keys::Scope] {
+    use std::collections::HashMap;
+    type Table = HashMap<(String, String), Vec<llmq_shared::keys::Scope>>;
+    static TABLE: LazyLock<Table> = LazyLock::new(|| {
+        let mut table = Table::new();
+        let doc = serde_json::to_value(ApiRouteDoc::openapi()).unwrap_or_default();
+        let Some(paths) = doc["paths"].as_object() else {
+            return table;
+        };
+        for (path, item) in paths {
+            let Some(item) = item.as_object() else {
+                continue;
+            };
+            for (method, op) in item {
+                let scopes = op["security"][0]["bearer"]
+                    .as_array()
+                    .map(|names| {
+                        names
+                            .iter()
+                            .filter_map(|n| n.as_str())
+                            .filter_map(|n| llmq_shared::keys::Scope::parse(n).ok())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                table.insert((method.to_uppercase(), path.clone()), scopes);
+            }
+        }
+        table
+    });
+    TABLE
+        .get(&(method.to_string(), pattern.to_string()))
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
 }
 
 /// The served OpenAPI document: the components of `crate::openapi` and the
@@ -199,6 +245,33 @@ mod tests {
         );
         assert_eq!(all.allowed_methods("/healthz"), Some("GET"));
         assert_eq!(all.allowed_methods("/nowhere"), None);
+    }
+
+    #[test]
+    fn each_route_needs_the_scope_its_document_names() {
+        use llmq_shared::keys::Scope;
+        assert_eq!(
+            required_scopes("POST", "/v1/executions"),
+            &[Scope::ExecutionsWrite]
+        );
+        assert_eq!(
+            required_scopes("GET", "/v1/executions/{id}"),
+            &[Scope::ExecutionsRead]
+        );
+        assert_eq!(required_scopes("GET", "/healthz"), &[] as &[Scope]);
+        // Every scope a route document names is one the API knows: a
+        // misspelt scope would silently need none.
+        let doc = serde_json::to_value(ApiRouteDoc::openapi()).unwrap();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let names = op["security"][0]["bearer"].as_array();
+                let names = names.unwrap_or_else(|| panic!("{method} {path}: no bearer security"));
+                for n in names {
+                    Scope::parse(n.as_str().unwrap())
+                        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+                }
+            }
+        }
     }
 
     #[test]

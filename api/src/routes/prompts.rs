@@ -35,8 +35,10 @@ fn deps(state: &AppState) -> LabelDeps<'_> {
 
 fn actor(caller: &Caller) -> Actor {
     Actor {
-        name: caller.actor().to_string(),
-        admin: caller.admin,
+        name: caller.actor(),
+        promote: caller
+            .scopes
+            .contains(llmq_shared::keys::Scope::PromptsPromote),
     }
 }
 
@@ -47,8 +49,12 @@ fn actor(caller: &Caller) -> Actor {
     security(("bearer" = []))
 )]
 #[get("/v1/prompts")]
-pub async fn list(state: web::Data<AppState>, _caller: Caller) -> Result<HttpResponse, ApiError> {
-    let prompts = within(state.deadline(), versions::list_prompts(&state.pool)).await?;
+pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    let prompts = within(
+        state.deadline(),
+        versions::list_prompts(&state.pool, &caller.tenant),
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(PromptList {
         prompts: prompts.into_iter().map(Into::into).collect(),
     }))
@@ -65,11 +71,15 @@ pub async fn list(state: web::Data<AppState>, _caller: Caller) -> Result<HttpRes
 #[get("/v1/prompts/{name}")]
 pub async fn show(
     state: web::Data<AppState>,
-    _caller: Caller,
+    caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let name = name(&path, "name")?;
-    let (v, l) = within(state.deadline(), versions::show_prompt(&state.pool, &name)).await?;
+    let (v, l) = within(
+        state.deadline(),
+        versions::show_prompt(&state.pool, &caller.tenant.prompt_key(&name)),
+    )
+    .await?;
     let protected = &state.settings.api.protected_labels;
     Ok(HttpResponse::Ok().json(PromptResource {
         name,
@@ -88,23 +98,25 @@ pub async fn show(
     params(("name" = String, Path)),
     request_body(content = Object, description = "The definition: the fields of a prompts/<name>/v<N>.toml file"),
     responses(
+        (status = 403, description = "The key lacks the route's scope (missing_scope)", body = ErrorBody),
         (status = 201, description = "A new version", body = CreatedVersion),
         (status = 200, description = "An existing version has exactly this content; nothing stored", body = CreatedVersion),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 415, body = ErrorBody),
         (status = 422, description = "invalid_definition: a field, a template or the input schema is invalid", body = ErrorBody),
         (status = 503, body = ErrorBody)),
-    security(("bearer" = []))
+    security(("bearer" = ["prompts:write"]))
 )]
 #[post("/v1/prompts/{name}/versions")]
 pub async fn create_version(
     state: web::Data<AppState>,
-    _caller: Caller,
+    caller: Caller,
     path: web::Path<String>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let name = name(&path, "name")?;
-    let work = versions::create_version(&state.pool, &name, body.into_inner());
+    let key = caller.tenant.prompt_key(&name);
+    let work = versions::create_version(&state.pool, &key, body.into_inner());
     let (mut response, number, created) = match within(state.deadline(), work).await? {
         Created::New(v) => (HttpResponse::Created(), v, true),
         Created::Existing(v) => (HttpResponse::Ok(), v, false),
@@ -127,14 +139,14 @@ pub async fn create_version(
 #[get("/v1/prompts/{name}/versions/{version}")]
 pub async fn version(
     state: web::Data<AppState>,
-    _caller: Caller,
+    caller: Caller,
     path: web::Path<(String, i32)>,
 ) -> Result<HttpResponse, ApiError> {
     let (raw, number) = path.into_inner();
     let name = name(&raw, "name")?;
     let (info, definition) = within(
         state.deadline(),
-        versions::get_version(&state.pool, &name, number),
+        versions::get_version(&state.pool, &caller.tenant.prompt_key(&name), number),
     )
     .await?;
     Ok(HttpResponse::Ok().json(VersionResource::new(&name, info, &definition)))
@@ -157,12 +169,13 @@ pub struct DiffQuery {
 #[get("/v1/prompts/{name}/diff")]
 pub async fn diff(
     state: web::Data<AppState>,
-    _caller: Caller,
+    caller: Caller,
     path: web::Path<String>,
     query: web::Query<DiffQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let name = name(&path, "name")?;
-    let work = diffs::diff_versions(&state.pool, &name, query.from, query.to);
+    let key = caller.tenant.prompt_key(&name);
+    let work = diffs::diff_versions(&state.pool, &key, query.from, query.to);
     let changes = within(state.deadline(), work).await?;
     Ok(HttpResponse::Ok().json(VersionDiff {
         name,
@@ -174,18 +187,19 @@ pub async fn diff(
 
 /// Move a label (promote): to a version, a weighted split, per-segment
 /// targets. Recorded in the label's history; protected labels need the
-/// admin key. Every API process uses the new target for its next execution.
+/// prompts:promote scope. Every API process uses the new target for its next execution.
 #[utoipa::path(
     tag = "prompts",
     params(("name" = String, Path), ("label" = String, Path)),
     request_body = MoveLabel,
-    responses((status = 200, description = "The recorded move", body = LabelMoveResource),
+    responses(
+        (status = 403, description = "The key lacks the route's scope (missing_scope), or the label is protected and the key lacks prompts:promote", body = ErrorBody),
+        (status = 200, description = "The recorded move", body = LabelMoveResource),
         (status = 400, description = "Not exactly one of version and targets; a bad weight or name", body = ErrorBody),
         (status = 401, body = ErrorBody),
-        (status = 403, description = "The label is protected (or the protected flag changes) and the key is not the admin key", body = ErrorBody),
         (status = 404, description = "Unknown prompt or version", body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)),
-    security(("bearer" = []))
+    security(("bearer" = ["prompts:write"]))
 )]
 #[put("/v1/prompts/{name}/labels/{label}")]
 pub async fn move_label(
@@ -199,7 +213,8 @@ pub async fn move_label(
     let request = body.into_inner().into_request()?;
     let deps = deps(&state);
     let actor = actor(&caller);
-    let work = labels::move_label(&deps, &name, &label, request, &actor);
+    let key = caller.tenant.prompt_key(&name);
+    let work = labels::move_label(&deps, &key, &label, request, &actor);
     let moved = within(state.deadline(), work).await?;
     Ok(HttpResponse::Ok().json(LabelMoveResource::from(moved)))
 }
@@ -209,13 +224,14 @@ pub async fn move_label(
     tag = "prompts",
     params(("name" = String, Path), ("label" = String, Path)),
     request_body(content = Option<RollbackLabel>, description = "Optional: a reason for the audit log"),
-    responses((status = 200, description = "The recorded move", body = LabelMoveResource),
+    responses(
+        (status = 403, description = "The key lacks the route's scope (missing_scope), or the label is protected and the key lacks prompts:promote", body = ErrorBody),
+        (status = 200, description = "The recorded move", body = LabelMoveResource),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, description = "The label is protected and the key is not the admin key", body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, description = "No earlier target to roll back to", body = ErrorBody),
         (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)),
-    security(("bearer" = []))
+    security(("bearer" = ["prompts:write"]))
 )]
 #[post("/v1/prompts/{name}/labels/{label}/rollback")]
 pub async fn rollback(
@@ -229,7 +245,8 @@ pub async fn rollback(
     let reason = body.and_then(|b| b.into_inner().reason);
     let deps = deps(&state);
     let actor = actor(&caller);
-    let work = labels::rollback_label(&deps, &name, &label, reason, &actor);
+    let key = caller.tenant.prompt_key(&name);
+    let work = labels::rollback_label(&deps, &key, &label, reason, &actor);
     let moved = within(state.deadline(), work).await?;
     Ok(HttpResponse::Ok().json(LabelMoveResource::from(moved)))
 }
@@ -251,7 +268,7 @@ pub struct HistoryQuery {
 #[get("/v1/prompts/{name}/labels/{label}/history")]
 pub async fn history(
     state: web::Data<AppState>,
-    _caller: Caller,
+    caller: Caller,
     path: web::Path<(String, String)>,
     query: web::Query<HistoryQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -263,7 +280,8 @@ pub async fn history(
             "limit must be between 1 and 1000".into(),
         ));
     }
-    let work = labels::label_history(&state.pool, &name, &label, limit);
+    let key = caller.tenant.prompt_key(&name);
+    let work = labels::label_history(&state.pool, &key, &label, limit);
     let moves = within(state.deadline(), work).await?;
     Ok(HttpResponse::Ok().json(LabelHistory {
         name,
@@ -285,9 +303,11 @@ pub struct StatsQuery {
 #[utoipa::path(
     tag = "prompts",
     params(("name" = String, Path), StatsQuery),
-    responses((status = 200, body = PromptStats), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses(
+        (status = 403, description = "The key lacks the route's scope (missing_scope)", body = ErrorBody),
+        (status = 200, body = PromptStats), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
-    security(("bearer" = []))
+    security(("bearer" = ["executions:read"]))
 )]
 #[get("/v1/prompts/{name}/stats")]
 pub async fn stats(
@@ -311,7 +331,8 @@ pub async fn stats(
                 .map_err(|e| ApiError::BadRequest(format!("since: not an RFC 3339 time: {e}")))
         })
         .transpose()?;
-    let work = figures::prompt_stats(&state.pool, &caller.tenant, &name, label, since);
+    let key = caller.tenant.prompt_key(&name);
+    let work = figures::prompt_stats(&state.pool, &caller.tenant, &key, label, since);
     let versions = within(state.deadline(), work).await?;
     Ok(HttpResponse::Ok().json(PromptStats {
         name,

@@ -27,13 +27,14 @@ fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
     tag = "webhooks",
     request_body = CreateEndpoint,
     responses(
+        (status = 403, description = "The key lacks the route's scope (missing_scope)", body = ErrorBody),
         (status = 201, body = EndpointWithSecret),
         (status = 400, description = "Malformed body, unknown event type", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 422, description = "The URL is refused (scheme, or a non-public address)", body = ErrorBody),
         (status = 503, body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["webhooks:manage"]))
 )]
 #[post("/v1/webhook-endpoints")]
 pub async fn create_endpoint(
@@ -60,8 +61,9 @@ pub async fn create_endpoint(
 /// The tenant's endpoints.
 #[utoipa::path(
     tag = "webhooks",
-    responses((status = 200, body = EndpointList), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)),
-    security(("bearer" = []))
+    responses(
+        (status = 403, description = "The key lacks the route's scope (missing_scope)", body = ErrorBody),(status = 200, body = EndpointList), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = ["webhooks:manage"]))
 )]
 #[get("/v1/webhook-endpoints")]
 pub async fn list_endpoints(
@@ -80,8 +82,9 @@ pub async fn list_endpoints(
 #[utoipa::path(
     tag = "webhooks",
     params(("id" = String, Path, description = "Endpoint id")),
-    responses((status = 200, body = EndpointResource), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
-    security(("bearer" = []))
+    responses(
+        (status = 403, description = "The key lacks the route's scope (missing_scope)", body = ErrorBody),(status = 200, body = EndpointResource), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = ["webhooks:manage"]))
 )]
 #[get("/v1/webhook-endpoints/{id}")]
 pub async fn get_endpoint(
@@ -102,6 +105,7 @@ pub async fn get_endpoint(
     params(("id" = String, Path, description = "Endpoint id")),
     request_body = UpdateEndpoint,
     responses(
+        (status = 403, description = "The key lacks the route's scope (missing_scope)", body = ErrorBody),
         (status = 200, body = EndpointResource),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
@@ -109,7 +113,7 @@ pub async fn get_endpoint(
         (status = 422, description = "The URL is refused", body = ErrorBody),
         (status = 503, body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["webhooks:manage"]))
 )]
 #[patch("/v1/webhook-endpoints/{id}")]
 pub async fn update_endpoint(
@@ -136,8 +140,9 @@ pub async fn update_endpoint(
 #[utoipa::path(
     tag = "webhooks",
     params(("id" = String, Path, description = "Endpoint id")),
-    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
-    security(("bearer" = []))
+    responses(
+        (status = 403, description = "The key lacks the route's scope (missing_scope)", body = ErrorBody),(status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = ["webhooks:manage"]))
 )]
 #[delete("/v1/webhook-endpoints/{id}")]
 pub async fn delete_endpoint(
@@ -157,8 +162,9 @@ pub async fn delete_endpoint(
 #[utoipa::path(
     tag = "webhooks",
     params(("id" = String, Path, description = "Endpoint id")),
-    responses((status = 200, body = EndpointWithSecret), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
-    security(("bearer" = []))
+    responses(
+        (status = 403, description = "The key lacks the route's scope (missing_scope)", body = ErrorBody),(status = 200, body = EndpointWithSecret), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = ["webhooks:manage"]))
 )]
 #[post("/v1/webhook-endpoints/{id}/rotate-secret")]
 pub async fn rotate_secret(
@@ -181,12 +187,13 @@ pub async fn rotate_secret(
 #[utoipa::path(
     tag = "webhooks",
     responses(
+        (status = 403, description = "The key lacks the route's scope (missing_scope)", body = ErrorBody),
         (status = 201, description = "Created", body = WebhookSecret),
         (status = 200, description = "Rotated; the old secret overlaps", body = WebhookSecret),
         (status = 401, body = ErrorBody),
         (status = 503, body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["webhooks:manage"]))
 )]
 #[post("/v1/webhook-secret")]
 pub async fn put_tenant_secret(
@@ -211,8 +218,9 @@ pub async fn put_tenant_secret(
 #[utoipa::path(
     tag = "webhooks",
     params(("id" = String, Path, description = "Execution id")),
-    responses((status = 200, body = DeliveryList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
-    security(("bearer" = []))
+    responses(
+        (status = 403, description = "The key lacks the route's scope (missing_scope)", body = ErrorBody),(status = 200, body = DeliveryList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = ["webhooks:manage"]))
 )]
 #[get("/v1/executions/{id}/deliveries")]
 pub async fn execution_deliveries(
@@ -239,8 +247,9 @@ pub struct DeliveryQuery {
 #[utoipa::path(
     tag = "webhooks",
     params(("id" = String, Path, description = "Endpoint id"), DeliveryQuery),
-    responses((status = 200, body = DeliveryList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
-    security(("bearer" = []))
+    responses(
+        (status = 403, description = "The key lacks the route's scope (missing_scope)", body = ErrorBody),(status = 200, body = DeliveryList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = ["webhooks:manage"]))
 )]
 #[get("/v1/webhook-endpoints/{id}/deliveries")]
 pub async fn endpoint_deliveries(
@@ -262,13 +271,14 @@ pub async fn endpoint_deliveries(
     tag = "webhooks",
     params(("id" = String, Path, description = "Delivery id (its webhook-id)")),
     responses(
+        (status = 403, description = "The key lacks the route's scope (missing_scope)", body = ErrorBody),
         (status = 202, body = DeliveryResource),
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, description = "Still pending", body = ErrorBody),
         (status = 503, body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["webhooks:manage"]))
 )]
 #[post("/v1/deliveries/{id}/retry")]
 pub async fn retry_delivery(
@@ -289,6 +299,7 @@ pub async fn retry_delivery(
     params(("id" = String, Path, description = "Endpoint id")),
     request_body = RecoverRequest,
     responses(
+        (status = 403, description = "The key lacks the route's scope (missing_scope)", body = ErrorBody),
         (status = 202, body = RecoverResult),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
@@ -296,7 +307,7 @@ pub async fn retry_delivery(
         (status = 409, description = "The endpoint is disabled", body = ErrorBody),
         (status = 503, body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["webhooks:manage"]))
 )]
 #[post("/v1/webhook-endpoints/{id}/recover")]
 pub async fn recover(

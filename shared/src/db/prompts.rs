@@ -105,6 +105,11 @@ pub async fn sync_prompt_files(
         )
         .await?;
     }
+    // Every other organisation gets its own copy of the files (a version
+    // number it already used for a prompt of its own keeps its content).
+    for org in super::tenancy::list_org_ids(&tx).await? {
+        super::tenancy::copy_file_prompts(&tx, &org).await?;
+    }
     tx.commit().await?;
     Ok(inserted)
 }
@@ -219,7 +224,9 @@ const NEXT_VERSION: &str =
 const LIST_PROMPTS: &str = "SELECT v.prompt_name, max(v.version) AS latest, count(*) AS versions, \
        COALESCE((SELECT array_agg(l.label ORDER BY l.label) FROM prompt_labels l \
                  WHERE l.prompt_name = v.prompt_name), '{}') AS labels \
-     FROM prompt_versions v GROUP BY v.prompt_name ORDER BY v.prompt_name";
+     FROM prompt_versions v \
+     WHERE CASE WHEN $1 = '' THEN strpos(v.prompt_name, '/') = 0 ELSE starts_with(v.prompt_name, $1) END \
+     GROUP BY v.prompt_name ORDER BY v.prompt_name";
 const LIST_VERSIONS: &str =
     "SELECT version, content_hash, source, created_at FROM prompt_versions \
      WHERE prompt_name = $1 ORDER BY version";
@@ -267,15 +274,21 @@ pub async fn create_version(
     Ok(Created::New(next))
 }
 
-/// Every prompt with its newest version and its labels.
-pub async fn list_prompts(client: &impl GenericClient) -> Result<Vec<PromptSummary>> {
+/// Every prompt of one organisation's registry (`namespace`: what its
+/// prompt keys start with, see `TenantId::prompt_namespace`) with its
+/// newest version and its labels; names as the organisation knows them.
+pub async fn list_prompts(
+    client: &impl GenericClient,
+    namespace: &str,
+) -> Result<Vec<PromptSummary>> {
     client
-        .query(&client.prepare_cached(LIST_PROMPTS).await?, &[])
+        .query(&client.prepare_cached(LIST_PROMPTS).await?, &[&namespace])
         .await?
         .iter()
         .map(|r| {
+            let key: String = r.try_get(0)?;
             Ok(PromptSummary {
-                name: r.try_get(0)?,
+                name: crate::ids::public_prompt_name(&key).to_string(),
                 latest_version: r.try_get(1)?,
                 versions: r.try_get(2)?,
                 labels: r.try_get(3)?,

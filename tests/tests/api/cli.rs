@@ -114,7 +114,7 @@ async fn the_cli_pushes_shows_diffs_promotes_rolls_back_and_reports_stats() {
     )
     .await;
     assert_eq!(code(&refused), 3);
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("admin key"));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("prompts:promote"));
     let promoted = llmq(
         &app,
         ADMIN,
@@ -254,5 +254,99 @@ async fn the_cli_run_follows_an_execution_and_its_exit_code_says_how_it_ended() 
         .await
         .unwrap();
     assert_eq!(code(&unreachable), 4);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_cli_creates_an_organisation_and_keys_lists_and_revokes_them() {
+    let app = TestApp::builder()
+        .without_worker()
+        .configure(|s| s.api.admin_key = ADMIN.into())
+        .spawn()
+        .await;
+    let created = llmq(&app, ADMIN, &["orgs", "create", "acme", "--name", "Acme"]).await;
+    assert_eq!(code(&created), 0, "{created:?}");
+    assert_eq!(stdout(&created).trim(), "created organisation acme");
+    let listed = json(&llmq(&app, ADMIN, &["--json", "orgs", "list"]).await);
+    assert_eq!(listed["organisations"].as_array().unwrap().len(), 2);
+
+    // The secret alone on stdout, so that a script can keep it.
+    let key = llmq(
+        &app,
+        ADMIN,
+        &[
+            "keys",
+            "create",
+            "--org",
+            "acme",
+            "--scope",
+            "executions:read,executions:write",
+            "--name",
+            "ci",
+        ],
+    )
+    .await;
+    assert_eq!(code(&key), 0, "{key:?}");
+    let secret = stdout(&key).trim().to_string();
+    assert!(secret.starts_with("llmq_sk_"), "{secret}");
+    assert!(String::from_utf8_lossy(&key.stderr).contains("shown once"));
+    let reader = app
+        .send_as(&secret, reqwest::Method::GET, "/v1/executions", None)
+        .await;
+    assert_eq!(reader.status(), reqwest::StatusCode::OK);
+
+    let list = llmq(&app, ADMIN, &["keys", "list", "--org", "acme"]).await;
+    assert_eq!(code(&list), 0);
+    assert!(stdout(&list).contains(&secret[..16]) && !stdout(&list).contains(&secret));
+    assert!(stdout(&list).contains("active"));
+    let keys = json(&llmq(&app, ADMIN, &["--json", "keys", "list", "--org", "acme"]).await);
+    let id = keys["keys"][0]["id"].as_str().unwrap().to_string();
+
+    let revoked = llmq(&app, ADMIN, &["keys", "revoke", &id, "--org", "acme"]).await;
+    assert_eq!(code(&revoked), 0, "{revoked:?}");
+    let refused = app
+        .send_as(&secret, reqwest::Method::GET, "/v1/executions", None)
+        .await;
+    assert_eq!(refused.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let list = llmq(&app, ADMIN, &["keys", "list", "--org", "acme"]).await;
+    assert!(stdout(&list).contains("revoked"), "{}", stdout(&list));
+
+    // An unknown scope is the API's 400 (exit 3); a key id that is not
+    // one is a usage error (exit 2); a key without admin gets exit 3.
+    let bad = llmq(&app, ADMIN, &["keys", "create", "--scope", "root"]).await;
+    assert_eq!(code(&bad), 3);
+    let usage = llmq(&app, ADMIN, &["keys", "revoke", "not-an-id"]).await;
+    assert_eq!(code(&usage), 2);
+    let refused = llmq(&app, &app.api_key, &["orgs", "list"]).await;
+    assert_eq!(code(&refused), 3);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("admin"));
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn bootstrap_admin_prints_the_first_admin_key_once() {
+    let app = TestApp::builder().without_worker().spawn().await;
+    let binary = llmq_binary().with_file_name(format!("llmq-api{}", std::env::consts::EXE_SUFFIX));
+    let out = tokio::process::Command::new(binary)
+        .arg("bootstrap-admin")
+        .env("DATABASE_URL", &app.settings.database_url)
+        .env("LLMQ_CONFIG", "/nonexistent/llmq.toml")
+        .env("LLMQ_PROMPTS_DIR", &app.settings.prompts_dir)
+        .output()
+        .await
+        .expect("running llmq-api bootstrap-admin");
+    assert_eq!(code(&out), 0, "{out:?}");
+    let secret = stdout(&out).trim().to_string();
+    assert!(secret.starts_with("llmq_sk_"), "{secret}");
+    // An operator's key: it creates organisations.
+    let created = app
+        .send_as(
+            &secret,
+            reqwest::Method::POST,
+            "/v1/orgs",
+            Some(&serde_json::json!({"id": "first"})),
+        )
+        .await;
+    assert_eq!(created.status(), reqwest::StatusCode::CREATED);
     app.cleanup().await;
 }

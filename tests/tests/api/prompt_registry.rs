@@ -205,7 +205,7 @@ async fn protected_labels_refuse_a_key_without_admin_and_the_audit_log_lists_eve
     assert!(refused["error"]["message"]
         .as_str()
         .unwrap()
-        .contains("admin key"));
+        .contains("prompts:promote"));
     let rollback = format!("{path}/rollback");
     let (status, _) = send(&app, reqwest::Method::POST, &rollback, &app.api_key, None).await;
     assert_eq!(status, StatusCode::FORBIDDEN);

@@ -30,7 +30,7 @@ impl Filter {
             return false;
         }
         if let Some(prompt) = &self.prompt {
-            if event.prompt_name != prompt.as_str() {
+            if event.prompt_name != tenant.prompt_key(prompt.as_str()) {
                 return false;
             }
         }

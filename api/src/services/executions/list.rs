@@ -59,8 +59,9 @@ pub async fn list_executions(pool: &Pool, tenant: &TenantId, query: &ListQuery) 
             )
         })?;
     }
+    let prompt = query.prompt.as_deref().map(|p| tenant.prompt_key(p));
     let filter = ExecutionFilter {
-        prompt: query.prompt.as_deref(),
+        prompt: prompt.as_deref(),
         version: query.version,
         status: query.status.as_deref(),
         user: query.user.as_deref(),

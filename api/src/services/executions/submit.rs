@@ -144,7 +144,7 @@ pub async fn submit_execution(
             crate::services::webhooks::check_destination(deps.destinations, "webhook.url", url);
         within_until(deadline, check).await?;
     }
-    let (compiled, label, arm) = within_until(deadline, resolve(deps, &request)).await?;
+    let (compiled, label, arm) = within_until(deadline, resolve(deps, tenant, &request)).await?;
     let mut new = plan_execution(tenant, request, &compiled, label, deps.models)?;
     new.prompt_arm = arm;
     tracing::Span::current().record("execution.id", tracing::field::display(new.id));
@@ -239,9 +239,12 @@ async fn insert_with_key(
 /// reads nothing from the database, split or not.
 async fn resolve(
     deps: &SubmitDeps<'_>,
+    tenant: &TenantId,
     request: &SubmitRequest,
 ) -> Result<(Arc<CompiledPrompt>, Option<Label>, Option<String>)> {
-    let name = request.prompt.as_str();
+    // The organisation's own registry: another's prompt cannot be named.
+    let key = tenant.prompt_key(request.prompt.as_str());
+    let name = key.as_str();
     let (version, label, arm) = match &request.target {
         PromptTarget::Version(v) => (*v, None, None),
         PromptTarget::Label(l) => {
@@ -264,8 +267,13 @@ async fn resolve(
         .await?
         .map_err(|why| {
             ServiceError::NotFound(match why {
-                Unresolved::UnknownPrompt => format!("no prompt named {name:?}"),
-                _ => format!("prompt {name:?} has no version {version}"),
+                Unresolved::UnknownPrompt => {
+                    format!("no prompt named {:?}", request.prompt.as_str())
+                }
+                _ => format!(
+                    "prompt {:?} has no version {version}",
+                    request.prompt.as_str()
+                ),
             })
         })?;
     drop(client);
@@ -285,6 +293,7 @@ async fn label_rule(deps: &SubmitDeps<'_>, name: &str, label: &str) -> Result<Ar
     let client = deps.pool.get().await.map_err(DbError::from)?;
     let Some(stored) = labels::get_label(&client, name, label).await? else {
         let exists = !prompts::list_versions(&client, name).await?.is_empty();
+        let name = llmq_shared::ids::public_prompt_name(name);
         return Err(ServiceError::NotFound(if exists {
             format!("prompt {name:?} has no label {label:?}")
         } else {

@@ -6,8 +6,8 @@
 //! own at once (the label TTL is the fallback if that message is lost).
 //!
 //! Protected labels (`api.protected_labels`, `production` by default, or a
-//! label whose `protected` flag is set) are moved only by the admin key;
-//! setting or clearing the flag needs it too.
+//! label whose `protected` flag is set) are moved only by a key with the
+//! `prompts:promote` scope; setting or clearing the flag needs it too.
 
 use std::sync::Arc;
 
@@ -33,8 +33,8 @@ pub struct LabelDeps<'a> {
 pub struct Actor {
     /// Recorded in the audit log.
     pub name: String,
-    /// May move protected labels.
-    pub admin: bool,
+    /// May move protected labels (has `prompts:promote`).
+    pub promote: bool,
 }
 
 /// A move as asked.
@@ -142,15 +142,15 @@ async fn apply(
         return Err(unknown_prompt(name));
     }
     let was_protected = current.as_ref().is_some_and(|c| c.protected);
-    if (was_protected || deps.protected_labels.iter().any(|p| p == label)) && !actor.admin {
+    if (was_protected || deps.protected_labels.iter().any(|p| p == label)) && !actor.promote {
         return Err(ServiceError::Forbidden(format!(
-            "label {label:?} is protected: moving it needs the admin key"
+            "label {label:?} is protected: moving it needs the prompts:promote scope"
         )));
     }
     let (rule, protected) = decide(current.as_ref().map(|c| &c.rule), last.as_ref())?;
-    if protected.is_some_and(|p| p != was_protected) && !actor.admin {
+    if protected.is_some_and(|p| p != was_protected) && !actor.promote {
         return Err(ServiceError::Forbidden(
-            "setting or clearing a label's protected flag needs the admin key".into(),
+            "setting or clearing a label's protected flag needs the prompts:promote scope".into(),
         ));
     }
     let mut versions: Vec<i32> = rule.versions().collect();

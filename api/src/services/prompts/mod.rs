@@ -10,5 +10,8 @@ pub mod versions;
 use crate::services::error::ServiceError;
 
 fn unknown_prompt(name: &str) -> ServiceError {
-    ServiceError::NotFound(format!("no prompt named {name:?}"))
+    ServiceError::NotFound(format!(
+        "no prompt named {:?}",
+        llmq_shared::ids::public_prompt_name(name)
+    ))
 }

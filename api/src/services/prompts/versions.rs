@@ -7,6 +7,7 @@
 use llmq_shared::db::labels::StoredLabel;
 use llmq_shared::db::prompts::{self as db, Created, PromptSummary, VersionInfo};
 use llmq_shared::db::{labels, DbError, Pool};
+use llmq_shared::ids::TenantId;
 use llmq_shared::prompt::{CompiledPrompt, PromptDefinition, PromptError};
 use serde_json::Value;
 
@@ -47,9 +48,10 @@ pub async fn create_version(pool: &Pool, name: &str, body: Value) -> Result<Crea
     Ok(created)
 }
 
-pub async fn list_prompts(pool: &Pool) -> Result<Vec<PromptSummary>> {
+/// The organisation's prompts.
+pub async fn list_prompts(pool: &Pool, tenant: &TenantId) -> Result<Vec<PromptSummary>> {
     let client = pool.get().await.map_err(DbError::from)?;
-    Ok(db::list_prompts(&client).await?)
+    Ok(db::list_prompts(&client, &tenant.prompt_namespace()).await?)
 }
 
 /// A prompt's versions and labels; 404 for an unknown prompt.
