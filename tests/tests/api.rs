@@ -20,6 +20,7 @@ mod api {
     mod structured_output;
     mod telemetry;
     mod templates;
+    mod tools;
     mod validation;
     mod webhooks;
 }

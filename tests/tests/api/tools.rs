@@ -1,0 +1,237 @@
+//! Tool calling: the model proposes, llmq decides. Each test runs the real
+//! pipeline against the fake provider (which proposes tool calls on
+//! `[[tool:NAME {args}]]` markers) and the fake tool server (which counts
+//! calls per `Idempotency-Key`).
+
+use std::time::Duration;
+
+use llmq_tests::{TempPrompts, TestApp, ToolServer};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// A version allowed to call `weather`, `strict` and `slow` (not `launch`).
+const ASSISTANT: &str = r#"description = "Answers with the help of tools."
+model = "gpt-4o-mini"
+template = "{{ text }}"
+tools = ["weather", "strict", "slow"]
+
+[limits]
+max_tool_rounds = 2
+
+[input_schema]
+type = "object"
+required = ["text"]
+
+[input_schema.properties.text]
+type = "string"
+"#;
+
+struct Setup {
+    app: TestApp,
+    tools: ToolServer,
+    _prompts: TempPrompts,
+}
+
+async fn setup(configure: impl FnOnce(&ToolServer)) -> Setup {
+    let tools = ToolServer::start().await.unwrap();
+    tools
+        .define(
+            "weather",
+            "idempotent = true\n[credential]\nheader = \"X-Tool-Key\"\nsecret = \"weather\"\n",
+        )
+        .define("launch", "")
+        .define("strict", "")
+        .define(
+            "slow",
+            "idempotent = true\ntimeout_ms = 300\n[retry]\nmax_attempts = 3\nbase_ms = 10\nmax_ms = 50\n",
+        );
+    configure(&tools);
+    let prompts = TempPrompts::with_shipped();
+    prompts.add("assistant", 1, ASSISTANT);
+    let (prompts_dir, tools_dir) = (prompts.dir.clone(), tools.tools_dir.clone());
+    let app = TestApp::builder()
+        .configure(move |s| {
+            s.prompts_dir = prompts_dir;
+            s.tools_dir = tools_dir;
+            s.tools
+                .secrets
+                .insert("weather".into(), "weather-secret".into());
+        })
+        .spawn()
+        .await;
+    Setup {
+        app,
+        tools,
+        _prompts: prompts,
+    }
+}
+
+async fn run(app: &TestApp, text: &str) -> (String, Value) {
+    let text = format!("{text} ({})", Uuid::now_v7().simple());
+    let body = json!({"prompt": "assistant", "input": {"text": text}});
+    let id = app.submit_accepted(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let done = app.wait_until_terminal(&id, Duration::from_secs(20)).await;
+    (id, done)
+}
+
+async fn steps(app: &TestApp, id: &str) -> Vec<Value> {
+    let body: Value = app.steps(id).await.json().await.unwrap();
+    body["steps"].as_array().unwrap().clone()
+}
+
+fn of_kind<'a>(steps: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    steps.iter().filter(|s| s["kind"] == kind).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_tool_runs_with_its_credential_and_its_result_reaches_the_model() {
+    let s = setup(|_| {}).await;
+    let (id, done) = run(&s.app, r#"Weather? [[tool:weather {"city":"Oslo"}]]"#).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // The fake model echoes the tool results it was given.
+    let output = done["output"].as_str().unwrap();
+    assert!(
+        output.contains("(tool result: ") && output.contains(r#""city":"Oslo""#),
+        "{output}"
+    );
+    let calls = s.tools.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].tool, "weather");
+    assert_eq!(calls[0].arguments, json!({"city": "Oslo"}));
+    assert_eq!(calls[0].credential.as_deref(), Some("weather-secret"));
+    assert_eq!(calls[0].idempotency_key, format!("llmq-{id}-1-0"));
+
+    let steps = steps(&s.app, &id).await;
+    let kinds: Vec<&str> = steps.iter().map(|s| s["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["render", "generate", "tool:weather", "generate", "finalize"],
+        "{steps:#?}"
+    );
+    let round = &steps[1];
+    assert_eq!(round["input"]["answered_with"], "tool_calls");
+    assert_eq!(round["output"]["tool_calls"][0]["name"], "weather");
+    let tool = &steps[2];
+    assert_eq!(tool["status"], "succeeded");
+    assert_eq!(tool["input"]["arguments"], json!({"city": "Oslo"}));
+    assert_eq!(tool["output"]["http_status"], 200);
+    assert!(tool["latency_ms"].as_f64().is_some());
+    // The usage of both model turns is the execution's.
+    let turns: i64 = of_kind(&steps, "generate")
+        .iter()
+        .map(|g| g["usage"]["total_tokens"].as_i64().unwrap())
+        .sum();
+    assert_eq!(done["usage"]["total_tokens"].as_i64(), Some(turns));
+    s.app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disallowed_tool_and_invalid_arguments_are_refused_recorded_and_fed_back() {
+    let s = setup(|_| {}).await;
+    let (id, done) = run(
+        &s.app,
+        r#"Do it [[tool:launch {"city":"Oslo"}]] [[tool:weather {"town":"Oslo"}]] [[tool:weather "not an object"]]"#,
+    )
+    .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(
+        s.tools.calls().is_empty(),
+        "nothing refused reaches a tool: {:?}",
+        s.tools.calls()
+    );
+    let output = done["output"].as_str().unwrap();
+    assert!(output.contains("tool_not_allowed"), "{output}");
+    assert!(output.contains("tool_invalid_arguments"), "{output}");
+    assert!(output.contains("arguments.city"), "{output}");
+
+    let steps = steps(&s.app, &id).await;
+    let launch = of_kind(&steps, "tool:launch");
+    assert_eq!(launch.len(), 1, "{steps:#?}");
+    assert_eq!(launch[0]["status"], "failed");
+    assert_eq!(launch[0]["error"]["code"], "tool_not_allowed");
+    let weather = of_kind(&steps, "tool:weather");
+    assert_eq!(weather.len(), 2, "{steps:#?}");
+    for w in &weather {
+        assert_eq!(w["error"]["code"], "tool_invalid_arguments", "{w}");
+    }
+    assert!(weather[0]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("arguments.city: required property missing"));
+    s.app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_timeout_is_retried_within_its_policy_and_a_4xx_is_not() {
+    let s = setup(|t| {
+        // `slow` times out after 300 ms: its first answer comes too late.
+        t.latency_first("slow", &[3_000]);
+        t.fail_first("strict", &[422]);
+    })
+    .await;
+    let (id, done) = run(
+        &s.app,
+        r#"Go [[tool:slow {"city":"Oslo"}]] [[tool:strict {"city":"Oslo"}]]"#,
+    )
+    .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let per_key = s.tools.calls_per_key();
+    assert_eq!(per_key.get(&format!("llmq-{id}-1-0")), Some(&2), "{per_key:?}");
+    assert_eq!(per_key.get(&format!("llmq-{id}-1-1")), Some(&1), "{per_key:?}");
+
+    let steps = steps(&s.app, &id).await;
+    let slow = of_kind(&steps, "tool:slow");
+    assert_eq!(slow.len(), 1);
+    assert_eq!(slow[0]["status"], "succeeded", "{:#}", slow[0]);
+    assert_eq!(slow[0]["output"]["tries"], 2);
+    let strict = of_kind(&steps, "tool:strict");
+    assert_eq!(strict[0]["status"], "failed");
+    assert_eq!(strict[0]["error"]["code"], "tool_rejected");
+    assert_eq!(strict[0]["output"]["tries"], 1);
+    // The model was told about the rejection.
+    assert!(done["output"].as_str().unwrap().contains("tool_rejected"));
+    s.app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rounds_limit_ends_the_execution_with_its_code() {
+    let s = setup(|_| {}).await;
+    let (id, done) = run(
+        &s.app,
+        r#"Again and again [[tool:weather {"city":"Oslo"}]] [[tools:endless]]"#,
+    )
+    .await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error"]["code"], "tool_rounds_exceeded", "{done}");
+    // Two rounds were allowed and answered; the third turn asked again.
+    assert_eq!(s.tools.calls().len(), 2);
+    let steps = steps(&s.app, &id).await;
+    assert_eq!(of_kind(&steps, "generate").len(), 3, "{steps:#?}");
+    s.app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_calls_of_one_turn_run_concurrently() {
+    let s = setup(|t| {
+        t.latency_first("weather", &[1_000, 1_000, 1_000]);
+    })
+    .await;
+    let (id, done) = run(
+        &s.app,
+        r#"Three cities [[tool:weather {"city":"Oslo"}]] [[tool:weather {"city":"Bergen"}]] [[tool:weather {"city":"Paris"}]]"#,
+    )
+    .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(s.tools.calls().len(), 3);
+    assert_eq!(
+        s.tools.max_in_flight(),
+        3,
+        "the three calls were answered at the same time"
+    );
+    let steps = steps(&s.app, &id).await;
+    assert_eq!(of_kind(&steps, "tool:weather").len(), 3);
+    s.app.cleanup().await;
+}
