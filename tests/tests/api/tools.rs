@@ -235,3 +235,39 @@ async fn parallel_calls_of_one_turn_run_concurrently() {
     assert_eq!(of_kind(&steps, "tool:weather").len(), 3);
     s.app.cleanup().await;
 }
+
+#[test]
+fn the_shipped_tools_compile_and_the_shipped_prompts_name_only_them() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let tools = llmq_shared::tool::load_tool_dir(&root.join("tools")).unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+    assert!(names.contains(&"word_count"), "{names:?}");
+    let prompts = llmq_shared::prompt::load_prompt_dir(&root.join("prompts")).unwrap();
+    let mut with_tools = 0;
+    for p in &prompts {
+        for tool in &p.definition.tools {
+            assert!(
+                names.contains(&tool.as_str()),
+                "{} v{} names tool {tool}, which tools/ does not define",
+                p.name,
+                p.version
+            );
+            with_tools += 1;
+        }
+    }
+    assert!(with_tools > 0, "a shipped prompt shows tool calling");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_naming_a_tool_the_worker_does_not_define_fails_tool_undefined() {
+    let s = setup(|_| {}).await;
+    std::fs::remove_file(s.tools.tools_dir.join("slow.toml")).unwrap();
+    // The running worker loaded `slow` at start; a fresh one has none.
+    let mut app = s.app;
+    app.stop_worker().await.unwrap();
+    app.start_worker().await;
+    let (_, done) = run(&app, "No tools needed").await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error"]["code"], "tool_undefined", "{done}");
+    app.cleanup().await;
+}
