@@ -29,6 +29,9 @@
 //! The answer is deterministic: `"fake completion: "` + the first 12 words of the last user
 //! message (markers stripped), or `{"summary": ...}` / a schema-shaped object in JSON modes.
 //!
+//! It also serves a tool at 0 ms, `/tools/NAME` (any method), answering `{"tool": NAME,
+//! "arguments": <the JSON body>}` at once (the benchmark's tools setting).
+//!
 //! This crate owns the server's lifecycle ([`FakeProvider`]) and its call log ([`CallRecord`]).
 
 mod markers;
