@@ -145,8 +145,16 @@ pub struct WorkerSettings {
 pub struct ToolSettings {
     /// Tool calls of one model turn run at once, at most this many.
     pub max_parallel: usize,
-    /// Credential values a tool's `credential.secret` names.
+    /// Credential values a tool file's `credential.secret` names.
     pub secrets: BTreeMap<String, String>,
+    /// Per tenant, the credential values its tools registered through the
+    /// API name (`tools.tenant_secrets.<tenant>.<secret>`).
+    pub tenant_secrets: BTreeMap<String, BTreeMap<String, String>>,
+    /// Tools registered through the API may use plain `http` URLs.
+    pub allow_http: bool,
+    /// Hosts a tool registered through the API may name although they are
+    /// not public addresses (a trusted internal API; tests).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ToolSettings {
@@ -154,6 +162,20 @@ impl Default for ToolSettings {
         Self {
             max_parallel: 4,
             secrets: BTreeMap::new(),
+            tenant_secrets: BTreeMap::new(),
+            allow_http: false,
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+impl ToolSettings {
+    /// Where a tool registered through the API may point: the same rules
+    /// as webhook destinations (no SSRF), with the tools' own exemptions.
+    pub fn destination_policy(&self) -> crate::webhook::destination::DestinationPolicy {
+        crate::webhook::destination::DestinationPolicy {
+            allow_http: self.allow_http,
+            allowed_hosts: self.allowed_hosts.clone(),
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod events;
 pub mod executions;
 pub mod health;
 pub mod prompts;
+pub mod tools;
 pub mod webhooks;
 
 use std::sync::LazyLock;
@@ -69,6 +70,10 @@ route_list!(
     webhooks::put_tenant_secret,
     webhooks::execution_deliveries,
     webhooks::retry_delivery,
+    tools::put_tool,
+    tools::list_tools,
+    tools::get_tool,
+    tools::delete_tool,
 );
 
 route_list!(

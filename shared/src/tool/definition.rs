@@ -110,6 +110,33 @@ impl ToolDefinition {
         })
     }
 
+    /// Parses a definition sent as JSON (`PUT /v1/tools/{name}`), naming
+    /// the field of the first error.
+    pub fn from_json(value: &Value) -> Result<Self, FieldError> {
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let field = e.path().to_string();
+            FieldError::new(
+                if field == "." { String::new() } else { field },
+                e.into_inner().to_string(),
+            )
+        })
+    }
+
+    /// The rules a tenant's definition (registered through the API) must
+    /// also pass: its credential can only name a secret of that tenant
+    /// (`tools.tenant_secrets.<tenant>.<secret>`), never the worker's
+    /// environment.
+    pub fn check_for_tenant(&self) -> Vec<FieldError> {
+        let mut errors = self.check();
+        if self.credential.as_ref().is_some_and(|c| c.env.is_some()) {
+            errors.push(FieldError::new(
+                "credential.env",
+                "a tool registered through the API cannot read the worker's environment; name a `secret` (tools.tenant_secrets.<tenant>.<secret>)",
+            ));
+        }
+        errors
+    }
+
     /// What types cannot say.
     pub fn check(&self) -> Vec<FieldError> {
         let mut errors = Vec::new();

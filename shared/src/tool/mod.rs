@@ -40,6 +40,9 @@ pub type Result<T, E = ToolError> = std::result::Result<T, E>;
 pub struct CompiledTool {
     pub name: String,
     pub definition: ToolDefinition,
+    /// The tenant that registered it through the API; `None` for a file's
+    /// tool (the operator's).
+    pub tenant: Option<String>,
     validator: jsonschema::Validator,
 }
 
@@ -48,6 +51,7 @@ impl std::fmt::Debug for CompiledTool {
         f.debug_struct("CompiledTool")
             .field("name", &self.name)
             .field("definition", &self.definition)
+            .field("tenant", &self.tenant)
             .finish()
     }
 }
@@ -59,7 +63,29 @@ impl CompiledTool {
         name: &str,
         definition: ToolDefinition,
     ) -> std::result::Result<Self, Vec<crate::prompt::FieldError>> {
-        let mut errors = definition.check();
+        Self::compile_checked(name, definition, None)
+    }
+
+    /// A tenant's definition (registered through the API), checked with
+    /// the tenant rules ([`ToolDefinition::check_for_tenant`]).
+    pub fn compile_for_tenant(
+        tenant: &str,
+        name: &str,
+        definition: ToolDefinition,
+    ) -> std::result::Result<Self, Vec<crate::prompt::FieldError>> {
+        Self::compile_checked(name, definition, Some(tenant.to_string()))
+    }
+
+    fn compile_checked(
+        name: &str,
+        definition: ToolDefinition,
+        tenant: Option<String>,
+    ) -> std::result::Result<Self, Vec<crate::prompt::FieldError>> {
+        let mut errors = if tenant.is_some() {
+            definition.check_for_tenant()
+        } else {
+            definition.check()
+        };
         if let Err(message) = crate::prompt::validate_name(name) {
             errors.push(crate::prompt::FieldError::new("name", message));
         }
@@ -77,6 +103,7 @@ impl CompiledTool {
             Some(validator) if errors.is_empty() => Ok(Self {
                 name: name.to_string(),
                 definition,
+                tenant,
                 validator,
             }),
             _ => Err(errors),

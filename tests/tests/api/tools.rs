@@ -47,7 +47,11 @@ async fn setup(configure: impl FnOnce(&ToolServer)) -> Setup {
         );
     configure(&tools);
     let prompts = TempPrompts::with_shipped();
-    prompts.add("assistant", 1, ASSISTANT);
+    prompts.add("assistant", 1, ASSISTANT).add(
+        "registrar",
+        1,
+        &ASSISTANT.replace(r#"tools = ["weather", "strict", "slow"]"#, r#"tools = ["registered"]"#),
+    );
     let (prompts_dir, tools_dir) = (prompts.dir.clone(), tools.tools_dir.clone());
     let app = TestApp::builder()
         .configure(move |s| {
@@ -56,6 +60,14 @@ async fn setup(configure: impl FnOnce(&ToolServer)) -> Setup {
             s.tools
                 .secrets
                 .insert("weather".into(), "weather-secret".into());
+            // Tools registered through the API may point at the test's
+            // tool server, with a secret of the tenant.
+            s.tools.allow_http = true;
+            s.tools.allowed_hosts = vec!["127.0.0.1".into()];
+            s.tools.tenant_secrets.insert(
+                "default".into(),
+                [("reg".to_string(), "tenant-secret".to_string())].into(),
+            );
         })
         .spawn()
         .await;
@@ -67,8 +79,12 @@ async fn setup(configure: impl FnOnce(&ToolServer)) -> Setup {
 }
 
 async fn run(app: &TestApp, text: &str) -> (String, Value) {
+    run_prompt(app, "assistant", text).await
+}
+
+async fn run_prompt(app: &TestApp, prompt: &str, text: &str) -> (String, Value) {
     let text = format!("{text} ({})", Uuid::now_v7().simple());
-    let body = json!({"prompt": "assistant", "input": {"text": text}});
+    let body = json!({"prompt": prompt, "input": {"text": text}});
     let id = app.submit_accepted(&body).await["id"]
         .as_str()
         .unwrap()
@@ -270,4 +286,80 @@ async fn a_prompt_naming_a_tool_the_worker_does_not_define_fails_tool_undefined(
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["error"]["code"], "tool_undefined", "{done}");
     app.cleanup().await;
+}
+
+fn registered(url: &str) -> Value {
+    json!({
+        "description": "A tool the tenant registered.",
+        "idempotent": true,
+        "endpoint": {"method": "POST", "url": url},
+        "credential": {"header": "X-Tool-Key", "secret": "reg"},
+        "parameters": {"type": "object", "required": ["city"], "properties": {"city": {"type": "string"}}},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_registered_through_the_api_is_called_with_the_tenants_secret() {
+    use reqwest::{Method, StatusCode};
+    let s = setup(|_| {}).await;
+    let url = format!("{}/tools/registered", s.tools.base_url);
+    let put = s
+        .app
+        .send_json(Method::PUT, "/v1/tools/registered", &registered(&url))
+        .await;
+    assert_eq!(put.status(), StatusCode::CREATED);
+    let body: Value = put.json().await.unwrap();
+    assert_eq!(body["name"], "registered");
+    // The defaults are filled in.
+    assert_eq!(body["definition"]["timeout_ms"], 5000);
+    let again = s
+        .app
+        .send_json(Method::PUT, "/v1/tools/registered", &registered(&url))
+        .await;
+    assert_eq!(again.status(), StatusCode::OK);
+    let list: Value = s.app.get_authorized("/v1/tools").await.json().await.unwrap();
+    assert_eq!(list["data"].as_array().unwrap().len(), 1, "{list}");
+
+    let (id, done) = run_prompt(&s.app, "registrar", r#"Go [[tool:registered {"city":"Oslo"}]]"#).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let calls = s.tools.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].credential.as_deref(), Some("tenant-secret"));
+    assert_eq!(calls[0].idempotency_key, format!("llmq-{id}-1-0"));
+
+    let deleted = s.app.send_empty(Method::DELETE, "/v1/tools/registered").await;
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let gone = s.app.get_authorized("/v1/tools/registered").await;
+    llmq_tests::assert_error(gone, StatusCode::NOT_FOUND, "not_found").await;
+    let (_, done) = run_prompt(&s.app, "registrar", "No tool any more").await;
+    assert_eq!(done["error"]["code"], "tool_undefined", "{done}");
+    s.app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_tool_is_refused_naming_the_field_or_the_address() {
+    use reqwest::{Method, StatusCode};
+    let s = setup(|_| {}).await;
+    let url = format!("{}/tools/registered", s.tools.base_url);
+    let mut env = registered(&url);
+    env["credential"] = json!({"header": "X-Tool-Key", "env": "HOME"});
+    let refused = s.app.send_json(Method::PUT, "/v1/tools/t", &env).await;
+    let body = llmq_tests::assert_error(refused, StatusCode::UNPROCESSABLE_ENTITY, "invalid_definition").await;
+    assert!(body["message"].as_str().unwrap().contains("credential.env"), "{body}");
+
+    let mut unknown = registered(&url);
+    unknown["timeout"] = json!(5);
+    let refused = s.app.send_json(Method::PUT, "/v1/tools/t", &unknown).await;
+    let body = llmq_tests::assert_error(refused, StatusCode::UNPROCESSABLE_ENTITY, "invalid_definition").await;
+    assert!(body["message"].as_str().unwrap().contains("timeout"), "{body}");
+
+    let private = registered("http://10.1.2.3/tools/x");
+    let refused = s.app.send_json(Method::PUT, "/v1/tools/t", &private).await;
+    llmq_tests::assert_error(refused, StatusCode::UNPROCESSABLE_ENTITY, "tool_url_refused").await;
+
+    let bad_name = s.app.send_json(Method::PUT, "/v1/tools/Bad%20Name", &registered(&url)).await;
+    assert_eq!(bad_name.status(), StatusCode::BAD_REQUEST);
+    let list: Value = s.app.get_authorized("/v1/tools").await.json().await.unwrap();
+    assert_eq!(list["data"], json!([]), "nothing refused is stored");
+    s.app.cleanup().await;
 }

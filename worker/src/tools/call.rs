@@ -72,6 +72,29 @@ impl ToolRunner {
             Duration::from_millis(d.retry.base_ms),
             Duration::from_millis(d.retry.max_ms),
         );
+        // A tenant's tool points where the tenant said: checked like a
+        // webhook destination before every call (no SSRF).
+        if tool.tenant.is_some() {
+            if let Err(e) = settings
+                .tools
+                .destination_policy()
+                .check(&d.endpoint.url)
+                .await
+            {
+                let error = ErrorInfo {
+                    code: codes::TOOL_MISCONFIGURED.into(),
+                    message: format!("tool {}: {}", tool.name, e.to_string().replace("webhook ", "")),
+                };
+                return CallOutcome {
+                    content: error_content(&error),
+                    error: Some(error),
+                    retryable: Some(false),
+                    http_status: None,
+                    tries: 0,
+                    truncated: false,
+                };
+            }
+        }
         let mut tries = 0;
         loop {
             tries += 1;
@@ -250,10 +273,18 @@ fn credential(
     let Some(c) = &tool.definition.credential else {
         return Ok(None);
     };
-    let value = match (&c.env, &c.secret) {
-        (Some(var), _) => std::env::var(var).ok(),
-        (None, Some(key)) => settings.tools.secrets.get(key).cloned(),
-        (None, None) => None,
+    let value = match (&tool.tenant, &c.env, &c.secret) {
+        // A tenant's tool reads only that tenant's secrets.
+        (Some(tenant), _, Some(key)) => settings
+            .tools
+            .tenant_secrets
+            .get(tenant)
+            .and_then(|s| s.get(key))
+            .cloned(),
+        (Some(_), _, None) => None,
+        (None, Some(var), _) => std::env::var(var).ok(),
+        (None, None, Some(key)) => settings.tools.secrets.get(key).cloned(),
+        (None, None, None) => None,
     };
     match value.filter(|v| !v.is_empty()) {
         Some(v) => Ok(Some((c.header.clone(), format!("{}{v}", c.prefix)))),
@@ -265,7 +296,10 @@ fn credential(
                 c.env
                     .as_ref()
                     .map(|v| format!("environment variable {v}"))
-                    .or_else(|| c.secret.as_ref().map(|s| format!("tools.secrets.{s}")))
+                    .or_else(|| c.secret.as_ref().map(|s| match &tool.tenant {
+                        Some(t) => format!("tools.tenant_secrets.{t}.{s}"),
+                        None => format!("tools.secrets.{s}"),
+                    }))
                     .unwrap_or_default()
             ),
         }),

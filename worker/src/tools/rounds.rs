@@ -38,7 +38,8 @@ use llmq_shared::execution::{codes, ErrorInfo, Usage};
 use llmq_shared::mask::{mask_json, mask_text};
 use llmq_shared::metrics as m;
 use llmq_shared::step::{self as step_row, StepKind, StepStatus};
-use llmq_shared::tool::CompiledTool;
+use llmq_shared::db::{tools as db_tools, DbError};
+use llmq_shared::tool::{CompiledTool, ToolDefinition};
 use serde_json::{json, Value};
 
 use super::call::error_content;
@@ -162,10 +163,14 @@ fn tool_message(call: &ProposedCall, content: &str) -> Value {
 /// The `generate` step of a version with tools: `Continue` with the
 /// answer in `out`, or how the run ends.
 pub async fn converse(cx: &mut Cx<'_>, out: &mut Outputs) -> Result<Outcome, PipelineError> {
-    let offered = match offered(cx) {
-        Ok(offered) => offered,
+    let tools = match available(cx).await? {
+        Ok(tools) => tools,
         Err(error) => return Ok(Outcome::Fail(error)),
     };
+    let offered: Vec<Value> = tools
+        .iter()
+        .map(|(name, tool)| tool.definition.function(name))
+        .collect();
     let earlier = rebuild(cx.earlier);
     let model = cx.execution.model.clone();
     let endpoint = Endpoint::resolve(&cx.ctx.settings, &model);
@@ -183,7 +188,7 @@ pub async fn converse(cx: &mut Cx<'_>, out: &mut Outputs) -> Result<Outcome, Pip
         messages.push(assistant_message(round));
         calls_made += round.calls.len() as u32;
         rounds_done = round.number;
-        let told = match answer_round(cx, round, &earlier.told, &earlier.in_flight).await? {
+        let told = match answer_round(cx, &tools, round, &earlier.told, &earlier.in_flight).await? {
             Ok(told) => told,
             Err(outcome) => return Ok(outcome),
         };
@@ -261,7 +266,7 @@ pub async fn converse(cx: &mut Cx<'_>, out: &mut Outputs) -> Result<Outcome, Pip
             }));
         }
         messages.push(assistant_message(&round));
-        let told = match answer_round(cx, &round, &HashMap::new(), &HashSet::new()).await? {
+        let told = match answer_round(cx, &tools, &round, &HashMap::new(), &HashSet::new()).await? {
             Ok(told) => told,
             Err(outcome) => return Ok(outcome),
         };
@@ -272,24 +277,56 @@ pub async fn converse(cx: &mut Cx<'_>, out: &mut Outputs) -> Result<Outcome, Pip
     }
 }
 
-/// The version's tools in OpenAI's format; an error when this worker has
-/// no definition of one of them.
-fn offered(cx: &Cx<'_>) -> Result<Vec<Value>, ErrorInfo> {
-    cx.prompt
-        .definition
-        .tools
+/// The tools one execution may call, by name: the tool files', and the
+/// tenant's own definitions (registered through the API), which win for
+/// its executions.
+type Available = BTreeMap<String, Arc<CompiledTool>>;
+
+/// The version's tools for this execution's tenant; the inner error when
+/// one of them is defined nowhere (or its stored definition no longer
+/// compiles).
+async fn available(cx: &Cx<'_>) -> Result<Result<Available, ErrorInfo>, PipelineError> {
+    let names = &cx.prompt.definition.tools;
+    let mut tools: Available = names
         .iter()
-        .map(|name| match cx.ctx.tools.tools.get(name) {
-            Some(tool) => Ok(tool.definition.function(name)),
-            None => Err(ErrorInfo {
-                code: codes::TOOL_UNDEFINED.into(),
-                message: format!(
-                    "prompt {} v{} allows tool {name:?}, which this worker has no definition of (tools_dir)",
-                    cx.prompt.name, cx.prompt.version
-                ),
-            }),
-        })
-        .collect()
+        .filter_map(|n| cx.ctx.tools.tools.get(n).map(|t| (n.clone(), t.clone())))
+        .collect();
+    let tenant = &cx.execution.tenant_id;
+    let client = cx.ctx.pool.get().await.map_err(DbError::from)?;
+    for stored in db_tools::named_tools(&client, tenant, names).await? {
+        let compiled = ToolDefinition::from_json(&stored.definition)
+            .map_err(|e| vec![e])
+            .and_then(|d| CompiledTool::compile_for_tenant(tenant, &stored.name, d));
+        match compiled {
+            Ok(tool) => {
+                tools.insert(stored.name.clone(), Arc::new(tool));
+            }
+            Err(errors) => {
+                return Ok(Err(ErrorInfo {
+                    code: codes::TOOL_UNDEFINED.into(),
+                    message: format!(
+                        "the stored definition of tool {} does not compile: {}",
+                        stored.name,
+                        errors
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                }))
+            }
+        }
+    }
+    if let Some(missing) = names.iter().find(|n| !tools.contains_key(*n)) {
+        return Ok(Err(ErrorInfo {
+            code: codes::TOOL_UNDEFINED.into(),
+            message: format!(
+                "prompt {} v{} allows tool {missing:?}, which is neither a tool file of this worker (tools_dir) nor registered by the tenant (PUT /v1/tools/{missing})",
+                cx.prompt.name, cx.prompt.version
+            ),
+        }));
+    }
+    Ok(Ok(tools))
 }
 
 /// One model turn, recorded before (with the rows waiting) and after a
@@ -378,15 +415,15 @@ async fn model_call(
 }
 
 /// What llmq does with one proposed call.
-enum Decision2 {
+enum Proposal {
     Refuse(ErrorInfo),
     Call(Arc<CompiledTool>, Value),
 }
 
-fn decide(cx: &Cx<'_>, call: &ProposedCall) -> Decision2 {
+fn decide(cx: &Cx<'_>, tools: &Available, call: &ProposedCall) -> Proposal {
     let allowed = &cx.prompt.definition.tools;
     if !allowed.contains(&call.name) {
-        return Decision2::Refuse(ErrorInfo {
+        return Proposal::Refuse(ErrorInfo {
             code: codes::TOOL_NOT_ALLOWED.into(),
             message: format!(
                 "tool {:?} is not allowed here; the tools you may call are: {}",
@@ -395,8 +432,8 @@ fn decide(cx: &Cx<'_>, call: &ProposedCall) -> Decision2 {
             ),
         });
     }
-    let Some(tool) = cx.ctx.tools.tools.get(&call.name) else {
-        return Decision2::Refuse(ErrorInfo {
+    let Some(tool) = tools.get(&call.name) else {
+        return Proposal::Refuse(ErrorInfo {
             code: codes::TOOL_UNDEFINED.into(),
             message: format!("tool {:?} is not defined", call.name),
         });
@@ -407,7 +444,7 @@ fn decide(cx: &Cx<'_>, call: &ProposedCall) -> Decision2 {
         call.arguments.as_str()
     };
     let invalid = |message: String| {
-        Decision2::Refuse(ErrorInfo {
+        Proposal::Refuse(ErrorInfo {
             code: codes::TOOL_INVALID_ARGUMENTS.into(),
             message,
         })
@@ -428,7 +465,7 @@ fn decide(cx: &Cx<'_>, call: &ProposedCall) -> Decision2 {
             list.join("; ")
         ));
     }
-    Decision2::Call(tool.clone(), arguments)
+    Proposal::Call(tool.clone(), arguments)
 }
 
 /// The step kind of a proposed call: its name, made safe for a trace.
@@ -455,6 +492,7 @@ fn idempotency_key(cx: &Cx<'_>, round: u32, index: usize) -> String {
 /// it, else by refusing or making it. `Err` is how the run ends instead.
 async fn answer_round(
     cx: &mut Cx<'_>,
+    tools: &Available,
     round: &Round,
     told: &HashMap<(u32, usize), String>,
     in_flight: &HashSet<(u32, usize)>,
@@ -477,8 +515,8 @@ async fn answer_round(
             "arguments": mask_json(&arguments_for_trace),
             "idempotency_key": key,
         }));
-        match decide(cx, call) {
-            Decision2::Refuse(error) => {
+        match decide(cx, tools, call) {
+            Proposal::Refuse(error) => {
                 let content = error_content(&error);
                 step.output = Some(json!({"content": mask_text(&content)}));
                 step.error = Some(error);
@@ -486,7 +524,7 @@ async fn answer_round(
                 cx.done(step, StepStatus::Failed);
                 answers.insert(index, content);
             }
-            Decision2::Call(tool, arguments) => {
+            Proposal::Call(tool, arguments) => {
                 let d = &tool.definition;
                 step.params = Some(json!({
                     "method": d.endpoint.method,
