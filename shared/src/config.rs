@@ -441,7 +441,10 @@ impl std::fmt::Debug for Settings {
             .field("prompts_dir", &self.prompts_dir)
             .field("tools_dir", &self.tools_dir)
             .field("tools.max_parallel", &self.tools.max_parallel)
-            .field("tools.secrets", &self.tools.secrets.keys().collect::<Vec<_>>())
+            .field(
+                "tools.secrets",
+                &self.tools.secrets.keys().collect::<Vec<_>>(),
+            )
             .field("db_pool_size", &self.db_pool_size)
             .field("api.addr", &self.api.addr)
             .field("api.api_key", &redact(&self.api.api_key))

@@ -221,8 +221,8 @@ async fn serve(
     }
     state.in_flight.fetch_sub(1, Ordering::SeqCst);
     if let Some(status) = behaviour.failures.get(n - 1) {
-        let status =
-            actix_web::http::StatusCode::from_u16(*status).unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
+        let status = actix_web::http::StatusCode::from_u16(*status)
+            .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
         return HttpResponse::build(status).json(json!({"error": format!("injected {status}")}));
     }
     HttpResponse::Ok().json(json!({"tool": name, "arguments": arguments, "call": n}))

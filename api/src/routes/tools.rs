@@ -60,7 +60,11 @@ pub async fn list_tools(
     state: web::Data<AppState>,
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
-    let tools = within(state.deadline(), service::list_tools(&state.pool, &caller.tenant)).await?;
+    let tools = within(
+        state.deadline(),
+        service::list_tools(&state.pool, &caller.tenant),
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(ToolList {
         data: tools.iter().map(ToolResource::from).collect(),
     }))

@@ -35,15 +35,17 @@ pub async fn put_tool(
         message: format!("definition: {e}"),
         details: None,
     })?;
-    let compiled = CompiledTool::compile_for_tenant(tenant.as_str(), name, definition)
-        .map_err(|errors| ServiceError::Rejected {
-            code: INVALID,
-            message: errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
-            details: None,
+    let compiled =
+        CompiledTool::compile_for_tenant(tenant.as_str(), name, definition).map_err(|errors| {
+            ServiceError::Rejected {
+                code: INVALID,
+                message: errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                details: None,
+            }
         })?;
     settings
         .destination_policy()

@@ -49,8 +49,8 @@ fn bad_definitions_name_their_field() {
         .replace("\"GET\"", "\"FETCH\"")
         .replace("env = \"WEATHER_KEY\"", "")
         .replace("http://127.0.0.1:9/weather", "ftp://x");
-    let errors = CompiledTool::compile("weather", ToolDefinition::from_toml(&bad).unwrap())
-        .unwrap_err();
+    let errors =
+        CompiledTool::compile("weather", ToolDefinition::from_toml(&bad).unwrap()).unwrap_err();
     let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
     assert_eq!(fields, ["endpoint.method", "endpoint.url", "credential"]);
     let d = ToolDefinition::from_toml(WEATHER).unwrap();

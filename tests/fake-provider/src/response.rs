@@ -47,7 +47,11 @@ impl Answer {
             let calls = markers::tool_markers(user_text);
             if !calls.is_empty() {
                 let h = if endless {
-                    let round = req.messages.iter().filter(|m| m.role == "assistant").count();
+                    let round = req
+                        .messages
+                        .iter()
+                        .filter(|m| m.role == "assistant")
+                        .count();
                     fnv1a(format!("{user_text}\n{round}").as_bytes())
                 } else {
                     fnv1a(user_text.as_bytes())

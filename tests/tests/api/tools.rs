@@ -50,7 +50,10 @@ async fn setup(configure: impl FnOnce(&ToolServer)) -> Setup {
     prompts.add("assistant", 1, ASSISTANT).add(
         "registrar",
         1,
-        &ASSISTANT.replace(r#"tools = ["weather", "strict", "slow"]"#, r#"tools = ["registered"]"#),
+        &ASSISTANT.replace(
+            r#"tools = ["weather", "strict", "slow"]"#,
+            r#"tools = ["registered"]"#,
+        ),
     );
     let (prompts_dir, tools_dir) = (prompts.dir.clone(), tools.tools_dir.clone());
     let app = TestApp::builder()
@@ -195,8 +198,16 @@ async fn a_tool_timeout_is_retried_within_its_policy_and_a_4xx_is_not() {
     .await;
     assert_eq!(done["status"], "succeeded", "{done}");
     let per_key = s.tools.calls_per_key();
-    assert_eq!(per_key.get(&format!("llmq-{id}-1-0")), Some(&2), "{per_key:?}");
-    assert_eq!(per_key.get(&format!("llmq-{id}-1-1")), Some(&1), "{per_key:?}");
+    assert_eq!(
+        per_key.get(&format!("llmq-{id}-1-0")),
+        Some(&2),
+        "{per_key:?}"
+    );
+    assert_eq!(
+        per_key.get(&format!("llmq-{id}-1-1")),
+        Some(&1),
+        "{per_key:?}"
+    );
 
     let steps = steps(&s.app, &id).await;
     let slow = of_kind(&steps, "tool:slow");
@@ -317,17 +328,31 @@ async fn a_tool_registered_through_the_api_is_called_with_the_tenants_secret() {
         .send_json(Method::PUT, "/v1/tools/registered", &registered(&url))
         .await;
     assert_eq!(again.status(), StatusCode::OK);
-    let list: Value = s.app.get_authorized("/v1/tools").await.json().await.unwrap();
+    let list: Value = s
+        .app
+        .get_authorized("/v1/tools")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["data"].as_array().unwrap().len(), 1, "{list}");
 
-    let (id, done) = run_prompt(&s.app, "registrar", r#"Go [[tool:registered {"city":"Oslo"}]]"#).await;
+    let (id, done) = run_prompt(
+        &s.app,
+        "registrar",
+        r#"Go [[tool:registered {"city":"Oslo"}]]"#,
+    )
+    .await;
     assert_eq!(done["status"], "succeeded", "{done}");
     let calls = s.tools.calls();
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_eq!(calls[0].credential.as_deref(), Some("tenant-secret"));
     assert_eq!(calls[0].idempotency_key, format!("llmq-{id}-1-0"));
 
-    let deleted = s.app.send_empty(Method::DELETE, "/v1/tools/registered").await;
+    let deleted = s
+        .app
+        .send_empty(Method::DELETE, "/v1/tools/registered")
+        .await;
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     let gone = s.app.get_authorized("/v1/tools/registered").await;
     llmq_tests::assert_error(gone, StatusCode::NOT_FOUND, "not_found").await;
@@ -344,22 +369,52 @@ async fn a_registered_tool_is_refused_naming_the_field_or_the_address() {
     let mut env = registered(&url);
     env["credential"] = json!({"header": "X-Tool-Key", "env": "HOME"});
     let refused = s.app.send_json(Method::PUT, "/v1/tools/t", &env).await;
-    let body = llmq_tests::assert_error(refused, StatusCode::UNPROCESSABLE_ENTITY, "invalid_definition").await;
-    assert!(body["message"].as_str().unwrap().contains("credential.env"), "{body}");
+    let body = llmq_tests::assert_error(
+        refused,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_definition",
+    )
+    .await;
+    assert!(
+        body["message"].as_str().unwrap().contains("credential.env"),
+        "{body}"
+    );
 
     let mut unknown = registered(&url);
     unknown["timeout"] = json!(5);
     let refused = s.app.send_json(Method::PUT, "/v1/tools/t", &unknown).await;
-    let body = llmq_tests::assert_error(refused, StatusCode::UNPROCESSABLE_ENTITY, "invalid_definition").await;
-    assert!(body["message"].as_str().unwrap().contains("timeout"), "{body}");
+    let body = llmq_tests::assert_error(
+        refused,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_definition",
+    )
+    .await;
+    assert!(
+        body["message"].as_str().unwrap().contains("timeout"),
+        "{body}"
+    );
 
     let private = registered("http://10.1.2.3/tools/x");
     let refused = s.app.send_json(Method::PUT, "/v1/tools/t", &private).await;
-    llmq_tests::assert_error(refused, StatusCode::UNPROCESSABLE_ENTITY, "tool_url_refused").await;
+    llmq_tests::assert_error(
+        refused,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "tool_url_refused",
+    )
+    .await;
 
-    let bad_name = s.app.send_json(Method::PUT, "/v1/tools/Bad%20Name", &registered(&url)).await;
+    let bad_name = s
+        .app
+        .send_json(Method::PUT, "/v1/tools/Bad%20Name", &registered(&url))
+        .await;
     assert_eq!(bad_name.status(), StatusCode::BAD_REQUEST);
-    let list: Value = s.app.get_authorized("/v1/tools").await.json().await.unwrap();
+    let list: Value = s
+        .app
+        .get_authorized("/v1/tools")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["data"], json!([]), "nothing refused is stored");
     s.app.cleanup().await;
 }

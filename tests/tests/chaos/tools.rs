@@ -34,7 +34,9 @@ struct Setup {
 async fn setup(configure: impl FnOnce(&ToolServer)) -> Setup {
     let tools = ToolServer::start().await.unwrap();
     // `book` has a side effect a repeat would double; `lookup` has none.
-    tools.define("book", "").define("lookup", "idempotent = true\ntimeout_ms = 60000");
+    tools
+        .define("book", "")
+        .define("lookup", "idempotent = true\ntimeout_ms = 60000");
     configure(&tools);
     let prompts = TempPrompts::with_shipped();
     prompts.add("booker", 1, BOOKER);
@@ -111,7 +113,10 @@ async fn a_worker_killed_after_a_tool_call_succeeded_does_not_call_it_again_on_r
     );
     first.sigkill().await;
     let _second = s.app.spawn_worker_process("tools-b");
-    let done = s.app.wait_until_terminal(&id, Duration::from_secs(25)).await;
+    let done = s
+        .app
+        .wait_until_terminal(&id, Duration::from_secs(25))
+        .await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(
         s.tools.calls_per_key().get(&key),
@@ -143,7 +148,9 @@ async fn a_worker_killed_during_a_non_idempotent_call_ends_tool_outcome_unknown(
     // The call has reached the tool, and its "started" row is committed.
     assert!(
         s.app
-            .eventually(Duration::from_secs(15), || async { s.tools.calls().len() == 1 })
+            .eventually(Duration::from_secs(15), || async {
+                s.tools.calls().len() == 1
+            })
             .await,
         "the tool was not called; worker log:\n{}",
         first.log_tail(40)
@@ -151,7 +158,10 @@ async fn a_worker_killed_during_a_non_idempotent_call_ends_tool_outcome_unknown(
     assert!(wait_for_step(&s.app, &id, "tool:book", "running").await);
     first.sigkill().await;
     let _second = s.app.spawn_worker_process("tools-b");
-    let done = s.app.wait_until_terminal(&id, Duration::from_secs(25)).await;
+    let done = s
+        .app
+        .wait_until_terminal(&id, Duration::from_secs(25))
+        .await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["error"]["code"], "tool_outcome_unknown", "{done}");
     assert_eq!(s.tools.calls().len(), 1, "the call was not made again");
@@ -176,14 +186,19 @@ async fn a_worker_killed_during_an_idempotent_call_makes_it_again_with_the_same_
     let id = submit(&s.app, r#"Look it up [[tool:lookup {"city":"Oslo"}]]"#).await;
     assert!(
         s.app
-            .eventually(Duration::from_secs(15), || async { s.tools.calls().len() == 1 })
+            .eventually(Duration::from_secs(15), || async {
+                s.tools.calls().len() == 1
+            })
             .await,
         "the tool was not called; worker log:\n{}",
         first.log_tail(40)
     );
     first.sigkill().await;
     let _second = s.app.spawn_worker_process("tools-b");
-    let done = s.app.wait_until_terminal(&id, Duration::from_secs(25)).await;
+    let done = s
+        .app
+        .wait_until_terminal(&id, Duration::from_secs(25))
+        .await;
     assert_eq!(done["status"], "succeeded", "{done}");
     let key = format!("llmq-{id}-1-0");
     assert_eq!(

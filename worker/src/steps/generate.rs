@@ -370,7 +370,11 @@ async fn call(
 /// The answer as the execution keeps it: parsed for JSON output (when it
 /// parses; `validate` judges it), else the text; with what Postgres cannot
 /// store removed (and how many characters were).
-pub(crate) fn output_of(cx: &Cx<'_>, generation: &Generation, endpoint: &Endpoint) -> (Generated, usize) {
+pub(crate) fn output_of(
+    cx: &Cx<'_>,
+    generation: &Generation,
+    endpoint: &Endpoint,
+) -> (Generated, usize) {
     let mut usage: Usage = generation.usage;
     usage.cost_usd = endpoint.cost(&usage);
     let (mut output, not_json) = if wants_json(cx) {

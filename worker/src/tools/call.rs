@@ -83,7 +83,11 @@ impl ToolRunner {
             {
                 let error = ErrorInfo {
                     code: codes::TOOL_MISCONFIGURED.into(),
-                    message: format!("tool {}: {}", tool.name, e.to_string().replace("webhook ", "")),
+                    message: format!(
+                        "tool {}: {}",
+                        tool.name,
+                        e.to_string().replace("webhook ", "")
+                    ),
                 };
                 return CallOutcome {
                     content: error_content(&error),
@@ -178,16 +182,15 @@ impl ToolRunner {
         if let Some((header, value)) = credential {
             request = request.header(header.as_str(), value.as_str());
         }
-        let failed = |code: &str, message: String, status: Option<u16>, retryable: bool| {
-            Try::Failed {
+        let failed =
+            |code: &str, message: String, status: Option<u16>, retryable: bool| Try::Failed {
                 error: ErrorInfo {
                     code: code.into(),
                     message,
                 },
                 status,
                 retryable,
-            }
-        };
+            };
         let mut response = match request.send().await {
             Ok(r) => r,
             Err(e) if e.is_timeout() => {

@@ -34,11 +34,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use llmq_shared::db::{tools as db_tools, DbError};
 use llmq_shared::execution::{codes, ErrorInfo, Usage};
 use llmq_shared::mask::{mask_json, mask_text};
 use llmq_shared::metrics as m;
 use llmq_shared::step::{self as step_row, StepKind, StepStatus};
-use llmq_shared::db::{tools as db_tools, DbError};
 use llmq_shared::tool::{CompiledTool, ToolDefinition};
 use serde_json::{json, Value};
 
@@ -93,7 +93,8 @@ fn rebuild(earlier: &[step_row::Step]) -> Earlier {
                     continue;
                 };
                 let output = s.output.clone().unwrap_or_default();
-                let calls = serde_json::from_value(output["tool_calls"].clone()).unwrap_or_default();
+                let calls =
+                    serde_json::from_value(output["tool_calls"].clone()).unwrap_or_default();
                 let content = output["content"].as_str().unwrap_or_default().to_string();
                 if let Some(u) = s.usage {
                     add_usage(&mut e.usage, &u);
@@ -115,7 +116,9 @@ fn rebuild(earlier: &[step_row::Step]) -> Earlier {
                 };
                 let key = (r as u32, i as usize);
                 let lost = matches!(s.status, StepStatus::Running | StepStatus::Cancelled)
-                    || s.error.as_ref().is_some_and(|e| e.code == codes::WORKER_LOST);
+                    || s.error
+                        .as_ref()
+                        .is_some_and(|e| e.code == codes::WORKER_LOST);
                 if lost {
                     e.told.remove(&key);
                     e.in_flight.insert(key);
@@ -220,6 +223,10 @@ pub async fn converse(cx: &mut Cx<'_>, out: &mut Outputs) -> Result<Outcome, Pip
         };
         add_usage(&mut usage, &generation.usage);
         step.usage = Some(generation.usage);
+        metrics::counter!(m::TOKENS, "model" => model.clone(), "kind" => "prompt")
+            .increment(generation.usage.prompt_tokens.max(0) as u64);
+        metrics::counter!(m::TOKENS, "model" => model.clone(), "kind" => "completion")
+            .increment(generation.usage.completion_tokens.max(0) as u64);
         if generation.tool_calls.is_empty() {
             let (mut generated, _removed) = output_of(cx, &generation, &endpoint);
             usage.cost_usd = endpoint.cost(&usage);
@@ -244,10 +251,6 @@ pub async fn converse(cx: &mut Cx<'_>, out: &mut Outputs) -> Result<Outcome, Pip
             "content": mask_text(&round.content),
         }));
         cx.done(step, StepStatus::Succeeded);
-        metrics::counter!(m::TOKENS, "model" => model.clone(), "kind" => "prompt")
-            .increment(generation.usage.prompt_tokens.max(0) as u64);
-        metrics::counter!(m::TOKENS, "model" => model.clone(), "kind" => "completion")
-            .increment(generation.usage.completion_tokens.max(0) as u64);
         if number > max_rounds {
             return Ok(Outcome::Fail(ErrorInfo {
                 code: codes::TOOL_ROUNDS_EXCEEDED.into(),
