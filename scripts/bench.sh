@@ -18,6 +18,11 @@
 #       execution with a webhook to a local receiver — deliveries/s and
 #       finished_at → delivered p50 / p99 (the webhooks role runs in the
 #       same worker)
+#   (d) provider latency 0 ms, closed loop, every execution with one tool
+#       round: the model asks for one call of a local tool at 0 ms (the
+#       fake provider's /tools/echo), llmq calls it and the model answers —
+#       executions/s and CPU per execution; the difference with (a) is what
+#       a tool round adds
 # The load generator (tests/bench, `llmq-bench`) submits the executions over
 # HTTP, waits for them via Postgres and prints its figures; a summary with the
 # targets comes last. Targets are reported, not enforced: the script exits 0
@@ -36,11 +41,14 @@
 #                      every execution carry a webhook to the fake provider's
 #                      /webhook receiver, runs the worker's `webhooks` role
 #                      and reports deliveries/s and finished_at -> delivered;
+#                      `tools` gives every execution one tool round against
+#                      a 0 ms tool (the bench-tools prompt, written with a
+#                      tools/ directory into .run/ for the run);
 #                      "0:1024:1000:20000:webhook" is the issue's setting at
 #                      1,000 executions/s, "0:1024:0:20000:webhook" the peak
 #                      delivery rate)
 #                      (default "0:1024 0:1024:100:3000 2000:8192:2500
-#                      0:1024:1000:20000:webhook")
+#                      0:1024:1000:20000:webhook 0:1024:0:20000:tools")
 #   BENCH_SSE          the event-stream setting, "LATENCY_MS:WORKER_CONCURRENCY:RATE:N"
 #                      (default "20000:16384:1000:10000": N executions submitted
 #                      at RATE/s, each with its own SSE subscriber opened right
@@ -84,7 +92,7 @@ BENCH_CONCURRENCY=${BENCH_CONCURRENCY:-64}
 BENCH_RATE=${BENCH_RATE:-0}
 BENCH_WARMUP=${BENCH_WARMUP:-200}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-240}
-BENCH_SETTINGS=${BENCH_SETTINGS:-"0:1024 0:1024:100:3000 2000:8192:2500 0:1024:1000:20000:webhook"}
+BENCH_SETTINGS=${BENCH_SETTINGS:-"0:1024 0:1024:100:3000 2000:8192:2500 0:1024:1000:20000:webhook 0:1024:0:20000:tools"}
 BENCH_SSE=${BENCH_SSE:-"20000:16384:1000:10000"}
 BENCH_CURVE=${BENCH_CURVE:-0}
 BENCH_DB=${BENCH_DB:-llmq_bench}
@@ -208,6 +216,7 @@ setting_name() { # setting_name LATENCY_MS RATE [webhook]
 run_setting() { # run_setting LATENCY_MS WORKER_CONCURRENCY RATE N [sse|webhook]
     local latency=$1 concurrency=$2 rate=$3 n=$4 mode=${5:-} hooks= name ts rc=0 hwm rabbit_pid
     [ "$mode" = webhook ] && hooks=webhook
+    [ "$mode" = tools ] && hooks=tools
     name=$(setting_name "$latency" "$rate" "$hooks")
     [ "$mode" = sse ] && name="sse-$name"
     local out="$RUN_DIR/bench-$name.out" json="$RUN_DIR/bench-$name.json"
@@ -224,9 +233,46 @@ run_setting() { # run_setting LATENCY_MS WORKER_CONCURRENCY RATE N [sse|webhook]
         port_free "$port" || die "port $port is in use (left over from an earlier run? see $RUN_DIR/bench-*.log)"
     done
 
+    local prompts_dir=prompts
+    if [ "$mode" = tools ]; then
+        # One tool round per execution: the prompt's text carries the fake
+        # model's tool marker; the tool is the fake provider's, at 0 ms.
+        prompts_dir=$RUN_DIR/bench-prompts
+        rm -rf "$prompts_dir" "$RUN_DIR/bench-tools"
+        cp -r prompts "$prompts_dir"
+        mkdir -p "$prompts_dir/bench-tools" "$RUN_DIR/bench-tools"
+        cat >"$prompts_dir/bench-tools/v1.toml" <<'TOML'
+description = "Benchmark: one tool round per execution."
+model = "gpt-4o-mini"
+template = """{{ text }} [[tool:echo {"city":"Oslo"}]]"""
+tools = ["echo"]
+
+[input_schema]
+type = "object"
+required = ["text"]
+
+[input_schema.properties.text]
+type = "string"
+TOML
+        cat >"$RUN_DIR/bench-tools/echo.toml" <<TOML
+description = "Answers at once with its arguments."
+idempotent = true
+
+[endpoint]
+method = "POST"
+url = "http://127.0.0.1:$PROVIDER_PORT/tools/echo"
+
+[parameters]
+type = "object"
+required = ["city"]
+
+[parameters.properties.city]
+type = "string"
+TOML
+    fi
     psql_admin -c "DROP DATABASE IF EXISTS \"$BENCH_DB\" WITH (FORCE)" >/dev/null || die "cannot drop database $BENCH_DB"
     psql_admin -c "CREATE DATABASE \"$BENCH_DB\"" >/dev/null || die "cannot create database $BENCH_DB"
-    DATABASE_URL=$DB_URL LLMQ_PROMPTS_DIR=prompts RUST_LOG=warn "$BIN/llmq-api" migrate \
+    DATABASE_URL=$DB_URL LLMQ_PROMPTS_DIR=$prompts_dir RUST_LOG=warn "$BIN/llmq-api" migrate \
         >"$RUN_DIR/bench-migrate.log" 2>&1 || die "migrate failed (see $RUN_DIR/bench-migrate.log)"
     if [ -n "${BENCH_AFTER_MIGRATE_SQL:-}" ]; then
         log "running BENCH_AFTER_MIGRATE_SQL: $BENCH_AFTER_MIGRATE_SQL"
@@ -238,7 +284,7 @@ run_setting() { # run_setting LATENCY_MS WORKER_CONCURRENCY RATE N [sse|webhook]
     QUEUE_PREFIX="bench.$ts.$name"
     local common=(
         "DATABASE_URL=$DB_URL" "AMQP_URL=$AMQP_URL" "LLMQ_QUEUE_PREFIX=$QUEUE_PREFIX"
-        "LLMQ_PROMPTS_DIR=prompts" "LLMQ_API__ADDR=127.0.0.1:$API_PORT" "LLMQ_API__API_KEY=$API_KEY"
+        "LLMQ_PROMPTS_DIR=$prompts_dir" "LLMQ_API__ADDR=127.0.0.1:$API_PORT" "LLMQ_API__API_KEY=$API_KEY"
         "LLMQ_API__ADMIN_KEY=$ADMIN_KEY" "RUST_LOG=warn"
     )
     local worker_extra=() bench_extra=()
@@ -247,6 +293,10 @@ run_setting() { # run_setting LATENCY_MS WORKER_CONCURRENCY RATE N [sse|webhook]
         common+=("LLMQ_WEBHOOKS__ALLOW_HTTP=true" 'LLMQ_WEBHOOKS__ALLOWED_HOSTS=["127.0.0.1"]')
         worker_extra=('LLMQ_WORKER__ROLES=["executions","relay","webhooks"]')
         bench_extra=(--webhook-url "http://127.0.0.1:$PROVIDER_PORT/webhook")
+    fi
+    if [ "$mode" = tools ]; then
+        worker_extra=("LLMQ_TOOLS_DIR=$RUN_DIR/bench-tools")
+        bench_extra=(--prompt bench-tools)
     fi
 
     start fake-provider "$RUN_DIR/bench-fake-provider-$name.log" \

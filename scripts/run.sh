@@ -5,8 +5,10 @@
 #   2. release build of llmq-api and llmq-worker
 #   3. unless LLMQ_PROVIDER_BASE_URL is set: a real small local model
 #      (scripts/local-model.sh, SmolLM2-135M on 127.0.0.1:8081)
-#   4. .run/llmq.toml (unless LLMQ_CONFIG is set), migrations, then the API
-#      and the worker in the background (logs in .run/api.log, .run/worker.log)
+#   4. .run/llmq.toml (unless LLMQ_CONFIG is set), migrations, then the API,
+#      the worker and the demo tool (scripts/demo-tool.py on 127.0.0.1:8082,
+#      the port tools/word_count.toml names) in the background (logs in
+#      .run/api.log, .run/worker.log, .run/tool.log)
 #   5. waits for /readyz, prints example requests, and stays until Ctrl-C,
 #      which stops everything it started.
 #
@@ -51,6 +53,8 @@ alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
 
 API_PID=""
 WORKER_PID=""
+TOOL_PID=""
+TOOL_PORT=8082
 STARTED_MODEL=0
 CLEANED=0
 
@@ -85,6 +89,10 @@ cleanup() {
     if [ -n "$API_PID" ]; then
         wait_pid api "$API_PID"
         rm -f "$RUN_DIR/api.pid"
+    fi
+    if [ -n "$TOOL_PID" ]; then
+        stop_pid tool "$TOOL_PID"
+        wait_pid tool "$TOOL_PID"
     fi
     if [ "$STARTED_MODEL" = 1 ]; then
         bash "$ROOT/scripts/local-model.sh" stop || true
@@ -175,6 +183,7 @@ else
         echo "database_url = $(toml_str "$DATABASE_URL")"
         echo "amqp_url = $(toml_str "$AMQP_URL")"
         echo "prompts_dir = $(toml_str "$ROOT/prompts")"
+        echo "tools_dir = $(toml_str "$ROOT/tools")"
         echo
         echo "[api]"
         echo "addr = $(toml_str "127.0.0.1:$HTTP_PORT")"
@@ -214,6 +223,17 @@ log "starting llmq-api on $BASE_URL (log .run/api.log)"
 setsid "$API_BIN" serve >"$RUN_DIR/api.log" 2>&1 </dev/null &
 API_PID=$!
 echo "$API_PID" >"$RUN_DIR/api.pid"
+
+if tcp_open "$TOOL_PORT"; then
+    log "something already listens on $TOOL_PORT; using it as the demo tool"
+else
+    log "starting the demo tool word_count on 127.0.0.1:$TOOL_PORT (log .run/tool.log)"
+    setsid python3 "$ROOT/scripts/demo-tool.py" "$TOOL_PORT" >"$RUN_DIR/tool.log" 2>&1 </dev/null &
+    TOOL_PID=$!
+fi
+
+# The demo tool's credential (tools/word_count.toml reads it from here).
+export DEMO_TOOL_KEY=${DEMO_TOOL_KEY:-demo-tool-key}
 
 log "starting llmq-worker (log .run/worker.log)"
 setsid "$WORKER_BIN" >"$RUN_DIR/worker.log" 2>&1 </dev/null &
@@ -256,6 +276,15 @@ cat <<EOF
   A JSON prompt (the answer is validated against its schema, and repaired if needed):
 
     curl -s -X POST $BASE_URL/v1/executions -H 'Authorization: Bearer $API_KEY' -H 'Content-Type: application/json' -d '{"prompt":"sentiment","input":{"text":"The parcel arrived broken and nobody answers."}}'
+
+  A prompt that calls a tool (word_count, served by scripts/demo-tool.py;
+  its steps show each model turn and the tool:word_count call):
+
+    curl -s -X POST $BASE_URL/v1/executions -H 'Authorization: Bearer $API_KEY' -H 'Content-Type: application/json' -d '{"prompt":"count-words","input":{"text":"The quick brown fox jumps over the lazy dog."}}'
+
+  (The local SmolLM2-135M is served with llama.cpp's chatml-function-calling
+  format, which can answer with tool calls, but a model this small often
+  answers without calling the tool: see the README.)
 
   Then wait for its result (put the returned id in place of <id>):
 

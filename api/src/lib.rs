@@ -14,6 +14,7 @@ pub mod routes;
 pub mod services;
 pub mod startup;
 pub mod state;
+pub mod tool_resources;
 pub mod webhook_resources;
 
 pub use startup::Application;

@@ -39,6 +39,7 @@ use crate::webhook_resources::{
         crate::resources::tenancy::OrgList, crate::resources::tenancy::CreateKey,
         crate::resources::tenancy::KeyResource, crate::resources::tenancy::KeyWithSecret,
         crate::resources::tenancy::KeyList,
+        crate::tool_resources::ToolResource, crate::tool_resources::ToolList,
     )),
     modifiers(&BearerAuth)
 )]

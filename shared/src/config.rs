@@ -21,6 +21,8 @@ pub struct Settings {
     /// Prefix of every exchange and queue name; tests use a unique one.
     pub queue_prefix: String,
     pub prompts_dir: PathBuf,
+    /// Tool definitions, `<tools_dir>/<name>.toml` (see `crate::tool`).
+    pub tools_dir: PathBuf,
     /// Connections per process in the Postgres pool.
     pub db_pool_size: usize,
     /// How long an execution whose publish was not confirmed (or whose
@@ -33,6 +35,8 @@ pub struct Settings {
     /// Event streams (SSE) and token deltas.
     pub events: EventSettings,
     pub webhooks: WebhookSettings,
+    /// Calling tools.
+    pub tools: ToolSettings,
     /// Logical models named by prompts, mapped onto providers.
     pub models: BTreeMap<String, ModelSettings>,
 }
@@ -140,6 +144,47 @@ pub struct WorkerSettings {
     pub validate_delay_ms: u64,
 }
 
+/// Calling tools (the `generate` step's tool rounds).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ToolSettings {
+    /// Tool calls of one model turn run at once, at most this many.
+    pub max_parallel: usize,
+    /// Credential values a tool file's `credential.secret` names.
+    pub secrets: BTreeMap<String, String>,
+    /// Per tenant, the credential values its tools registered through the
+    /// API name (`tools.tenant_secrets.<tenant>.<secret>`).
+    pub tenant_secrets: BTreeMap<String, BTreeMap<String, String>>,
+    /// Tools registered through the API may use plain `http` URLs.
+    pub allow_http: bool,
+    /// Hosts a tool registered through the API may name although they are
+    /// not public addresses (a trusted internal API; tests).
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for ToolSettings {
+    fn default() -> Self {
+        Self {
+            max_parallel: 4,
+            secrets: BTreeMap::new(),
+            tenant_secrets: BTreeMap::new(),
+            allow_http: false,
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+impl ToolSettings {
+    /// Where a tool registered through the API may point: the same rules
+    /// as webhook destinations (no SSRF), with the tools' own exemptions.
+    pub fn destination_policy(&self) -> crate::webhook::destination::DestinationPolicy {
+        crate::webhook::destination::DestinationPolicy {
+            allow_http: self.allow_http,
+            allowed_hosts: self.allowed_hosts.clone(),
+        }
+    }
+}
+
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ProviderSettings {
@@ -233,6 +278,7 @@ impl Default for Settings {
             amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             queue_prefix: "llmq".into(),
             prompts_dir: PathBuf::from("prompts"),
+            tools_dir: PathBuf::from("tools"),
             db_pool_size: 32,
             republish_after_secs: 10,
             api: ApiSettings::default(),
@@ -240,6 +286,7 @@ impl Default for Settings {
             provider: ProviderSettings::default(),
             events: EventSettings::default(),
             webhooks: WebhookSettings::default(),
+            tools: ToolSettings::default(),
             models: BTreeMap::new(),
         }
     }
@@ -399,6 +446,12 @@ impl std::fmt::Debug for Settings {
             .field("amqp_url", &redact_url(&self.amqp_url))
             .field("queue_prefix", &self.queue_prefix)
             .field("prompts_dir", &self.prompts_dir)
+            .field("tools_dir", &self.tools_dir)
+            .field("tools.max_parallel", &self.tools.max_parallel)
+            .field(
+                "tools.secrets",
+                &self.tools.secrets.keys().collect::<Vec<_>>(),
+            )
             .field("db_pool_size", &self.db_pool_size)
             .field("api.addr", &self.api.addr)
             .field("api.api_key", &redact(&self.api.api_key))

@@ -179,6 +179,27 @@ pub mod codes {
     /// (plus the slack for killed workers); the model is not called again.
     pub const ATTEMPTS_EXHAUSTED: &str = "attempts_exhausted";
     pub const INTERNAL: &str = "internal_error";
+    /// A tool call: the tool is not allowed for the prompt version.
+    pub const TOOL_NOT_ALLOWED: &str = "tool_not_allowed";
+    /// A tool call: the arguments break the tool's schema.
+    pub const TOOL_INVALID_ARGUMENTS: &str = "tool_invalid_arguments";
+    pub const TOOL_TIMEOUT: &str = "tool_timeout";
+    /// A tool answered 5xx (retryable within its policy).
+    pub const TOOL_ERROR: &str = "tool_error";
+    /// A tool answered 4xx: terminal for that call, told to the model.
+    pub const TOOL_REJECTED: &str = "tool_rejected";
+    pub const TOOL_UNAVAILABLE: &str = "tool_unavailable";
+    /// A tool's credential is not configured.
+    pub const TOOL_MISCONFIGURED: &str = "tool_misconfigured";
+    /// The model still asked for tools after `limits.max_tool_rounds`.
+    pub const TOOL_ROUNDS_EXCEEDED: &str = "tool_rounds_exceeded";
+    /// The model asked for more than `limits.max_tool_calls` calls.
+    pub const TOOL_CALLS_EXCEEDED: &str = "tool_calls_exceeded";
+    /// A non-idempotent tool call was in flight when its worker died: it
+    /// may or may not have happened, so it is not made again.
+    pub const TOOL_OUTCOME_UNKNOWN: &str = "tool_outcome_unknown";
+    /// The prompt version allows a tool this worker has no definition of.
+    pub const TOOL_UNDEFINED: &str = "tool_undefined";
 }
 
 #[cfg(test)]

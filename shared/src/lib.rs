@@ -22,6 +22,7 @@ pub mod sanitize;
 pub mod shutdown;
 pub mod step;
 pub mod telemetry;
+pub mod tool;
 pub mod trace;
 pub mod webhook;
 

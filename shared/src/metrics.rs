@@ -13,6 +13,8 @@ pub const EXECUTIONS_FINISHED: &str = "llmq_executions_finished_total";
 pub const EXECUTIONS_IN_FLIGHT: &str = "llmq_executions_in_flight";
 pub const EXECUTION_RETRIES: &str = "llmq_execution_retries_total";
 pub const STEP_DURATION: &str = "llmq_step_duration_seconds";
+/// Tool calls made, by tool and status (refusals are not calls).
+pub const TOOL_CALLS: &str = "llmq_tool_calls_total";
 pub const TOKENS: &str = "llmq_tokens_total";
 pub const QUEUE_PUBLISH_FAILURES: &str = "llmq_queue_publish_failures_total";
 pub const OUTBOX_REPUBLISHED: &str = "llmq_outbox_republished_total";
@@ -89,6 +91,10 @@ fn describe() {
         STEP_DURATION,
         Unit::Seconds,
         "Step latency by kind and status"
+    );
+    describe_counter!(
+        TOOL_CALLS,
+        "Tool calls made, by tool and status (succeeded, failed)"
     );
     describe_counter!(
         TOKENS,

@@ -12,6 +12,7 @@ pub mod prompts;
 pub mod receiver;
 pub mod skip;
 pub mod sse;
+pub mod tool_server;
 pub mod worker_process;
 
 pub use app::{assert_error, is_terminal, TestApp, TestAppBuilder};
@@ -19,6 +20,7 @@ pub use database::TestDatabase;
 pub use prompts::TempPrompts;
 pub use skip::skip;
 pub use sse::{SseClient, SseEvent, SseItem};
+pub use tool_server::ToolServer;
 pub use worker_process::WorkerProcess;
 
 /// Logs go to the test's captured output, and only when `RUST_LOG` is set.

@@ -40,6 +40,11 @@ pub fn worker_env(settings: &Settings) -> Vec<(String, String)> {
             "LLMQ_PROMPTS_DIR",
             settings.prompts_dir.display().to_string(),
         ),
+        ("LLMQ_TOOLS_DIR", settings.tools_dir.display().to_string()),
+        (
+            "LLMQ_TOOLS__MAX_PARALLEL",
+            settings.tools.max_parallel.to_string(),
+        ),
         ("LLMQ_DB_POOL_SIZE", settings.db_pool_size.to_string()),
         (
             "LLMQ_REPUBLISH_AFTER_SECS",

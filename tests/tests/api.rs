@@ -22,6 +22,7 @@ mod api {
     mod telemetry;
     mod templates;
     mod tenancy;
+    mod tools;
     mod validation;
     mod webhooks;
 }

@@ -12,6 +12,7 @@ use llmq_shared::Settings;
 use tokio_util::sync::CancellationToken;
 
 use crate::provider::ProviderClient;
+use crate::tools::ToolRunner;
 use crate::writer::Writer;
 
 pub struct WorkerContext {
@@ -21,6 +22,8 @@ pub struct WorkerContext {
     pub writer: Writer,
     pub publisher: Arc<Publisher>,
     pub provider: ProviderClient,
+    /// The tools of `tools_dir` and the client that calls them.
+    pub tools: ToolRunner,
     pub prompts: PromptCache,
     /// This process's lease owner id: host, pid and a random suffix.
     pub owner: String,

@@ -11,6 +11,7 @@ pub mod retry;
 pub mod runner;
 pub mod startup;
 pub mod steps;
+pub mod tools;
 pub mod webhooks;
 pub mod writer;
 

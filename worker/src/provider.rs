@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use async_openai::types::chat::CreateChatCompletionResponse;
+use async_openai::types::chat::{ChatCompletionMessageToolCalls, CreateChatCompletionResponse};
 use llmq_shared::config::{Settings, StructuredOutput};
 use llmq_shared::execution::{codes, Usage};
 use llmq_shared::prompt::ChatMessage;
@@ -61,11 +61,22 @@ impl ProviderError {
     }
 }
 
-/// A model call's result.
+/// A model call's result: the answer's text, or the tool calls it
+/// proposes (then `content` is whatever text came with them, often none).
 #[derive(Clone, Debug)]
 pub struct Generation {
     pub content: String,
     pub usage: Usage,
+    pub tool_calls: Vec<ProposedCall>,
+}
+
+/// One tool call the model proposed, as it wrote it (the arguments are
+/// JSON text the model produced: not trusted, not yet parsed).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ProposedCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
 }
 
 /// Where a logical model is served.
@@ -276,10 +287,30 @@ impl ProviderClient {
             .into_iter()
             .next()
             .ok_or_else(|| ProviderError::BadResponse("no choices".into()))?;
-        let content = choice
+        let tool_calls: Vec<ProposedCall> = choice
             .message
-            .content
-            .ok_or_else(|| ProviderError::BadResponse("the answer has no content".into()))?;
+            .tool_calls
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|call| match call {
+                ChatCompletionMessageToolCalls::Function(f) => Some(ProposedCall {
+                    id: f.id,
+                    name: f.function.name,
+                    arguments: f.function.arguments,
+                }),
+                // Only function tools are offered.
+                ChatCompletionMessageToolCalls::Custom(_) => None,
+            })
+            .collect();
+        let content = match (choice.message.content, tool_calls.is_empty()) {
+            (Some(content), _) => content,
+            (None, false) => String::new(),
+            (None, true) => {
+                return Err(ProviderError::BadResponse(
+                    "the answer has no content".into(),
+                ))
+            }
+        };
         let usage = parsed
             .usage
             .map(|u| Usage {
@@ -289,7 +320,11 @@ impl ProviderClient {
                 cost_usd: None,
             })
             .unwrap_or_default();
-        Ok(Generation { content, usage })
+        Ok(Generation {
+            content,
+            usage,
+            tool_calls,
+        })
     }
 }
 
@@ -381,6 +416,7 @@ impl StreamReader {
         Ok(Generation {
             content: self.content,
             usage: self.usage.unwrap_or_default(),
+            tool_calls: Vec::new(),
         })
     }
 }

@@ -143,7 +143,9 @@ async fn run_steps(cx: &mut Cx<'_>, earlier: &[StepRow]) -> Result<RunOutcome, P
     for (i, step) in steps.iter().enumerate() {
         let checkpoint = earlier
             .iter()
-            .filter(|s| s.kind == step.kind() && s.status == StepStatus::Succeeded)
+            .filter(|s| {
+                s.kind == step.kind() && s.status == StepStatus::Succeeded && step.is_checkpoint(s)
+            })
             .max_by_key(|s| s.seq);
         if let Some(checkpoint) = checkpoint {
             if let Err(error) = step.restore(cx, checkpoint, &mut out) {

@@ -32,6 +32,8 @@ impl Worker {
             crate::open_files::fit_concurrency(settings.worker.concurrency);
         // A bad key stops the worker at start, not at its first delivery.
         llmq_shared::webhook::seal::Sealer::from_config(&settings.webhooks.encryption_key)?;
+        // A tool file that breaks its contract stops the worker at start.
+        let tools = crate::tools::ToolRunner::load(&settings)?;
         let settings = Arc::new(settings);
         if !settings.worker.metrics_addr.is_empty() {
             let addr = settings
@@ -72,6 +74,7 @@ impl Worker {
             writer,
             publisher,
             provider: ProviderClient::new()?,
+            tools,
             prompts: Default::default(),
             owner,
             running: Mutex::new(Default::default()),

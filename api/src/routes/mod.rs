@@ -17,6 +17,7 @@ pub mod executions;
 pub mod health;
 pub mod orgs;
 pub mod prompts;
+pub mod tools;
 pub mod webhooks;
 
 use std::sync::LazyLock;
@@ -76,6 +77,10 @@ route_list!(
     orgs::create_key,
     orgs::list_keys,
     orgs::revoke_key,
+    tools::put_tool,
+    tools::list_tools,
+    tools::get_tool,
+    tools::delete_tool,
 );
 
 route_list!(
@@ -266,6 +271,12 @@ mod tests {
             for (method, op) in item.as_object().unwrap() {
                 let names = op["security"][0]["bearer"].as_array();
                 let names = names.unwrap_or_else(|| panic!("{method} {path}: no bearer security"));
+                // Any key of the organisation may read; every change
+                // needs a scope, so a new route cannot forget one.
+                assert!(
+                    !names.is_empty() || method == "get",
+                    "{method} {path}: a route that changes something names the scope it needs"
+                );
                 for n in names {
                     Scope::parse(n.as_str().unwrap())
                         .unwrap_or_else(|e| panic!("{method} {path}: {e}"));

@@ -7,6 +7,7 @@ pub mod events;
 pub mod executions;
 pub mod prompts;
 pub mod tenancy;
+pub mod tools;
 pub mod webhooks;
 
 use std::future::Future;

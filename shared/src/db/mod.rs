@@ -13,6 +13,7 @@ pub mod prompts;
 pub mod stats;
 pub mod steps;
 pub mod tenancy;
+pub mod tools;
 pub mod webhooks;
 
 use std::time::Duration;

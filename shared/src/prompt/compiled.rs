@@ -179,6 +179,16 @@ impl CompiledPrompt {
 /// Every violation of `validator` by `value`, one per failing path: a
 /// missing required property is reported at the property's own path, and
 /// each unexpected property at its own.
+/// Every way `value` breaks the schema of `validator`, each named by its
+/// dotted path from `root` (`input.text`, `arguments.city`).
+pub fn schema_violations(
+    validator: &jsonschema::Validator,
+    root: &str,
+    value: &Value,
+) -> Vec<InputViolation> {
+    violations(validator, root, value)
+}
+
 fn violations(validator: &jsonschema::Validator, root: &str, value: &Value) -> Vec<InputViolation> {
     use jsonschema::error::ValidationErrorKind as Kind;
     let mut out = Vec::new();

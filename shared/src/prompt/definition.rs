@@ -25,6 +25,30 @@ pub struct PromptLimits {
     pub retry_base_ms: Option<u64>,
     pub retry_max_ms: Option<u64>,
     pub fallback_model: Option<String>,
+    /// Model turns that end in tool calls, at most (default
+    /// [`DEFAULT_MAX_TOOL_ROUNDS`]); one more asking for tools fails the
+    /// execution `tool_rounds_exceeded`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tool_rounds: Option<u32>,
+    /// Tool calls of the execution, at most (default
+    /// [`DEFAULT_MAX_TOOL_CALLS`]); beyond it `tool_calls_exceeded`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tool_calls: Option<u32>,
+}
+
+/// Tool rounds of a version that names no `limits.max_tool_rounds`.
+pub const DEFAULT_MAX_TOOL_ROUNDS: u32 = 4;
+/// Tool calls of a version that names no `limits.max_tool_calls`.
+pub const DEFAULT_MAX_TOOL_CALLS: u32 = 16;
+
+impl PromptLimits {
+    pub fn max_tool_rounds(&self) -> u32 {
+        self.max_tool_rounds.unwrap_or(DEFAULT_MAX_TOOL_ROUNDS)
+    }
+
+    pub fn max_tool_calls(&self) -> u32 {
+        self.max_tool_calls.unwrap_or(DEFAULT_MAX_TOOL_CALLS)
+    }
 }
 
 /// `stop`: one sequence or a list of them.
@@ -287,7 +311,8 @@ pub struct PromptDefinition {
     pub input_schema: Value,
     #[serde(default)]
     pub output: OutputSpec,
-    /// Tools the model may call (names; used by the tool-calling step).
+    /// Tools the model may call: names of `tools/<name>.toml` definitions,
+    /// offered to the model by `generate`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<String>,
     /// Tokenizer of `truncate_tokens` (`o200k_base`, `cl100k_base`); by
@@ -447,6 +472,12 @@ impl PromptDefinition {
                     ),
                 ));
             }
+        }
+        if self.limits.max_tool_rounds == Some(0) || self.limits.max_tool_calls == Some(0) {
+            errors.push(FieldError::new(
+                "limits",
+                "max_tool_rounds and max_tool_calls must be at least 1",
+            ));
         }
         if self.limits.max_attempts == Some(0) {
             errors.push(FieldError::new("limits.max_attempts", "must be at least 1"));

@@ -17,10 +17,10 @@ pub mod tokens;
 use std::path::PathBuf;
 
 pub use cache::PromptCache;
-pub use compiled::{ChatMessage, CompiledPrompt, InputViolation};
+pub use compiled::{schema_violations, ChatMessage, CompiledPrompt, InputViolation};
 pub use definition::{
     validate_name, FieldError, MessageTemplate, OutputSpec, PromptDefinition, PromptLimits,
-    PromptParams, Stop, DEFAULT_MAX_REPAIRS,
+    PromptParams, Stop, DEFAULT_MAX_REPAIRS, DEFAULT_MAX_TOOL_CALLS, DEFAULT_MAX_TOOL_ROUNDS,
 };
 pub use files::{load_prompt_dir, PromptFile};
 pub use labels::{Assignment, LabelCache, LabelRule, Target};

@@ -392,6 +392,16 @@ pub fn render_report(r: &Report) -> String {
             ),
         );
     }
+    // Compare settings by this: e.g. the tools setting's minus the plain
+    // 0 ms one's is the CPU a tool round adds to an execution.
+    let cpu: f64 = r.processes.iter().filter_map(|p| p.cpu_secs).sum();
+    if cpu > 0.0 && r.executions > 0 {
+        row(
+            &mut s,
+            "CPU per execution (watched processes)",
+            format!("{:.0} µs", cpu * 1e6 / r.executions as f64),
+        );
+    }
     if let Some(busy) = r.machine_cpu_busy_pct {
         let submit = r
             .submit_machine_cpu_busy_pct

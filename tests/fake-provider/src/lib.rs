@@ -20,10 +20,17 @@
 //! repair conversation instead (1 + the assistant messages in the request): `:times=1` answers
 //! the first request badly and its repair well, however often either is retried. Every
 //! request's `response_format` is kept in the call log ([`CallRecord::response_format`]). With `tools` in the request, `[[tool:NAME {json args}]]` in
-//! the last user message yields a `tool_calls` answer until a `tool` message follows it.
+//! the last user message yields a `tool_calls` answer until a `tool` message follows it (several
+//! markers: several calls in one turn); with `[[tools:endless]]` in that message too, every
+//! round asks for the tools again. Any fault marker may also end with `:from_round=N`: it
+//! applies only from round `N` of a conversation on (1 + the assistant messages in the
+//! request), e.g. a slow answer only after the tool results.
 //!
 //! The answer is deterministic: `"fake completion: "` + the first 12 words of the last user
 //! message (markers stripped), or `{"summary": ...}` / a schema-shaped object in JSON modes.
+//!
+//! It also serves a tool at 0 ms, `/tools/NAME` (any method), answering `{"tool": NAME,
+//! "arguments": <the JSON body>}` at once (the benchmark's tools setting).
 //!
 //! This crate owns the server's lifecycle ([`FakeProvider`]) and its call log ([`CallRecord`]).
 

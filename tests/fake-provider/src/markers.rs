@@ -65,6 +65,8 @@ pub(crate) struct FaultMarker {
     effect: Effect,
     /// Applies only to the first `times` requests with the same key (`None` = always).
     times: Option<u64>,
+    /// Applies only from this round of the conversation on (1 + the assistant messages).
+    from_round: Option<u64>,
 }
 
 /// One parsed `[[tool:NAME {json args}]]` marker.
@@ -134,12 +136,14 @@ fn parse_fault(spec: &str) -> Option<FaultMarker> {
     let head = parts.next()?;
     let mut retry_after = 1;
     let mut times = None;
+    let mut from_round = None;
     for part in parts {
         let (k, v) = part.split_once('=')?;
         let v: u64 = v.trim().parse().ok()?;
         match k.trim() {
             "retry_after" => retry_after = v,
             "times" => times = Some(v),
+            "from_round" => from_round = Some(v),
             _ => return None,
         }
     }
@@ -157,7 +161,11 @@ fn parse_fault(spec: &str) -> Option<FaultMarker> {
             None => Effect::Latency(other.strip_prefix("latency=")?.trim().parse().ok()?),
         },
     };
-    Some(FaultMarker { effect, times })
+    Some(FaultMarker {
+        effect,
+        times,
+        from_round,
+    })
 }
 
 /// Parses a tool marker at the start of `text`; returns its byte length and content.
@@ -257,7 +265,7 @@ pub(crate) fn plan(markers: &[FaultMarker], attempt: u64, round: u64) -> Plan {
             Effect::Fault(f) if f.counts_rounds() => round,
             _ => attempt,
         };
-        if m.times.is_some_and(|n| count > n) {
+        if m.times.is_some_and(|n| count > n) || m.from_round.is_some_and(|n| round < n) {
             continue;
         }
         match &m.effect {

@@ -8,6 +8,8 @@ use crate::request::{ChatRequest, ResponseFormat};
 
 /// Number of words of the last user message echoed in the answer.
 const ECHO_WORDS: usize = 12;
+/// In the last user message: propose its tool calls in every round, whatever the results.
+pub(crate) const ENDLESS: &str = "[[tools:endless]]";
 /// Maximum nesting followed when filling a JSON schema.
 const MAX_SCHEMA_DEPTH: u32 = 12;
 
@@ -39,10 +41,21 @@ impl Answer {
             .map(|m| m.text.as_str())
             .collect();
 
-        if req.tools_enabled && tool_results.is_empty() {
+        // `[[tools:endless]]`: the tool markers are proposed again every round.
+        let endless = user_text.contains(ENDLESS);
+        if req.tools_enabled && (tool_results.is_empty() || endless) {
             let calls = markers::tool_markers(user_text);
             if !calls.is_empty() {
-                let h = fnv1a(user_text.as_bytes());
+                let h = if endless {
+                    let round = req
+                        .messages
+                        .iter()
+                        .filter(|m| m.role == "assistant")
+                        .count();
+                    fnv1a(format!("{user_text}\n{round}").as_bytes())
+                } else {
+                    fnv1a(user_text.as_bytes())
+                };
                 return Answer::ToolCalls(
                     calls
                         .into_iter()

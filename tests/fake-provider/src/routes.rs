@@ -25,7 +25,14 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         .route("/_stats", web::get().to(stats))
         .route("/healthz", web::get().to(healthz))
         .route("/webhook", web::post().to(webhook))
+        .route("/tools/{name}", web::to(tool))
         .default_service(web::to(not_found));
+}
+
+/// A tool at 0 ms for benchmarks: answers at once with what it was sent.
+async fn tool(name: web::Path<String>, body: Bytes) -> HttpResponse {
+    let arguments: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    HttpResponse::Ok().json(serde_json::json!({"tool": name.into_inner(), "arguments": arguments}))
 }
 
 async fn webhook() -> HttpResponse {

@@ -461,3 +461,39 @@ async fn holds_5000_concurrent_two_second_requests() {
     let elapsed = concurrent_slow(5000, 2000).await;
     assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
 }
+
+#[test]
+fn endless_tool_markers_are_proposed_every_round_with_new_ids() {
+    use crate::request::ChatRequest;
+    use crate::response::Answer;
+    let user = "go [[tool:t {\"a\":1}]] [[tools:endless]]";
+    let first = ChatRequest::parse(&serde_json::json!({
+        "model": "m",
+        "messages": [{"role": "user", "content": user}],
+        "tools": [{"type": "function", "function": {"name": "t"}}],
+    }))
+    .unwrap();
+    let second = ChatRequest::parse(&serde_json::json!({
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "x", "type": "function", "function": {"name": "t", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "x", "content": "ok"},
+        ],
+        "tools": [{"type": "function", "function": {"name": "t"}}],
+    }))
+    .unwrap();
+    let (Answer::ToolCalls(a), Answer::ToolCalls(b)) =
+        (Answer::for_request(&first), Answer::for_request(&second))
+    else {
+        panic!("both rounds ask for the tool");
+    };
+    assert_ne!(a[0].id, b[0].id);
+}
+
+#[test]
+fn from_round_delays_only_later_rounds() {
+    let m = crate::markers::fault_markers("[[fault:latency=500:from_round=2]]");
+    assert_eq!(crate::markers::plan(&m, 1, 1).latency_ms, None);
+    assert_eq!(crate::markers::plan(&m, 2, 2).latency_ms, Some(500));
+}

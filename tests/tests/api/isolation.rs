@@ -30,6 +30,7 @@ struct Owned {
     endpoint: String,
     delivery: String,
     key_id: String,
+    tool: String,
 }
 
 /// What a stranger's call of a route must answer.
@@ -58,6 +59,7 @@ fn plan(method: &str, path: &str, a: &Owned) -> (String, Option<Value>, Expect) 
     let d = &a.delivery;
     let o = &a.org;
     let k = &a.key_id;
+    let t = &a.tool;
     let submit = json!({"prompt": p, "input": {"text": "from b"}});
     let endpoint = json!({"url": "http://127.0.0.1:9/b", "event_types": ["execution.succeeded"]});
     let definition = json!({"model": "gpt-4o-mini", "template": "B: {{ text }}",
@@ -156,6 +158,11 @@ fn plan(method: &str, path: &str, a: &Owned) -> (String, Option<Value>, Expect) 
         ("POST", "/v1/orgs/{id}/keys/{key_id}/revoke") => {
             (format!("/v1/orgs/{o}/keys/{k}/revoke"), None, NotFound)
         }
+        ("GET", "/v1/tools") => (path.to_string(), None, OwnList),
+        ("GET", "/v1/tools/{name}") => (format!("/v1/tools/{t}"), None, NotFound),
+        ("DELETE", "/v1/tools/{name}") => (format!("/v1/tools/{t}"), None, NotFound),
+        // B's own tool of the same name; A's is checked untouched after.
+        ("PUT", "/v1/tools/{name}") => (format!("/v1/tools/{t}"), Some(tool("B's")), OwnCreated),
         ("GET", "/healthz" | "/readyz" | "/metrics" | "/openapi.json") => {
             (path.to_string(), None, Public)
         }
@@ -167,6 +174,13 @@ fn plan(method: &str, path: &str, a: &Owned) -> (String, Option<Value>, Expect) 
     (url, body, expect)
 }
 
+/// A tool definition whose description says whose it is.
+fn tool(whose: &str) -> Value {
+    json!({"description": format!("{whose} tool"), "idempotent": true,
+        "endpoint": {"method": "POST", "url": "http://127.0.0.1:9/tool"},
+        "parameters": {"type": "object"}})
+}
+
 async fn app() -> TestApp {
     TestApp::builder()
         .configure(|s| {
@@ -175,6 +189,8 @@ async fn app() -> TestApp {
             s.events.keepalive_ms = 100;
             s.webhooks.allow_http = true;
             s.webhooks.allowed_hosts = vec!["127.0.0.1".into()];
+            s.tools.allow_http = true;
+            s.tools.allowed_hosts = vec!["127.0.0.1".into()];
         })
         .spawn()
         .await
@@ -218,6 +234,18 @@ async fn make_everything(app: &TestApp, org: &str, key: &str) -> Owned {
         app.send_as(key, Method::POST, "/v1/webhook-endpoints", Some(&endpoint))
             .await,
         "A's endpoint",
+    )
+    .await;
+    let tool_name = format!("walk-tool-{org}");
+    ok_json(
+        app.send_as(
+            key,
+            Method::PUT,
+            &format!("/v1/tools/{tool_name}"),
+            Some(&tool(A_MARKER)),
+        )
+        .await,
+        "A's tool",
     )
     .await;
     let submit =
@@ -264,6 +292,7 @@ async fn make_everything(app: &TestApp, org: &str, key: &str) -> Owned {
         endpoint: endpoint["id"].as_str().unwrap().to_string(),
         delivery: delivery.unwrap(),
         key_id,
+        tool: tool_name,
     }
 }
 
@@ -358,6 +387,16 @@ async fn walk(app: &TestApp, a: &Owned, b_key: &str) {
     )
     .await;
     assert_eq!(prompt["versions"].as_array().unwrap().len(), 1, "{prompt}");
+    let path = format!("/v1/tools/{}", a.tool);
+    let tool = ok_json(
+        app.send_as(&a.key, Method::GET, &path, None).await,
+        "A's tool",
+    )
+    .await;
+    assert!(
+        tool.to_string().contains(A_MARKER),
+        "A's tool was changed: {tool}"
+    );
 }
 
 /// B's tenant stream carries B's executions and none of A's.

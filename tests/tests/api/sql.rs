@@ -2,7 +2,7 @@
 //! of every repository is prepared here against the migrated schema.
 
 use llmq_shared::db::{
-    events, executions, idempotency, labels, leases, outbox, prompts, stats, steps, tenancy,
+    events, executions, idempotency, labels, leases, outbox, prompts, stats, steps, tenancy, tools,
     webhooks,
 };
 use llmq_tests::database::{connect, TestDatabase};
@@ -21,6 +21,7 @@ async fn every_repository_statement_prepares_against_the_migrated_schema() {
         .chain(labels::ALL_SQL)
         .chain(stats::ALL_SQL)
         .chain(steps::ALL_SQL.iter())
+        .chain(tools::ALL_SQL)
         .chain(webhooks::ALL_SQL.iter())
         .chain(tenancy::ALL_SQL);
     let mut prepared = 0;

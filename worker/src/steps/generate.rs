@@ -72,6 +72,12 @@ impl Step for Generate {
         generate(cx, out, None).boxed()
     }
 
+    /// A model turn that asked for tools is a checkpoint of the tool
+    /// rounds, not the step's answer.
+    fn is_checkpoint(&self, row: &step_row::Step) -> bool {
+        !crate::tools::rounds::is_tool_round(row)
+    }
+
     fn restore(
         &self,
         cx: &mut Cx<'_>,
@@ -135,6 +141,11 @@ pub async fn generate(
     if cx.cancel.is_cancelled() {
         return Ok(Outcome::Cancelled);
     }
+    // A version with tools talks to the model in rounds; a repair of its
+    // answer is one plain call.
+    if repair.is_none() && !cx.prompt.definition.tools.is_empty() {
+        return crate::tools::rounds::converse(cx, out).await;
+    }
     let primary = cx.execution.model.clone();
     let failure = match call(cx, out, &primary, None, repair).await? {
         Call::Done(generated) => return Ok(keep(out, generated)),
@@ -169,7 +180,7 @@ pub async fn generate(
 /// instruction at the end of the system message (one is added if the
 /// prompt has none), then, for a repair, the rejected answer and the
 /// errors. Answers the messages and what was added, for the trace.
-fn messages_for(
+pub(crate) fn messages_for(
     cx: &Cx<'_>,
     endpoint: &Endpoint,
     rendered: &[ChatMessage],
@@ -359,7 +370,11 @@ async fn call(
 /// The answer as the execution keeps it: parsed for JSON output (when it
 /// parses; `validate` judges it), else the text; with what Postgres cannot
 /// store removed (and how many characters were).
-fn output_of(cx: &Cx<'_>, generation: &Generation, endpoint: &Endpoint) -> (Generated, usize) {
+pub(crate) fn output_of(
+    cx: &Cx<'_>,
+    generation: &Generation,
+    endpoint: &Endpoint,
+) -> (Generated, usize) {
     let mut usage: Usage = generation.usage;
     usage.cost_usd = endpoint.cost(&usage);
     let (mut output, not_json) = if wants_json(cx) {

@@ -69,6 +69,12 @@ pub trait Step: Sync {
         true
     }
 
+    /// Whether a succeeded row of this step's kind is its checkpoint (a
+    /// step may record rows that are only part of its work).
+    fn is_checkpoint(&self, _row: &step_row::Step) -> bool {
+        true
+    }
+
     /// Whether this step runs for the execution (e.g. `validate` only for
     /// JSON output).
     fn applies(&self, _cx: &Cx<'_>) -> bool {
@@ -203,6 +209,35 @@ impl<'a> Cx<'a> {
         step.retryable = Some(false);
         self.done(step, StepStatus::Failed);
         Outcome::Fail(error)
+    }
+
+    /// Keeps a row that was finished (with its own latency) while others
+    /// ran beside it, for the next write, counted in the step metrics.
+    pub fn finished(&mut self, step: step_row::Step) {
+        let seconds = step.latency_ms.unwrap_or(0.0) / 1000.0;
+        metrics::histogram!(m::STEP_DURATION, "kind" => step.kind.metric_label(), "status" => step.status.as_str()).record(seconds);
+        self.pending.push(step);
+    }
+
+    /// Writes the waiting rows and `extra` now: with a synchronous commit
+    /// when `durable` (what a crash must not lose, e.g. "started" before a
+    /// call that must not be repeated), else with the asynchronous one of
+    /// "started" rows. False when the lease was lost.
+    pub async fn write_now(
+        &mut self,
+        extra: Vec<step_row::Step>,
+        durable: bool,
+    ) -> Result<bool, PipelineError> {
+        let mut rows = self.take_pending();
+        rows.extend(extra);
+        if rows.is_empty() {
+            return Ok(true);
+        }
+        Ok(if durable {
+            self.ctx.writer.record(rows).await?
+        } else {
+            self.ctx.writer.record_started(rows).await?
+        })
     }
 
     /// Keeps a row finished elsewhere (e.g. closed for a lost worker) for
