@@ -47,7 +47,11 @@ CREATE TABLE documents (
 CREATE INDEX documents_pending_idx ON documents (due_at) WHERE status = 'pending';
 
 -- One chunk of a document: a window of tokens with overlap. `tsv` feeds
--- the GIN index that selects candidates.
+-- the GIN index that selects candidates. The index is kept without a
+-- pending list (`fastupdate = off`): writes come from the indexer, off
+-- the hot path, and a pending list makes the planner price the index as
+-- a full scan until the next vacuum (a freshly loaded collection would
+-- be searched by sequential scans).
 CREATE TABLE chunks (
     tenant_id        text     NOT NULL,
     collection       text     NOT NULL,
@@ -63,7 +67,7 @@ CREATE TABLE chunks (
     FOREIGN KEY (tenant_id, collection, document_id)
         REFERENCES documents (tenant_id, collection, id) ON DELETE CASCADE
 );
-CREATE INDEX chunks_tsv_idx ON chunks USING gin (tsv);
+CREATE INDEX chunks_tsv_idx ON chunks USING gin (tsv) WITH (fastupdate = off);
 
 -- Embeddings by model and the sha256 of the embedded text: an unchanged
 -- chunk is never embedded twice, whichever document or tenant holds it.

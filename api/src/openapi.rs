@@ -35,6 +35,10 @@ use crate::webhook_resources::{
         llmq_shared::execution::ExecutionStatus, llmq_shared::execution::Usage, llmq_shared::execution::ErrorInfo,
         CreateEndpoint, UpdateEndpoint, EndpointResource, EndpointWithSecret, EndpointList, WebhookSecret,
         DeliveryResource, AttemptResource, DeliveryList, RecoverRequest, RecoverResult,
+        crate::collection_resources::DocumentInput, crate::collection_resources::UpsertDocuments,
+        crate::collection_resources::DocumentResource, crate::collection_resources::DocumentList,
+        crate::collection_resources::UpdateCollection, crate::collection_resources::CollectionResource,
+        llmq_shared::retrieval::DocumentStatus,
     )),
     modifiers(&BearerAuth)
 )]

@@ -25,8 +25,12 @@
 //! The answer is deterministic: `"fake completion: "` + the first 12 words of the last user
 //! message (markers stripped), or `{"summary": ...}` / a schema-shaped object in JSON modes.
 //!
+//! `POST /v1/embeddings` answers deterministic hashed bag-of-words vectors (see [`embeddings`]),
+//! with the same latency and error markers, and logs every embedded text.
+//!
 //! This crate owns the server's lifecycle ([`FakeProvider`]) and its call log ([`CallRecord`]).
 
+pub mod embeddings;
 mod markers;
 mod request;
 mod response;
@@ -165,6 +169,16 @@ impl FakeProvider {
     }
 
     /// Changes the global latency for requests arriving from now on.
+    /// Every text the embeddings endpoint was asked to embed, in order.
+    pub fn embedded_texts(&self) -> Vec<String> {
+        self.state.embedded()
+    }
+
+    /// Latency of every embeddings answer without a latency marker.
+    pub fn set_embedding_latency_ms(&self, ms: u64) {
+        self.state.set_embedding_latency_ms(ms);
+    }
+
     pub fn set_latency_ms(&self, ms: u64) {
         self.state.set_latency_ms(ms);
     }

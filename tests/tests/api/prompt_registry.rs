@@ -141,8 +141,8 @@ async fn a_version_created_through_the_api_is_the_next_and_the_same_content_answ
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, vec!["classify", "sentiment", "summarize"]);
-    assert_eq!(list["prompts"][2]["latest_version"], 3);
+    assert_eq!(names, vec!["ask", "classify", "sentiment", "summarize"]);
+    assert_eq!(list["prompts"][3]["latest_version"], 3);
 
     // An exact version created through the API runs.
     let execution = app
