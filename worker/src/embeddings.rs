@@ -19,6 +19,14 @@ pub struct EmbeddingEndpoint {
     pub upstream_model: String,
     pub document_prefix: String,
     pub query_prefix: String,
+    pub send_input_type: bool,
+}
+
+/// What a text is embedded for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Use {
+    Document,
+    Query,
 }
 
 impl EmbeddingEndpoint {
@@ -35,6 +43,7 @@ impl EmbeddingEndpoint {
             upstream_model: m.upstream.unwrap_or_else(|| model.to_string()),
             document_prefix: m.document_prefix,
             query_prefix: m.query_prefix,
+            send_input_type: m.send_input_type,
         }
     }
 }
@@ -44,10 +53,17 @@ pub async fn embed(
     client: &ProviderClient,
     endpoint: &EmbeddingEndpoint,
     inputs: &[String],
+    purpose: Use,
     timeout: Duration,
 ) -> Result<Vec<Vec<f32>>, ProviderError> {
     let url = format!("{}/embeddings", endpoint.base_url.trim_end_matches('/'));
-    let body = json!({"model": endpoint.upstream_model, "input": inputs, "encoding_format": "float"});
+    let mut body = json!({"model": endpoint.upstream_model, "input": inputs, "encoding_format": "float"});
+    if endpoint.send_input_type {
+        body["input_type"] = json!(match purpose {
+            Use::Document => "passage",
+            Use::Query => "query",
+        });
+    }
     let mut request = client.http().post(url).json(&body).timeout(timeout);
     if !endpoint.api_key.is_empty() {
         request = request.bearer_auth(&endpoint.api_key);

@@ -24,7 +24,7 @@ use llmq_shared::retrieval::{chunk::chunk_text, content_hash, vector};
 use tokio_util::sync::CancellationToken;
 
 use crate::context::WorkerContext;
-use crate::embeddings::{embed, EmbeddingEndpoint};
+use crate::embeddings::{embed, EmbeddingEndpoint, Use};
 use crate::retry::{Decision, RetryPolicy};
 
 /// Runs passes until `stop` fires; a full pass is followed by another at
@@ -33,6 +33,7 @@ pub async fn run_indexer(ctx: Arc<WorkerContext>, stop: CancellationToken) {
     let settings = &ctx.settings.retrieval;
     let poll = Duration::from_millis(settings.index_poll_ms.max(10));
     let batch = settings.index_batch.max(1);
+    announce_search(&ctx).await;
     loop {
         let taken = tokio::select! {
             _ = stop.cancelled() => return,
@@ -52,6 +53,20 @@ pub async fn run_indexer(ctx: Arc<WorkerContext>, stop: CancellationToken) {
             }
         }
     }
+}
+
+/// Says which search serves `retrieve`: the built-in hybrid always; an
+/// installed pgvector is reported, not used yet (no HNSW path is built).
+async fn announce_search(ctx: &WorkerContext) {
+    let pgvector = match ctx.pool.get().await {
+        Ok(client) => db::pgvector_installed(&client).await.ok(),
+        Err(_) => None,
+    };
+    tracing::info!(
+        search = "hybrid: full-text candidates over GIN, embedding rerank",
+        pgvector_installed = ?pgvector,
+        "retrieval search"
+    );
 }
 
 /// A document's chunks, with the cache key of each chunk's embedded text.
@@ -147,7 +162,7 @@ async fn index_documents(
     let mut failure = None;
     for batch in missing.chunks(settings.embed_batch.max(1)) {
         let texts: Vec<String> = batch.iter().map(|(_, t)| t.clone()).collect();
-        match embed(&ctx.provider, &endpoint, &texts, timeout).await {
+        match embed(&ctx.provider, &endpoint, &texts, Use::Document, timeout).await {
             Ok(vectors) => {
                 metrics::counter!(m::EMBEDDED_TEXTS, "use" => "document")
                     .increment(texts.len() as u64);

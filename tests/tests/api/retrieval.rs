@@ -413,3 +413,60 @@ async fn the_candidate_search_reads_the_gin_index_not_the_whole_table() {
     assert!(!plan.contains("Seq Scan on chunks"), "{plan}");
     app.cleanup().await;
 }
+
+const RESUMED: &str = r#"description = "Retrieves on a topic; the question may carry a fault for the model."
+model = "gpt-4o-mini"
+system = "{% for c in retrieval.chunks %}<{{ c.text }}>{% endfor %}"
+template = "{{ question }}"
+
+[input_schema]
+type = "object"
+required = ["topic", "question"]
+properties = { topic = { type = "string" }, question = { type = "string" } }
+
+[retrieve]
+collection = "handbook"
+query = "{{ topic }}"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_execution_restores_its_finished_retrieve_step_instead_of_searching_again() {
+    let prompts = TempPrompts::with_shipped();
+    prompts.add("resumed", 1, RESUMED);
+    let app = app_with(&prompts).await;
+    upsert(
+        &app,
+        "handbook",
+        json!([{"id": "parking", "text": "Parking spaces are free for visitors."}]),
+    )
+    .await;
+    wait_indexed(&app, "handbook", &["parking"], None).await;
+    let before = app.fake.embedded_texts().len();
+
+    // The model fails once: the execution is retried from its checkpoints.
+    let accepted = app
+        .submit_accepted(&json!({"prompt": "resumed", "input": {
+            "topic": "visitor parking", "question": "Is parking free? [[fault:500:times=1]]"}}))
+        .await;
+    let id = accepted["id"].as_str().unwrap();
+    let execution = app.wait_until_terminal(id, WAIT).await;
+    assert_eq!(execution["status"], "succeeded", "{execution:#}");
+    assert_eq!(execution["attempts"], 2);
+    let queries: Vec<String> = app.fake.embedded_texts()[before..].to_vec();
+    assert_eq!(queries, vec!["visitor parking".to_string()], "searched once");
+    let steps: Value = app.steps(id).await.json().await.unwrap();
+    let retrieves: Vec<&Value> = steps["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == "retrieve")
+        .collect();
+    assert_eq!(retrieves.len(), 1, "{steps:#}");
+    // Both model calls saw the retrieved chunk.
+    let calls = app.fake.calls_containing("Is parking free?");
+    assert_eq!(calls.len(), 2);
+    assert!(calls
+        .iter()
+        .all(|c| c.key.contains("<Parking spaces are free for visitors.>")));
+    app.cleanup().await;
+}

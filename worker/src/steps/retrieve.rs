@@ -35,7 +35,7 @@ use llmq_shared::step::{self as step_row, StepKind, StepStatus};
 use serde_json::{json, Value};
 
 use super::{Cx, Outcome, Outputs, Step};
-use crate::embeddings::{embed, EmbeddingEndpoint};
+use crate::embeddings::{embed, EmbeddingEndpoint, Use};
 use crate::runner::PipelineError;
 
 pub struct Retrieve;
@@ -360,7 +360,7 @@ async fn search(
     // The step's timeout bounds the whole attempt; this one only keeps a
     // hung connection from outliving it.
     let limit = Duration::from_millis(spec.timeout_ms.max(1));
-    let vectors = embed(&cx.ctx.provider, &endpoint, &[text], limit)
+    let vectors = embed(&cx.ctx.provider, &endpoint, &[text], Use::Query, limit)
         .await
         .map_err(|e| format!("embedding the query with {}: {e}", coll.embedding_model))?;
     metrics::counter!(m::EMBEDDED_TEXTS, "use" => "query").increment(1);
