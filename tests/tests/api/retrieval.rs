@@ -470,3 +470,44 @@ async fn a_retried_execution_restores_its_finished_retrieve_step_instead_of_sear
         .all(|c| c.key.contains("<Parking spaces are free for visitors.>")));
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_taken_by_a_dead_indexer_and_a_failed_embedding_are_indexed_later() {
+    let prompts = TempPrompts::with_shipped();
+    let dir = prompts.dir.clone();
+    let mut app = TestApp::builder()
+        .without_worker()
+        .configure(move |s| {
+            s.prompts_dir = dir;
+            s.retrieval.index_poll_ms = 50;
+        })
+        .spawn()
+        .await;
+    upsert(
+        &app,
+        "notes",
+        json!([{"id": "taken", "text": "Taken by an indexer that died."}]),
+    )
+    .await;
+    // An indexer takes `taken` and dies before writing anything.
+    let claimed = llmq_shared::db::collections::claim_documents(&app.db().await, 10, 1.0)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, "taken");
+    upsert(
+        &app,
+        "notes",
+        json!([{"id": "flaky", "text": "The endpoint fails once here. [[fault:500:times=1]]"}]),
+    )
+    .await;
+    app.start_worker().await;
+    wait_indexed(&app, "notes", &["taken", "flaky"], None).await;
+    let flaky = document(&app, "notes", "flaky").await;
+    // Retried after the 500 (attempts also count a batch shared with `taken`).
+    assert!(flaky["attempts"].as_i64().unwrap() >= 2, "{flaky:#}");
+    let taken = document(&app, "notes", "taken").await;
+    assert_eq!(taken["chunks"], 1);
+    assert!(taken["attempts"].as_i64().unwrap() >= 2, "taken again: {taken:#}");
+    app.cleanup().await;
+}
