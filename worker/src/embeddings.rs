@@ -57,7 +57,8 @@ pub async fn embed(
     timeout: Duration,
 ) -> Result<Vec<Vec<f32>>, ProviderError> {
     let url = format!("{}/embeddings", endpoint.base_url.trim_end_matches('/'));
-    let mut body = json!({"model": endpoint.upstream_model, "input": inputs, "encoding_format": "float"});
+    let mut body =
+        json!({"model": endpoint.upstream_model, "input": inputs, "encoding_format": "float"});
     if endpoint.send_input_type {
         body["input_type"] = json!(match purpose {
             Use::Document => "passage",
@@ -128,7 +129,8 @@ mod tests {
 
     #[test]
     fn embeddings_are_put_in_index_order_and_checked() {
-        let body = br#"{"data":[{"index":1,"embedding":[0.0,1.0]},{"index":0,"embedding":[1.0,0.0]}]}"#;
+        let body =
+            br#"{"data":[{"index":1,"embedding":[0.0,1.0]},{"index":0,"embedding":[1.0,0.0]}]}"#;
         assert_eq!(
             parse_embeddings(body, 2).unwrap(),
             vec![vec![1.0, 0.0], vec![0.0, 1.0]]

@@ -153,7 +153,10 @@ async fn index_documents(
     for p in &prepared {
         for (c, key) in &p.chunks {
             if !known.contains_key(key) && queued.insert(key.clone()) {
-                missing.push((key.clone(), format!("{}{}", endpoint.document_prefix, c.text)));
+                missing.push((
+                    key.clone(),
+                    format!("{}{}", endpoint.document_prefix, c.text),
+                ));
             }
         }
     }

@@ -24,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::WorkerContext;
 use crate::retry::RetryPolicy;
-use crate::steps::{finalize, generate::Generate, render::Render, retrieve::Retrieve, validate::Validate};
+use crate::steps::{
+    finalize, generate::Generate, render::Render, retrieve::Retrieve, validate::Validate,
+};
 use crate::steps::{Cx, Outcome, Outputs, Step};
 
 /// The steps of every execution, in order; each decides if it applies.

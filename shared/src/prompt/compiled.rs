@@ -197,9 +197,9 @@ impl CompiledPrompt {
         };
         let template = self.env.get_template(name).ok()?;
         Some(
-            template
-                .render(input)
-                .map_err(|e| PromptError::Render(format!("retrieve query: {}", render_message(&e)))),
+            template.render(input).map_err(|e| {
+                PromptError::Render(format!("retrieve query: {}", render_message(&e)))
+            }),
         )
     }
 

@@ -368,9 +368,10 @@ impl RetrieveSpec {
                 "retrieve.fallback",
                 "on_failure or on_empty is \"fallback\": name a fallback collection or query",
             )),
-            Some(f) if f.collection.is_none() && f.query.is_none() => errors.push(
-                FieldError::new("retrieve.fallback", "needs a collection, a query or both"),
-            ),
+            Some(f) if f.collection.is_none() && f.query.is_none() => errors.push(FieldError::new(
+                "retrieve.fallback",
+                "needs a collection, a query or both",
+            )),
             Some(f) => {
                 if let Some(c) = &f.collection {
                     if let Err(message) = validate_name(c) {

@@ -146,10 +146,21 @@ mod tests {
             ],
             limits(100),
         );
-        let ids: Vec<_> = out.selected.iter().map(|s| s.document_id.as_str()).collect();
+        let ids: Vec<_> = out
+            .selected
+            .iter()
+            .map(|s| s.document_id.as_str())
+            .collect();
         assert_eq!(ids, ["a", "b"]);
-        let reasons: Vec<_> = out.dropped.iter().map(|d| (d.document_id.as_str(), d.reason)).collect();
-        assert_eq!(reasons, [("a-copy", "duplicate"), ("low", "below_min_score")]);
+        let reasons: Vec<_> = out
+            .dropped
+            .iter()
+            .map(|d| (d.document_id.as_str(), d.reason))
+            .collect();
+        assert_eq!(
+            reasons,
+            [("a-copy", "duplicate"), ("low", "below_min_score")]
+        );
     }
 
     #[test]

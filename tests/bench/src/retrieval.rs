@@ -185,12 +185,18 @@ pub async fn run(args: RetrievalArgs) -> anyhow::Result<()> {
     let prompt = Arc::new(args.prompt.clone());
     let mut rng = Rng(0x1234_5678_9abc_def1);
     let questions: Vec<String> = (0..args.executions)
-        .map(|_| (0..4).map(|_| word(rng.word())).collect::<Vec<_>>().join(" "))
+        .map(|_| {
+            (0..4)
+                .map(|_| word(rng.word()))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .collect();
     let started = Instant::now();
     let ids: Vec<Uuid> = futures::stream::iter(questions)
         .map(|q| {
-            let (http, url, auth, prompt) = (http.clone(), url.clone(), auth.clone(), prompt.clone());
+            let (http, url, auth, prompt) =
+                (http.clone(), url.clone(), auth.clone(), prompt.clone());
             async move {
                 let body = json!({"prompt": &*prompt, "input": {"question": q}});
                 let r = http
@@ -209,7 +215,10 @@ pub async fn run(args: RetrievalArgs) -> anyhow::Result<()> {
         .collect()
         .await;
     if ids.is_empty() {
-        bail!("no execution was accepted (is the prompt {:?} loaded?)", args.prompt);
+        bail!(
+            "no execution was accepted (is the prompt {:?} loaded?)",
+            args.prompt
+        );
     }
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
     loop {

@@ -61,7 +61,11 @@ pub(crate) async fn embeddings(state: web::Data<State>, body: Bytes) -> HttpResp
     let inputs: Vec<String> = match value.get("input") {
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(items)) if !items.is_empty() => {
-            match items.iter().map(|i| i.as_str().map(str::to_string)).collect() {
+            match items
+                .iter()
+                .map(|i| i.as_str().map(str::to_string))
+                .collect()
+            {
                 Some(v) => v,
                 None => return bad_request("input must be a string or an array of strings"),
             }
@@ -74,7 +78,9 @@ pub(crate) async fn embeddings(state: web::Data<State>, body: Bytes) -> HttpResp
     if plan.fault == Some(Fault::Hang) {
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
-    let latency = plan.latency_ms.unwrap_or_else(|| state.embedding_latency_ms());
+    let latency = plan
+        .latency_ms
+        .unwrap_or_else(|| state.embedding_latency_ms());
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }

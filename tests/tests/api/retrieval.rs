@@ -115,7 +115,10 @@ async fn retrieval_finds_the_relevant_chunk_and_the_step_records_it_with_its_sco
     let chunks = out["first"]["chunks"].as_array().unwrap();
     assert_eq!(chunks[0]["document_id"], "paris", "{out:#}");
     assert_eq!(chunks[0]["metadata"]["source"], "atlas");
-    let scores: Vec<f64> = chunks.iter().map(|c| c["score"].as_f64().unwrap()).collect();
+    let scores: Vec<f64> = chunks
+        .iter()
+        .map(|c| c["score"].as_f64().unwrap())
+        .collect();
     assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
     // Full-text candidates only: the Rust document shares no word.
     assert!(chunks.iter().all(|c| c["document_id"] != "rust"));
@@ -305,7 +308,12 @@ async fn an_updated_document_is_re_embedded_and_an_unchanged_one_is_not() {
     let a = "Alpha: the office opens at nine.";
     let b1 = "Beta: lunch is served at noon.";
     let b2 = "Beta: lunch is served at one.";
-    upsert(&app, "notes", json!([{"id": "a", "text": a}, {"id": "b", "text": b1}])).await;
+    upsert(
+        &app,
+        "notes",
+        json!([{"id": "a", "text": a}, {"id": "b", "text": b1}]),
+    )
+    .await;
     wait_indexed(&app, "notes", &["a", "b"], None).await;
     let embedded = |text: &str| {
         app.fake
@@ -316,8 +324,16 @@ async fn an_updated_document_is_re_embedded_and_an_unchanged_one_is_not() {
     };
     assert_eq!((embedded(a), embedded(b1)), (1, 1));
 
-    let body = upsert(&app, "notes", json!([{"id": "a", "text": a}, {"id": "b", "text": b2}])).await;
-    assert_eq!(body["data"][0]["status"], "indexed", "unchanged stays indexed");
+    let body = upsert(
+        &app,
+        "notes",
+        json!([{"id": "a", "text": a}, {"id": "b", "text": b2}]),
+    )
+    .await;
+    assert_eq!(
+        body["data"][0]["status"], "indexed",
+        "unchanged stays indexed"
+    );
     assert_eq!(body["data"][1]["status"], "pending", "changed is pending");
     let ok = app
         .eventually(WAIT, || async {
@@ -327,7 +343,11 @@ async fn an_updated_document_is_re_embedded_and_an_unchanged_one_is_not() {
         .await;
     assert!(ok, "the updated document was not re-indexed");
     assert_eq!(embedded(b2), 1);
-    assert_eq!(embedded(a), 1, "an unchanged document is not embedded again");
+    assert_eq!(
+        embedded(a),
+        1,
+        "an unchanged document is not embedded again"
+    );
 
     // Another model for the collection: both are stale and re-embedded.
     let response = app
@@ -453,7 +473,11 @@ async fn a_retried_execution_restores_its_finished_retrieve_step_instead_of_sear
     assert_eq!(execution["status"], "succeeded", "{execution:#}");
     assert_eq!(execution["attempts"], 2);
     let queries: Vec<String> = app.fake.embedded_texts()[before..].to_vec();
-    assert_eq!(queries, vec!["visitor parking".to_string()], "searched once");
+    assert_eq!(
+        queries,
+        vec!["visitor parking".to_string()],
+        "searched once"
+    );
     let steps: Value = app.steps(id).await.json().await.unwrap();
     let retrieves: Vec<&Value> = steps["steps"]
         .as_array()
@@ -508,6 +532,9 @@ async fn a_document_taken_by_a_dead_indexer_and_a_failed_embedding_are_indexed_l
     assert!(flaky["attempts"].as_i64().unwrap() >= 2, "{flaky:#}");
     let taken = document(&app, "notes", "taken").await;
     assert_eq!(taken["chunks"], 1);
-    assert!(taken["attempts"].as_i64().unwrap() >= 2, "taken again: {taken:#}");
+    assert!(
+        taken["attempts"].as_i64().unwrap() >= 2,
+        "taken again: {taken:#}"
+    );
     app.cleanup().await;
 }

@@ -2,7 +2,8 @@
 //! of every repository is prepared here against the migrated schema.
 
 use llmq_shared::db::{
-    collections, events, executions, idempotency, labels, leases, outbox, prompts, stats, steps, webhooks,
+    collections, events, executions, idempotency, labels, leases, outbox, prompts, stats, steps,
+    webhooks,
 };
 use llmq_tests::database::{connect, TestDatabase};
 

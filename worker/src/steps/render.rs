@@ -82,9 +82,9 @@ impl Step for Render {
         out: &mut Outputs,
     ) -> Result<(), ErrorInfo> {
         let messages = render_messages(cx, out).map_err(|e| ErrorInfo {
-                code: codes::TEMPLATE_ERROR.into(),
-                message: e.to_string(),
-            })?;
+            code: codes::TEMPLATE_ERROR.into(),
+            message: e.to_string(),
+        })?;
         out.rendered = Some(Rendered {
             messages,
             seq: checkpoint.seq,

@@ -189,16 +189,33 @@ impl Step for Retrieve {
                     count(first.status, false);
                     step.output = Some(json!({"first": first.record(), "fallback": null}));
                     let message = match &first.error {
-                        Some(e) => format!("retrieval from {} {}: {e}", first.collection, first.status.as_str()),
-                        None => format!("retrieval from {} came back {}", first.collection, first.status.as_str()),
+                        Some(e) => format!(
+                            "retrieval from {} {}: {e}",
+                            first.collection,
+                            first.status.as_str()
+                        ),
+                        None => format!(
+                            "retrieval from {} came back {}",
+                            first.collection,
+                            first.status.as_str()
+                        ),
                     };
                     if !flag(cx, &raised).await? {
                         return Ok(Outcome::LeaseLost);
                     }
-                    return Ok(cx.fail(step, ErrorInfo { code: code.into(), message }));
+                    return Ok(cx.fail(
+                        step,
+                        ErrorInfo {
+                            code: code.into(),
+                            message,
+                        },
+                    ));
                 }
                 (OnRetrievalFailure::Fallback, Some(fb)) => {
-                    let collection = fb.collection.clone().unwrap_or_else(|| spec.collection.clone());
+                    let collection = fb
+                        .collection
+                        .clone()
+                        .unwrap_or_else(|| spec.collection.clone());
                     let query = match cx.prompt.render_query(&cx.execution.input, true) {
                         Some(Ok(q)) => q,
                         Some(Err(e)) => {
@@ -224,7 +241,9 @@ impl Step for Retrieve {
             };
             let used_fallback = fallback_record.is_some();
             let first_record = first.record();
-            let final_record = fallback_record.clone().unwrap_or_else(|| first_record.clone());
+            let final_record = fallback_record
+                .clone()
+                .unwrap_or_else(|| first_record.clone());
             count(last.status, used_fallback);
             raised.sort_unstable();
             raised.dedup();

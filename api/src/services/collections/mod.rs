@@ -6,7 +6,9 @@
 use std::collections::HashSet;
 
 use llmq_shared::config::RetrievalSettings;
-use llmq_shared::db::collections::{self as db, Collection, CollectionCounts, Document, NewDocument};
+use llmq_shared::db::collections::{
+    self as db, Collection, CollectionCounts, Document, NewDocument,
+};
 use llmq_shared::db::{DbError, Pool};
 use llmq_shared::ids::TenantId;
 use llmq_shared::prompt::validate_name;
@@ -73,7 +75,9 @@ pub async fn upsert_documents(
                 settings.max_document_bytes
             )));
         }
-        let metadata = d.metadata.unwrap_or_else(|| Value::Object(Default::default()));
+        let metadata = d
+            .metadata
+            .unwrap_or_else(|| Value::Object(Default::default()));
         if !metadata.is_object() {
             return Err(ServiceError::InvalidRequest(format!(
                 "documents[{i}].metadata must be an object"
@@ -130,7 +134,9 @@ pub async fn get_document(
     let client = pool.get().await.map_err(DbError::from)?;
     db::get_document(&client, tenant.as_str(), collection, id)
         .await?
-        .ok_or_else(|| ServiceError::NotFound(format!("no document {id} in collection {collection}")))
+        .ok_or_else(|| {
+            ServiceError::NotFound(format!("no document {id} in collection {collection}"))
+        })
 }
 
 /// Deletes a document with its chunks.
