@@ -288,7 +288,7 @@ pub async fn run(args: RetrievalArgs) -> anyhow::Result<()> {
         ids.len() as f64 / wall,
         ms(0.50),
         ms(0.99),
-        report["retrieve_status"].to_string(),
+        report["retrieve_status"],
     )?;
     if let Some(path) = &args.json_out {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
