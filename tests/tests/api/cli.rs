@@ -68,7 +68,7 @@ async fn the_cli_pushes_shows_diffs_promotes_rolls_back_and_reports_stats() {
     assert_eq!(code(&list), 0);
     assert!(stdout(&list).contains("summarize") && stdout(&list).contains("production"));
     let list = json(&llmq(&app, &key, &["--json", "prompts", "list"]).await);
-    assert_eq!(list["prompts"][2]["name"], "summarize");
+    assert_eq!(list["prompts"][3]["name"], "summarize");
 
     // Push a file laid out as in prompts/: the name is its directory's.
     let dir = std::env::temp_dir().join(format!("llmq-cli-{}", uuid::Uuid::now_v7().simple()));
