@@ -57,6 +57,14 @@
 #                      streams held, the API's peak RSS and the delay from an
 #                      event's commit to its arrival at a subscriber);
 #                      "off" skips it
+#   BENCH_RETRIEVAL    the retrieval setting's collection sizes, "CHUNKS[:N] ..."
+#                      (default "10000:2000 100000:2000": for each size a
+#                      collection of CHUNKS chunks loaded straight into
+#                      Postgres with fake embeddings, then N executions of
+#                      the `ask` prompt, which retrieves from it, 0 ms model;
+#                      reports executions/s and the retrieve step's p50 /
+#                      p99: two sizes show whether retrieval degrades
+#                      linearly with the collection); "off" skips it
 #   BENCH_CURVE        set to 1 (`make bench-curve`) to also gather every
 #                      0 ms setting into the latency-versus-load curve:
 #                      .run/bench-curve.json, .run/bench-curve.svg and a
@@ -95,6 +103,7 @@ BENCH_TIMEOUT=${BENCH_TIMEOUT:-240}
 BENCH_SETTINGS=${BENCH_SETTINGS:-"0:1024 0:1024:100:3000 2000:8192:2500 0:1024:1000:20000:webhook 0:1024:0:20000:tools"}
 BENCH_SSE=${BENCH_SSE:-"20000:16384:1000:10000"}
 BENCH_CURVE=${BENCH_CURVE:-0}
+BENCH_RETRIEVAL=${BENCH_RETRIEVAL:-"10000:2000 100000:2000"}
 BENCH_DB=${BENCH_DB:-llmq_bench}
 API_PORT=${BENCH_API_PORT:-18080}
 PROVIDER_PORT=${BENCH_PROVIDER_PORT:-18081}
@@ -213,12 +222,13 @@ setting_name() { # setting_name LATENCY_MS RATE [webhook]
     if [ "$2" = 0 ]; then echo "${1}ms${3:+-$3}"; else echo "${1}ms-${2}per-s${3:+-$3}"; fi
 }
 
-run_setting() { # run_setting LATENCY_MS WORKER_CONCURRENCY RATE N [sse|webhook]
+run_setting() { # run_setting LATENCY_MS WORKER_CONCURRENCY RATE N [sse|webhook|retrieval:CHUNKS]
     local latency=$1 concurrency=$2 rate=$3 n=$4 mode=${5:-} hooks= name ts rc=0 hwm rabbit_pid
     [ "$mode" = webhook ] && hooks=webhook
     [ "$mode" = tools ] && hooks=tools
     name=$(setting_name "$latency" "$rate" "$hooks")
     [ "$mode" = sse ] && name="sse-$name"
+    case "$mode" in retrieval:*) name="retrieval-${mode#retrieval:}" ;; esac
     local out="$RUN_DIR/bench-$name.out" json="$RUN_DIR/bench-$name.json"
     rm -f "$json" "$out"
     log "=== setting $name: provider latency $latency ms, worker concurrency $concurrency, $n executions, $([ "$rate" = 0 ] && echo "closed loop" || echo "open loop at $rate/s")"
@@ -325,7 +335,11 @@ TOML
     rabbit_pid=$(pgrep -o -x beam.smp 2>/dev/null || true)
     [ -n "$rabbit_pid" ] && watch+=(--watch "rabbitmq=$rabbit_pid")
 
-    if [ "$mode" = sse ]; then
+    if [ "${mode%%:*}" = retrieval ]; then
+        "$BIN/llmq-bench" retrieval --api "http://127.0.0.1:$API_PORT" --api-key "$API_KEY" \
+            --database-url "$DB_URL" --chunks "${mode#retrieval:}" -n "$n" -c "$BENCH_CONCURRENCY" \
+            --timeout-secs "$BENCH_TIMEOUT" --label "$name" --json-out "$json" | tee "$out" || rc=$?
+    elif [ "$mode" = sse ]; then
         "$BIN/llmq-bench" sse --api "http://127.0.0.1:$API_PORT" --api-key "$API_KEY" \
             -n "$n" --rate "$rate" --timeout-secs "$BENCH_TIMEOUT" --api-pid "$api_pid" \
             --label "$name" --json-out "$RUN_DIR/bench-$name.sse.json" | tee "$out" || rc=$?
@@ -397,6 +411,15 @@ if [ "$BENCH_SSE" != off ]; then
     run_setting "$latency" "$concurrency" "$rate" "$n" sse
 fi
 
+retrieval_outs=()
+if [ "$BENCH_RETRIEVAL" != off ]; then
+    for size in $BENCH_RETRIEVAL; do
+        IFS=: read -r chunks n <<<"$size"
+        run_setting 0 1024 0 "${n:-2000}" "retrieval:$chunks"
+        retrieval_outs+=("$RUN_DIR/bench-retrieval-$chunks.out")
+    done
+fi
+
 printf '\n== llmq bench summary (%s executions per setting, %d s in all)\n' \
     "$BENCH_N" "$((SECONDS - started))"
 printf '   machine: %s cores, %s; everything (Postgres, RabbitMQ, API, worker, fake provider, load generator) on it\n\n' \
@@ -408,6 +431,12 @@ if [ "$BENCH_CURVE" = 1 ] && [ "${#curve[@]}" -gt 0 ]; then
     printf '\n== latency versus load (0 ms model): %s/bench-curve.json, %s/bench-curve.svg\n\n' "$RUN_DIR" "$RUN_DIR"
     "$BIN/llmq-bench" curve --json-out "$RUN_DIR/bench-curve.json" --svg-out "$RUN_DIR/bench-curve.svg" \
         --title "llmq latency versus load, 0 ms model ($(nproc) cores, $(date -u +%Y-%m-%d))" "${curve[@]}"
+fi
+if [ "${#retrieval_outs[@]}" -gt 0 ]; then
+    printf '\n== retrieval (collection size, executions/s, retrieve step p50 / p99)\n'
+    for f in "${retrieval_outs[@]}"; do
+        [ -f "$f" ] && grep -E '^retrieval-' "$f" | sed 's/^/   /'
+    done
 fi
 printf '\n'
 while read -r name hwm; do

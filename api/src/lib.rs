@@ -5,6 +5,7 @@ pub mod access_log;
 pub mod auth;
 pub mod body_timeout;
 pub mod cli;
+pub mod collection_resources;
 pub mod error;
 pub mod http_telemetry;
 pub mod openapi;

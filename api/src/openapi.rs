@@ -40,6 +40,10 @@ use crate::webhook_resources::{
         crate::resources::tenancy::KeyResource, crate::resources::tenancy::KeyWithSecret,
         crate::resources::tenancy::KeyList,
         crate::tool_resources::ToolResource, crate::tool_resources::ToolList,
+        crate::collection_resources::DocumentInput, crate::collection_resources::UpsertDocuments,
+        crate::collection_resources::DocumentResource, crate::collection_resources::DocumentList,
+        crate::collection_resources::UpdateCollection, crate::collection_resources::CollectionResource,
+        llmq_shared::retrieval::DocumentStatus,
     )),
     modifiers(&BearerAuth)
 )]

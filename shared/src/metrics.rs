@@ -23,6 +23,10 @@ pub const MESSAGES_DEAD_LETTERED: &str = "llmq_messages_dead_lettered_total";
 pub const DB_BATCH_SIZE: &str = "llmq_db_batch_size";
 pub const DB_BATCH_WAIT: &str = "llmq_db_batch_wait_seconds";
 pub const WEBHOOK_ATTEMPTS: &str = "llmq_webhook_attempts_total";
+pub const RETRIEVALS: &str = "llmq_retrievals_total";
+pub const EMBEDDED_TEXTS: &str = "llmq_embedded_texts_total";
+pub const EMBEDDING_CACHE_HITS: &str = "llmq_embedding_cache_hits_total";
+pub const DOCUMENTS_INDEXED: &str = "llmq_documents_indexed_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -61,6 +65,22 @@ fn builder() -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildErro
 }
 
 fn describe() {
+    describe_counter!(
+        RETRIEVALS,
+        "retrieve steps by final status (ok, empty, failed, timed_out) and whether the fallback ran"
+    );
+    describe_counter!(
+        EMBEDDED_TEXTS,
+        "Texts sent to an embeddings endpoint, by use (document, query)"
+    );
+    describe_counter!(
+        EMBEDDING_CACHE_HITS,
+        "Document chunks whose embedding came from the cache instead of the endpoint"
+    );
+    describe_counter!(
+        DOCUMENTS_INDEXED,
+        "Indexing passes over a document, by outcome (indexed, retry, failed, superseded)"
+    );
     describe_counter!(HTTP_REQUESTS, "HTTP requests by method, route and status");
     describe_counter!(
         WEBHOOK_ATTEMPTS,

@@ -54,6 +54,9 @@ pub struct ExecutionResource {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// What the run noticed without failing: `retrieval_empty`,
+    /// `retrieval_failed`, `retrieval_timed_out`, `retrieval_fallback`.
+    pub flags: Vec<String>,
     pub links: Links,
 }
 
@@ -81,6 +84,7 @@ impl From<&Execution> for ExecutionResource {
             created_at: e.created_at,
             started_at: e.started_at,
             finished_at: e.finished_at,
+            flags: e.flags.clone(),
             links: Links {
                 steps: format!("{base}/steps"),
                 events: format!("{base}/events"),

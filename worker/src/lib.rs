@@ -1,9 +1,12 @@
 //! llmq-worker: consumes executions and runs their pipelines; the same
-//! binary runs the outbox relay. Roles are chosen by configuration so that
+//! binary runs the outbox relay, webhook delivery and the collection
+//! indexer. Roles are chosen by configuration so that
 //! pools scale separately.
 
 pub mod consumer;
 pub mod context;
+pub mod embeddings;
+pub mod indexer;
 pub mod open_files;
 pub mod provider;
 pub mod relay;

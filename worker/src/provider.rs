@@ -156,6 +156,11 @@ pub struct ProviderClient {
 }
 
 impl ProviderClient {
+    /// The pooled HTTP client, shared with the embeddings calls.
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     pub fn new() -> Result<Self, ProviderError> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
@@ -425,7 +430,7 @@ fn snippet(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..bytes.len().min(120)]).into_owned()
 }
 
-fn transport_error(e: reqwest::Error, timeout: Duration) -> ProviderError {
+pub(crate) fn transport_error(e: reqwest::Error, timeout: Duration) -> ProviderError {
     if e.is_timeout() {
         ProviderError::Timeout(timeout)
     } else if e.is_decode() || e.is_body() {
@@ -436,7 +441,7 @@ fn transport_error(e: reqwest::Error, timeout: Duration) -> ProviderError {
     }
 }
 
-fn status_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ProviderError {
+pub(crate) fn status_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ProviderError {
     let message = serde_json::from_slice::<Value>(body)
         .ok()
         .and_then(|v| {

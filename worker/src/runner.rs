@@ -24,11 +24,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::WorkerContext;
 use crate::retry::RetryPolicy;
-use crate::steps::{finalize, generate::Generate, render::Render, validate::Validate};
+use crate::steps::{
+    finalize, generate::Generate, render::Render, retrieve::Retrieve, validate::Validate,
+};
 use crate::steps::{Cx, Outcome, Outputs, Step};
 
 /// The steps of every execution, in order; each decides if it applies.
-const PIPELINE: &[&dyn Step] = &[&Render, &Generate, &Validate];
+const PIPELINE: &[&dyn Step] = &[&Retrieve, &Render, &Generate, &Validate];
 
 /// Claims beyond the retry policy's `max_attempts` tolerated before the
 /// model is no longer called: each covers a run that a killed worker (or a

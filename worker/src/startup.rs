@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::context::{lease_owner, WorkerContext};
 use crate::provider::ProviderClient;
 use crate::writer::Writer;
-use crate::{consumer, relay, webhooks};
+use crate::{consumer, indexer, relay, webhooks};
 
 pub struct Worker {
     ctx: Arc<WorkerContext>,
@@ -106,6 +106,12 @@ impl Worker {
                 self.background.clone(),
             ))
         });
+        let indexer = roles.iter().any(|r| r == "indexer").then(|| {
+            tokio::spawn(indexer::run_indexer(
+                self.ctx.clone(),
+                self.background.clone(),
+            ))
+        });
         if roles.iter().any(|r| r == "executions") {
             let interrupt = CancellationToken::new();
             consumer::run_consumer(self.ctx.clone(), self.stop.clone(), interrupt).await;
@@ -124,6 +130,9 @@ impl Worker {
         let _ = canceller.await;
         if let Some(relay) = relay {
             let _ = relay.await;
+        }
+        if let Some(indexer) = indexer {
+            let _ = indexer.await;
         }
         if let Some(webhooks) = webhooks {
             match webhooks.await {

@@ -12,6 +12,7 @@
 //! serves both unless `api.ops_addr` gives the operations routes their
 //! own address, and then each listener serves only its own.
 
+pub mod collections;
 pub mod events;
 pub mod executions;
 pub mod health;
@@ -81,6 +82,12 @@ route_list!(
     tools::list_tools,
     tools::get_tool,
     tools::delete_tool,
+    collections::upsert_documents,
+    collections::list_documents,
+    collections::get_document,
+    collections::delete_document,
+    collections::get_collection,
+    collections::put_collection,
 );
 
 route_list!(

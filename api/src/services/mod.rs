@@ -2,6 +2,7 @@
 //! tests, CLIs and other front ends run the same logic as the handlers.
 //! They answer `ServiceError`; `crate::error` maps it to HTTP once.
 
+pub mod collections;
 pub mod error;
 pub mod events;
 pub mod executions;

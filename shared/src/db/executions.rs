@@ -26,7 +26,7 @@ macro_rules! execution_columns {
     () => {
         "id, tenant_id, prompt_name, prompt_version, prompt_label, prompt_arm, model, params, input, output, status, \
          error_code, error_message, attempts, prompt_tokens, completion_tokens, total_tokens, cost_usd, \
-         metadata, end_user, priority, stream, webhook_url, created_at, started_at, finished_at"
+         metadata, end_user, priority, stream, webhook_url, created_at, started_at, finished_at, flags"
     };
 }
 pub(crate) use execution_columns;
@@ -548,6 +548,7 @@ pub(crate) fn execution_from_row(row: &Row) -> Result<Execution> {
         created_at: row.try_get("created_at")?,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
+        flags: row.try_get("flags")?,
     })
 }
 

@@ -3,6 +3,7 @@
 //! in or out of a transaction, keep their SQL in a `const` beside them and
 //! use `prepare_cached`.
 
+pub mod collections;
 pub mod events;
 pub mod executions;
 pub mod idempotency;

@@ -24,6 +24,11 @@ use serde_json::Value;
 use super::definition::FieldError;
 use super::{tokens, PromptDefinition, PromptError, Result};
 
+/// The names of the `retrieve` step's query templates in the environment
+/// (message templates are named `<i>:<role>`, so these cannot clash).
+const QUERY_TEMPLATE: &str = "retrieve:query";
+const FALLBACK_QUERY_TEMPLATE: &str = "retrieve:fallback.query";
+
 /// One chat message of a rendered prompt.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
@@ -93,6 +98,23 @@ impl CompiledPrompt {
                 Err(e) => errors.push(FieldError::new(field, render_message(&e))),
             }
         }
+        if let Some(r) = &definition.retrieve {
+            let queries = [
+                (QUERY_TEMPLATE, "retrieve.query", Some(&r.query)),
+                (
+                    FALLBACK_QUERY_TEMPLATE,
+                    "retrieve.fallback.query",
+                    r.fallback.as_ref().and_then(|f| f.query.as_ref()),
+                ),
+            ];
+            for (name, field, source) in queries {
+                if let Some(source) = source {
+                    if let Err(e) = env.add_template_owned(name, source.clone()) {
+                        errors.push(FieldError::new(field, render_message(&e)));
+                    }
+                }
+            }
+        }
         let validator = jsonschema::validator_for(&definition.input_schema)
             .map_err(|e| errors.push(FieldError::new("input_schema", e.to_string())))
             .ok();
@@ -153,8 +175,52 @@ impl CompiledPrompt {
     }
 
     /// Renders the messages with `input` as the context. Strict: a
-    /// variable the input lacks is an error, never an empty string.
+    /// variable the input lacks is an error, never an empty string. A
+    /// version with a `retrieve` step renders with an empty retrieval
+    /// (what the API's submit check and the examples see).
     pub fn render(&self, input: &Value) -> Result<Vec<ChatMessage>> {
+        let placeholder = self
+            .definition
+            .retrieve
+            .as_ref()
+            .map(|_| serde_json::json!({"status": "empty", "chunks": [], "fallback": false}));
+        self.render_with(input, placeholder.as_ref())
+    }
+
+    /// Renders the `retrieve` step's query (`fallback`: the fallback's
+    /// query) over `input`. None when the version has no such query.
+    pub fn render_query(&self, input: &Value, fallback: bool) -> Option<Result<String>> {
+        let name = if fallback {
+            FALLBACK_QUERY_TEMPLATE
+        } else {
+            QUERY_TEMPLATE
+        };
+        let template = self.env.get_template(name).ok()?;
+        Some(
+            template.render(input).map_err(|e| {
+                PromptError::Render(format!("retrieve query: {}", render_message(&e)))
+            }),
+        )
+    }
+
+    /// Renders the messages with `input` as the context and, when given,
+    /// `retrieval` as the variable of that name (over an input property
+    /// of the same name).
+    pub fn render_with(
+        &self,
+        input: &Value,
+        retrieval: Option<&Value>,
+    ) -> Result<Vec<ChatMessage>> {
+        let merged;
+        let input = match (retrieval, input) {
+            (Some(r), Value::Object(map)) => {
+                let mut map = map.clone();
+                map.insert("retrieval".into(), r.clone());
+                merged = Value::Object(map);
+                &merged
+            }
+            _ => input,
+        };
         let mut out = Vec::with_capacity(self.messages.len());
         for (role, name) in &self.messages {
             let template = self

@@ -290,6 +290,124 @@ impl OutputSpec {
     }
 }
 
+/// What a `retrieve` step does when its retrieval fails, times out, or
+/// (for `on_empty`) finds nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRetrievalFailure {
+    /// Render anyway, with `retrieval.status` telling the template.
+    #[default]
+    Continue,
+    /// Try `[retrieve.fallback]` once; its result is the step's.
+    Fallback,
+    /// Fail the execution (`retrieval_failed`, `retrieval_timed_out` or
+    /// `retrieval_empty`).
+    Fail,
+}
+
+/// The other collection and/or query of a `fallback`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetrieveFallback {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collection: Option<String>,
+    /// A template over the input, like `query`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+}
+
+/// The `retrieve` step of a version: which collection, the query
+/// template, and how much of what it finds goes into the prompt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrieveSpec {
+    pub collection: String,
+    /// A template over the input, e.g. `"{{ question }}"`.
+    pub query: String,
+    #[serde(default = "default_top_k")]
+    pub top_k: u32,
+    /// Chunks scoring below this (cosine, -1..=1) are dropped.
+    #[serde(default)]
+    pub min_score: f64,
+    /// Tokens of context the chunks may take in the prompt, counted with
+    /// the version's tokenizer.
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u32,
+    /// The whole step's deadline (query embedding and search, and the
+    /// fallback's).
+    #[serde(default = "default_retrieve_timeout")]
+    pub timeout_ms: u64,
+    /// Chunks whose embeddings are at least this similar to a better one
+    /// are dropped as near-duplicates.
+    #[serde(default = "default_duplicate_threshold")]
+    pub duplicate_threshold: f64,
+    #[serde(default)]
+    pub on_failure: OnRetrievalFailure,
+    #[serde(default)]
+    pub on_empty: OnRetrievalFailure,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<RetrieveFallback>,
+}
+
+fn default_top_k() -> u32 {
+    5
+}
+fn default_max_tokens() -> u32 {
+    1000
+}
+fn default_retrieve_timeout() -> u64 {
+    2000
+}
+fn default_duplicate_threshold() -> f64 {
+    0.95
+}
+
+impl RetrieveSpec {
+    fn check(&self, errors: &mut Vec<FieldError>) {
+        if let Err(message) = validate_name(&self.collection) {
+            errors.push(FieldError::new("retrieve.collection", message));
+        }
+        if !(1..=100).contains(&self.top_k) {
+            errors.push(FieldError::new("retrieve.top_k", "must be 1..=100"));
+        }
+        if !(-1.0..=1.0).contains(&self.min_score) {
+            errors.push(FieldError::new("retrieve.min_score", "must be -1..=1"));
+        }
+        if !(0.0..=1.0).contains(&self.duplicate_threshold) || self.duplicate_threshold == 0.0 {
+            errors.push(FieldError::new(
+                "retrieve.duplicate_threshold",
+                "must be in (0, 1]",
+            ));
+        }
+        if self.max_tokens == 0 {
+            errors.push(FieldError::new("retrieve.max_tokens", "must be at least 1"));
+        }
+        if !(1..=120_000).contains(&self.timeout_ms) {
+            errors.push(FieldError::new("retrieve.timeout_ms", "must be 1..=120000"));
+        }
+        let wants_fallback = self.on_failure == OnRetrievalFailure::Fallback
+            || self.on_empty == OnRetrievalFailure::Fallback;
+        match &self.fallback {
+            None if wants_fallback => errors.push(FieldError::new(
+                "retrieve.fallback",
+                "on_failure or on_empty is \"fallback\": name a fallback collection or query",
+            )),
+            Some(f) if f.collection.is_none() && f.query.is_none() => errors.push(FieldError::new(
+                "retrieve.fallback",
+                "needs a collection, a query or both",
+            )),
+            Some(f) => {
+                if let Some(c) = &f.collection {
+                    if let Err(message) = validate_name(c) {
+                        errors.push(FieldError::new("retrieve.fallback.collection", message));
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+}
+
 /// One prompt version as written in its file and stored in Postgres.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -324,6 +442,10 @@ pub struct PromptDefinition {
     pub examples: Vec<Value>,
     #[serde(default)]
     pub limits: PromptLimits,
+    /// Context retrieved before rendering (the `retrieve` step); the
+    /// templates see it as `retrieval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retrieve: Option<RetrieveSpec>,
 }
 
 /// One thing wrong with a definition, named by the field's path.
@@ -478,6 +600,9 @@ impl PromptDefinition {
                 "limits",
                 "max_tool_rounds and max_tool_calls must be at least 1",
             ));
+        }
+        if let Some(r) = &self.retrieve {
+            r.check(&mut errors);
         }
         if self.limits.max_attempts == Some(0) {
             errors.push(FieldError::new("limits.max_attempts", "must be at least 1"));

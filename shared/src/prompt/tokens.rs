@@ -37,6 +37,22 @@ pub fn count_tokens(name: &str, text: &str) -> usize {
     bpe(name).encode_ordinary(text).len()
 }
 
+/// The tokens of `text` (for chunking).
+pub fn encode(name: &str, text: &str) -> Vec<u32> {
+    bpe(name).encode_ordinary(text)
+}
+
+/// The text of `ids`; a character cut at either end by the window is
+/// dropped rather than shown as a replacement character.
+pub fn decode_lossy(name: &str, ids: &[u32]) -> String {
+    match bpe(name).decode_bytes(ids) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes)
+            .trim_matches('\u{FFFD}')
+            .to_string(),
+        Err(_) => String::new(),
+    }
+}
+
 /// The longest prefix of `text` of at most `max` tokens that ends on a
 /// character boundary (a token can be part of a character).
 pub fn truncate_tokens(name: &str, text: &str, max: usize) -> String {

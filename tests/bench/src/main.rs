@@ -43,6 +43,7 @@ struct Cli {
     run: RunArgs,
 }
 
+mod retrieval;
 mod sse;
 
 #[derive(Subcommand)]
@@ -50,6 +51,9 @@ enum Command {
     /// Event streams under load: one subscriber per execution, many held
     /// at once on one API process (see `sse.rs`).
     Sse(sse::SseArgs),
+    /// Retrieval: a collection of many chunks, then executions of a
+    /// prompt that retrieves from it (see `retrieval.rs`).
+    Retrieval(retrieval::RetrievalArgs),
     /// Print results saved with --json-out next to the targets.
     Summary {
         /// Result files (JSON), one per setting.
@@ -228,6 +232,7 @@ async fn main() -> anyhow::Result<()> {
             title,
         }) => curve(&files, &json_out, &svg_out, &title),
         Some(Command::Sse(args)) => sse::run(args).await,
+        Some(Command::Retrieval(args)) => retrieval::run(args).await,
         None => run(cli.run).await,
     }
 }

@@ -31,9 +31,12 @@
 //!
 //! It also serves a tool at 0 ms, `/tools/NAME` (any method), answering `{"tool": NAME,
 //! "arguments": <the JSON body>}` at once (the benchmark's tools setting).
+//! `POST /v1/embeddings` answers deterministic hashed bag-of-words vectors (see [`embeddings`]),
+//! with the same latency and error markers, and logs every embedded text.
 //!
 //! This crate owns the server's lifecycle ([`FakeProvider`]) and its call log ([`CallRecord`]).
 
+pub mod embeddings;
 mod markers;
 mod request;
 mod response;
@@ -172,6 +175,16 @@ impl FakeProvider {
     }
 
     /// Changes the global latency for requests arriving from now on.
+    /// Every text the embeddings endpoint was asked to embed, in order.
+    pub fn embedded_texts(&self) -> Vec<String> {
+        self.state.embedded()
+    }
+
+    /// Latency of every embeddings answer without a latency marker.
+    pub fn set_embedding_latency_ms(&self, ms: u64) {
+        self.state.set_embedding_latency_ms(ms);
+    }
+
     pub fn set_latency_ms(&self, ms: u64) {
         self.state.set_latency_ms(ms);
     }

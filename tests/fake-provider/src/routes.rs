@@ -22,6 +22,10 @@ const HANG: Duration = Duration::from_secs(3600);
 pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/chat/completions", web::post().to(chat_completions))
         .route("/v1/models", web::get().to(models))
+        .route(
+            "/v1/embeddings",
+            web::post().to(crate::embeddings::embeddings),
+        )
         .route("/_stats", web::get().to(stats))
         .route("/healthz", web::get().to(healthz))
         .route("/webhook", web::post().to(webhook))

@@ -13,6 +13,7 @@ use crate::CallRecord;
 pub(crate) struct State {
     inner: Mutex<Inner>,
     latency_ms: AtomicU64,
+    embedding_latency_ms: AtomicU64,
     seq: AtomicU64,
 }
 
@@ -20,6 +21,9 @@ pub(crate) struct State {
 struct Inner {
     calls: Vec<CallRecord>,
     attempts: HashMap<String, u64>,
+    /// Every text `/v1/embeddings` was asked to embed, in order.
+    embedded: Vec<String>,
+    embedding_attempts: HashMap<String, u64>,
 }
 
 impl State {
@@ -27,6 +31,7 @@ impl State {
         Self {
             inner: Mutex::new(Inner::default()),
             latency_ms: AtomicU64::new(latency_ms),
+            embedding_latency_ms: AtomicU64::new(0),
             seq: AtomicU64::new(0),
         }
     }
@@ -37,6 +42,28 @@ impl State {
 
     pub(crate) fn latency_ms(&self) -> u64 {
         self.latency_ms.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn embedding_latency_ms(&self) -> u64 {
+        self.embedding_latency_ms.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_embedding_latency_ms(&self, ms: u64) {
+        self.embedding_latency_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Logs an embeddings request's inputs; answers its 1-based attempt
+    /// number among requests with the same `key`.
+    pub(crate) fn count_embedding_request(&self, key: &str, inputs: &[String]) -> u64 {
+        let mut inner = self.lock();
+        inner.embedded.extend(inputs.iter().cloned());
+        let n = inner.embedding_attempts.entry(key.to_string()).or_insert(0);
+        *n += 1;
+        *n
+    }
+
+    pub(crate) fn embedded(&self) -> Vec<String> {
+        self.lock().embedded.clone()
     }
 
     pub(crate) fn set_latency_ms(&self, ms: u64) {

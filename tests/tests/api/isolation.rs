@@ -31,6 +31,8 @@ struct Owned {
     delivery: String,
     key_id: String,
     tool: String,
+    /// A collection holding one document, `doc-a`.
+    collection: String,
 }
 
 /// What a stranger's call of a route must answer.
@@ -60,6 +62,8 @@ fn plan(method: &str, path: &str, a: &Owned) -> (String, Option<Value>, Expect) 
     let o = &a.org;
     let k = &a.key_id;
     let t = &a.tool;
+    let c = &a.collection;
+    let documents = json!({"documents": [{"id": "doc-b", "text": "B's own text"}]});
     let submit = json!({"prompt": p, "input": {"text": "from b"}});
     let endpoint = json!({"url": "http://127.0.0.1:9/b", "event_types": ["execution.succeeded"]});
     let definition = json!({"model": "gpt-4o-mini", "template": "B: {{ text }}",
@@ -163,6 +167,31 @@ fn plan(method: &str, path: &str, a: &Owned) -> (String, Option<Value>, Expect) 
         ("DELETE", "/v1/tools/{name}") => (format!("/v1/tools/{t}"), None, NotFound),
         // B's own tool of the same name; A's is checked untouched after.
         ("PUT", "/v1/tools/{name}") => (format!("/v1/tools/{t}"), Some(tool("B's")), OwnCreated),
+        ("GET", "/v1/collections/{name}") => (format!("/v1/collections/{c}"), None, NotFound),
+        ("GET", "/v1/collections/{name}/documents") => {
+            (format!("/v1/collections/{c}/documents"), None, NotFound)
+        }
+        ("GET", "/v1/collections/{name}/documents/{id}") => (
+            format!("/v1/collections/{c}/documents/doc-a"),
+            None,
+            NotFound,
+        ),
+        ("DELETE", "/v1/collections/{name}/documents/{id}") => (
+            format!("/v1/collections/{c}/documents/doc-a"),
+            None,
+            NotFound,
+        ),
+        // B's own collection of the same name; A's is checked untouched after.
+        ("POST", "/v1/collections/{name}/documents") => (
+            format!("/v1/collections/{c}/documents"),
+            Some(documents),
+            OwnCreated,
+        ),
+        ("PUT", "/v1/collections/{name}") => (
+            format!("/v1/collections/{c}"),
+            Some(json!({"embedding_model": "b-model"})),
+            OwnCreated,
+        ),
         ("GET", "/healthz" | "/readyz" | "/metrics" | "/openapi.json") => {
             (path.to_string(), None, Public)
         }
@@ -248,6 +277,19 @@ async fn make_everything(app: &TestApp, org: &str, key: &str) -> Owned {
         "A's tool",
     )
     .await;
+    let collection = format!("walk-docs-{org}");
+    let documents = json!({"documents": [{"id": "doc-a", "text": format!("{A_MARKER} handbook")}]});
+    ok_json(
+        app.send_as(
+            key,
+            Method::POST,
+            &format!("/v1/collections/{collection}/documents"),
+            Some(&documents),
+        )
+        .await,
+        "A's document",
+    )
+    .await;
     let submit =
         json!({"prompt": prompt, "input": {"text": A_MARKER}, "metadata": {"m": A_MARKER}});
     let execution = ok_json(
@@ -293,6 +335,7 @@ async fn make_everything(app: &TestApp, org: &str, key: &str) -> Owned {
         delivery: delivery.unwrap(),
         key_id,
         tool: tool_name,
+        collection,
     }
 }
 
@@ -396,6 +439,16 @@ async fn walk(app: &TestApp, a: &Owned, b_key: &str) {
     assert!(
         tool.to_string().contains(A_MARKER),
         "A's tool was changed: {tool}"
+    );
+    let path = format!("/v1/collections/{}/documents/doc-a", a.collection);
+    let document = ok_json(
+        app.send_as(&a.key, Method::GET, &path, None).await,
+        "A's document",
+    )
+    .await;
+    assert!(
+        document["text"].as_str().unwrap_or("").contains(A_MARKER),
+        "A's document was changed: {document}"
     );
 }
 

@@ -143,7 +143,7 @@ async fn a_version_created_through_the_api_is_the_next_and_the_same_content_answ
         .collect();
     assert_eq!(
         names,
-        vec!["classify", "count-words", "sentiment", "summarize"]
+        vec!["ask", "classify", "count-words", "sentiment", "summarize"]
     );
     let summarize = names.iter().position(|n| *n == "summarize").unwrap();
     assert_eq!(list["prompts"][summarize]["latest_version"], 3);

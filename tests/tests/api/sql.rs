@@ -2,8 +2,8 @@
 //! of every repository is prepared here against the migrated schema.
 
 use llmq_shared::db::{
-    events, executions, idempotency, labels, leases, outbox, prompts, stats, steps, tenancy, tools,
-    webhooks,
+    collections, events, executions, idempotency, labels, leases, outbox, prompts, stats, steps,
+    tenancy, tools, webhooks,
 };
 use llmq_tests::database::{connect, TestDatabase};
 
@@ -23,7 +23,8 @@ async fn every_repository_statement_prepares_against_the_migrated_schema() {
         .chain(steps::ALL_SQL.iter())
         .chain(tools::ALL_SQL)
         .chain(webhooks::ALL_SQL.iter())
-        .chain(tenancy::ALL_SQL);
+        .chain(tenancy::ALL_SQL)
+        .chain(collections::ALL_SQL);
     let mut prepared = 0;
     for sql in all {
         client

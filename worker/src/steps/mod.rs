@@ -18,6 +18,7 @@ pub mod deltas;
 pub mod finalize;
 pub mod generate;
 pub mod render;
+pub mod retrieve;
 pub mod validate;
 
 use std::time::Duration;
@@ -127,6 +128,9 @@ impl Generated {
 /// What earlier steps produced.
 #[derive(Default)]
 pub struct Outputs {
+    /// The template's `retrieval` (status, chunks), when the version
+    /// retrieves.
+    pub retrieval: Option<Value>,
     pub rendered: Option<Rendered>,
     pub generated: Option<Generated>,
 }

@@ -28,6 +28,18 @@ fn render_output(cx: &Cx<'_>, messages: &[llmq_shared::prompt::ChatMessage]) -> 
     })
 }
 
+/// The messages over the input and, for a version that retrieves, the
+/// `retrieve` step's result as `retrieval`.
+fn render_messages(
+    cx: &Cx<'_>,
+    out: &Outputs,
+) -> llmq_shared::prompt::Result<Vec<llmq_shared::prompt::ChatMessage>> {
+    match &out.retrieval {
+        Some(r) => cx.prompt.render_with(&cx.execution.input, Some(r)),
+        None => cx.prompt.render(&cx.execution.input),
+    }
+}
+
 impl Step for Render {
     fn kind(&self) -> StepKind {
         StepKind::Render
@@ -41,7 +53,7 @@ impl Step for Render {
         async move {
             let mut step = cx.begin(StepKind::Render);
             step.input = Some(mask_json(&cx.execution.input));
-            match cx.prompt.render(&cx.execution.input) {
+            match render_messages(cx, out) {
                 Ok(messages) => {
                     step.output = Some(render_output(cx, &messages));
                     out.rendered = Some(Rendered {
@@ -69,13 +81,10 @@ impl Step for Render {
         checkpoint: &step_row::Step,
         out: &mut Outputs,
     ) -> Result<(), ErrorInfo> {
-        let messages = cx
-            .prompt
-            .render(&cx.execution.input)
-            .map_err(|e| ErrorInfo {
-                code: codes::TEMPLATE_ERROR.into(),
-                message: e.to_string(),
-            })?;
+        let messages = render_messages(cx, out).map_err(|e| ErrorInfo {
+            code: codes::TEMPLATE_ERROR.into(),
+            message: e.to_string(),
+        })?;
         out.rendered = Some(Rendered {
             messages,
             seq: checkpoint.seq,
