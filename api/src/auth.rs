@@ -149,7 +149,13 @@ async fn authenticate(state: &AppState, presented: Option<&str>) -> Result<Calle
     if !looks_like_key(presented) {
         return Err(ApiError::Unauthorized);
     }
-    let key = state.keys.find(&state.pool, presented).await?;
+    // A look-up that misses the cache is bounded like any request's
+    // database work: a database that stops answering is a 503, not a hang.
+    let key = tokio::time::timeout(state.deadline(), state.keys.find(&state.pool, presented))
+        .await
+        .map_err(|_| {
+            ApiError::Unavailable("the database did not answer in time; retry later".into())
+        })??;
     match key {
         Some(key) if key.usable_at(Utc::now()) => Ok(Caller::new(
             key.tenant.clone(),
