@@ -353,6 +353,16 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_key_is_remembered_as_unknown_for_the_negative_ttl_only() {
+        let cache = KeyCache::new(Duration::from_secs(60), Duration::from_millis(50));
+        let generation = cache.generation.load(Ordering::Acquire);
+        cache.put("nobody".into(), None, generation);
+        assert!(matches!(cache.cached("nobody"), Some(None)));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(cache.cached("nobody").is_none());
+    }
+
+    #[test]
     fn an_expired_or_revoked_key_is_not_usable() {
         let now = Utc::now();
         let mut key = CachedKey {
