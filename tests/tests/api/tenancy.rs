@@ -458,6 +458,29 @@ async fn each_organisation_has_its_own_prompts_and_labels() {
         .await
         .unwrap();
     assert!(!history.to_string().contains("key:"), "{history}");
+    // acme's history: the copy of the files (by the sync), then acme's move.
+    let history: Value = app
+        .send_as(
+            &acme,
+            Method::GET,
+            "/v1/prompts/summarize/labels/production/history",
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let actors: Vec<&str> = history["moves"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{history}"))
+        .iter()
+        .map(|m| m["actor"].as_str().unwrap())
+        .collect();
+    assert_eq!(actors.len(), 2, "{history}");
+    assert!(
+        actors[0].starts_with("key:") && actors[1] == "sync",
+        "{history}"
+    );
 
     // An execution of each runs its own organisation's version.
     let submit = json!({"prompt": "summarize", "input": {"text": "t"}});
