@@ -86,6 +86,10 @@
 #   BENCH_SPLIT        e.g. "2:90,1:10": before each setting, point the
 #                      benchmark prompt's production label at this weighted
 #                      split (submits then resolve through it); unset: no split
+#   BENCH_SCOPED_KEY   1: clients authenticate with an llmq_sk_ key from the
+#                      database (made by `llmq-api bootstrap-admin` after the
+#                      migrations), through the API's key cache, instead of
+#                      the configured development key (default 0)
 #   BENCH_AFTER_MIGRATE_SQL  SQL run on the fresh database after the migrations
 #                      (experiments, e.g. "ANALYZE executions" or an index change)
 # Logs and results: .run/bench-*.log, .run/bench-*.json. The database is kept
@@ -114,6 +118,9 @@ PG_PORT=5432
 PG_USER=postgres
 DB_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$BENCH_DB"
 API_KEY=bench-key
+# What the load generators present: the configured key, or a database key.
+CLIENT_KEY=$API_KEY
+BENCH_SCOPED_KEY=${BENCH_SCOPED_KEY:-0}
 ADMIN_KEY=bench-admin-key
 SPLIT_ARGS=()
 [ -n "${BENCH_SPLIT:-}" ] && SPLIT_ARGS=(--split "$BENCH_SPLIT" --admin-key "$ADMIN_KEY")
@@ -290,6 +297,13 @@ TOML
             die "BENCH_AFTER_MIGRATE_SQL failed"
     fi
 
+    if [ "$BENCH_SCOPED_KEY" = 1 ]; then
+        CLIENT_KEY=$(DATABASE_URL=$DB_URL LLMQ_PROMPTS_DIR=prompts RUST_LOG=warn \
+            "$BIN/llmq-api" bootstrap-admin --name bench 2>>"$RUN_DIR/bench-migrate.log") ||
+            die "bootstrap-admin failed (see $RUN_DIR/bench-migrate.log)"
+        log "clients use a database key (${CLIENT_KEY:0:16}...)"
+    fi
+
     ts=$(date +%Y%m%d%H%M%S)
     QUEUE_PREFIX="bench.$ts.$name"
     local common=(
@@ -336,16 +350,16 @@ TOML
     [ -n "$rabbit_pid" ] && watch+=(--watch "rabbitmq=$rabbit_pid")
 
     if [ "${mode%%:*}" = retrieval ]; then
-        "$BIN/llmq-bench" retrieval --api "http://127.0.0.1:$API_PORT" --api-key "$API_KEY" \
+        "$BIN/llmq-bench" retrieval --api "http://127.0.0.1:$API_PORT" --api-key "$CLIENT_KEY" \
             --database-url "$DB_URL" --chunks "${mode#retrieval:}" -n "$n" -c "$BENCH_CONCURRENCY" \
             --timeout-secs "$BENCH_TIMEOUT" --label "$name" --json-out "$json" | tee "$out" || rc=$?
     elif [ "$mode" = sse ]; then
-        "$BIN/llmq-bench" sse --api "http://127.0.0.1:$API_PORT" --api-key "$API_KEY" \
+        "$BIN/llmq-bench" sse --api "http://127.0.0.1:$API_PORT" --api-key "$CLIENT_KEY" \
             -n "$n" --rate "$rate" --timeout-secs "$BENCH_TIMEOUT" --api-pid "$api_pid" \
             --label "$name" --json-out "$RUN_DIR/bench-$name.sse.json" | tee "$out" || rc=$?
     else
         "$BIN/llmq-bench" \
-            --api "http://127.0.0.1:$API_PORT" --api-key "$API_KEY" --database-url "$DB_URL" \
+            --api "http://127.0.0.1:$API_PORT" --api-key "$CLIENT_KEY" --database-url "$DB_URL" \
             -n "$n" -c "$BENCH_CONCURRENCY" --rate "$rate" --warmup "$BENCH_WARMUP" \
             --timeout-secs "$BENCH_TIMEOUT" --warmup-timeout-secs 60 \
             --label "$name" --provider-latency-ms "$latency" --worker-concurrency "$concurrency" \

@@ -149,7 +149,13 @@ async fn authenticate(state: &AppState, presented: Option<&str>) -> Result<Calle
     if !looks_like_key(presented) {
         return Err(ApiError::Unauthorized);
     }
-    let key = state.keys.find(&state.pool, presented).await?;
+    // A look-up that misses the cache is bounded like any request's
+    // database work: a database that stops answering is a 503, not a hang.
+    let key = tokio::time::timeout(state.deadline(), state.keys.find(&state.pool, presented))
+        .await
+        .map_err(|_| {
+            ApiError::Unavailable("the database did not answer in time; retry later".into())
+        })??;
     match key {
         Some(key) if key.usable_at(Utc::now()) => Ok(Caller::new(
             key.tenant.clone(),
@@ -344,6 +350,16 @@ mod tests {
         let now = cache.generation.load(Ordering::Acquire);
         cache.put("h".into(), Some(key), now);
         assert!(cache.cached("h").is_some_and(|k| k.is_some()));
+    }
+
+    #[test]
+    fn an_unknown_key_is_remembered_as_unknown_for_the_negative_ttl_only() {
+        let cache = KeyCache::new(Duration::from_secs(60), Duration::from_millis(50));
+        let generation = cache.generation.load(Ordering::Acquire);
+        cache.put("nobody".into(), None, generation);
+        assert!(matches!(cache.cached("nobody"), Some(None)));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(cache.cached("nobody").is_none());
     }
 
     #[test]

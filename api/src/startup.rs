@@ -218,10 +218,15 @@ impl Application {
     /// Resolves once this process listens to the events exchange (label
     /// moves and key revocations announced from then on reach it).
     pub fn events_bound(&self) -> impl std::future::Future<Output = ()> + 'static {
-        let mut sessions = self.event_sessions.clone();
+        let mut sessions = self.event_sessions();
         async move {
             let _ = sessions.wait_for(|n| *n > 0).await;
         }
+    }
+
+    /// Counts the events subscriber's sessions: each time it (re)binds.
+    pub fn event_sessions(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.event_sessions.clone()
     }
 
     pub fn port(&self) -> u16 {

@@ -40,10 +40,12 @@ pub fn generate_key() -> NewKey {
 
 /// The stored form of a presented key: sha256, lower-case hex.
 pub fn hash_key(presented: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(presented.as_bytes());
     let mut hex = String::with_capacity(64);
     for b in digest {
-        hex.push_str(&format!("{b:02x}"));
+        hex.push(HEX[usize::from(b >> 4)] as char);
+        hex.push(HEX[usize::from(b & 0xf)] as char);
     }
     hex
 }
@@ -174,6 +176,10 @@ mod tests {
         assert_ne!(a.secret, b.secret);
         assert_eq!(a.hash, hash_key(&a.secret));
         assert_eq!(a.hash.len(), 64);
+        assert_eq!(
+            hash_key("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert!(a.secret.starts_with(&a.prefix));
         assert!(!looks_like_key("dev-key"));
         assert!(!looks_like_key(&format!("{}!", &a.secret[..50])));

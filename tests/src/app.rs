@@ -75,6 +75,7 @@ impl TestAppBuilder {
         let api = Application::build(settings.clone(), cancel.child_token())
             .await
             .expect("building the API");
+        let event_sessions = api.event_sessions();
         let address = format!("http://127.0.0.1:{}", api.port());
         let ops_address = match api.ops_port() {
             Some(port) => format!("http://127.0.0.1:{port}"),
@@ -103,6 +104,7 @@ impl TestAppBuilder {
             cancel,
             api_task: Some(api_task),
             worker: None,
+            event_sessions,
         };
         app.wait_until_ready().await;
         if self.worker {
@@ -169,6 +171,8 @@ pub struct TestApp {
     cancel: CancellationToken,
     api_task: Option<JoinHandle<()>>,
     worker: Option<InProcessWorker>,
+    /// The API's events subscriber sessions (`events_bound`).
+    event_sessions: tokio::sync::watch::Receiver<u64>,
 }
 
 impl TestApp {
@@ -195,6 +199,17 @@ impl TestApp {
     }
 
     // ---- tenancy ---------------------------------------------------------
+
+    /// Waits until the API listens to the events exchange: from then on it
+    /// hears every label move and key revocation (and has dropped what it
+    /// cached before, which it may have missed announcements about).
+    pub async fn events_bound(&self) {
+        let mut sessions = self.event_sessions.clone();
+        tokio::time::timeout(Duration::from_secs(10), sessions.wait_for(|n| *n > 0))
+            .await
+            .expect("the API never bound its events queue")
+            .expect("the API's events subscriber is gone");
+    }
 
     /// Creates organisation `id` (with its copy of the prompt files), as
     /// the operator would, straight through the service.

@@ -156,8 +156,10 @@ impl Served {
 /// lists, the one place a route's scope is written. A route without a
 /// requirement (the operations routes) or with an empty list needs none.
 pub fn required_scopes(method: &str, pattern: &str) -> &'static [llmq_shared::keys::Scope] {
+    use llmq_shared::keys::Scope;
     use std::collections::HashMap;
-    type Table = HashMap<(String, String), Vec<llmq_shared::keys::Scope>>;
+    /// Path pattern → (method, scopes): looked up by `&str`, no allocation.
+    type Table = HashMap<String, Vec<(String, Vec<Scope>)>>;
     static TABLE: LazyLock<Table> = LazyLock::new(|| {
         let mut table = Table::new();
         let doc = serde_json::to_value(ApiRouteDoc::openapi()).unwrap_or_default();
@@ -175,18 +177,22 @@ pub fn required_scopes(method: &str, pattern: &str) -> &'static [llmq_shared::ke
                         names
                             .iter()
                             .filter_map(|n| n.as_str())
-                            .filter_map(|n| llmq_shared::keys::Scope::parse(n).ok())
+                            .filter_map(|n| Scope::parse(n).ok())
                             .collect()
                     })
                     .unwrap_or_default();
-                table.insert((method.to_uppercase(), path.clone()), scopes);
+                table
+                    .entry(path.clone())
+                    .or_default()
+                    .push((method.to_uppercase(), scopes));
             }
         }
         table
     });
     TABLE
-        .get(&(method.to_string(), pattern.to_string()))
-        .map(Vec::as_slice)
+        .get(pattern)
+        .and_then(|methods| methods.iter().find(|(m, _)| m == method))
+        .map(|(_, scopes)| scopes.as_slice())
         .unwrap_or(&[])
 }
 
@@ -271,6 +277,37 @@ mod tests {
             &[Scope::ExecutionsRead]
         );
         assert_eq!(required_scopes("GET", "/healthz"), &[] as &[Scope]);
+        // Only the registry's reads are open to any key of the
+        // organisation: a new route names its scope, or joins this list.
+        let mut open: Vec<String> = ApiRouteDoc::openapi()
+            .paths
+            .paths
+            .keys()
+            .flat_map(|path| {
+                ["GET", "POST", "PUT", "PATCH", "DELETE"]
+                    .into_iter()
+                    .filter(|m| {
+                        Served::Api
+                            .routes()
+                            .iter()
+                            .any(|(p, ms)| p == path && ms.iter().any(|x| x == m))
+                    })
+                    .filter(|m| required_scopes(m, path).is_empty())
+                    .map(|m| format!("{m} {path}"))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        open.sort();
+        assert_eq!(
+            open,
+            [
+                "GET /v1/prompts",
+                "GET /v1/prompts/{name}",
+                "GET /v1/prompts/{name}/diff",
+                "GET /v1/prompts/{name}/labels/{label}/history",
+                "GET /v1/prompts/{name}/versions/{version}",
+            ]
+        );
         // Every scope a route document names is one the API knows: a
         // misspelt scope would silently need none.
         let doc = serde_json::to_value(ApiRouteDoc::openapi()).unwrap();

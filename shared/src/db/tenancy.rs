@@ -58,13 +58,27 @@ const COPY_FILE_VERSIONS: &str =
      WHERE source = 'file' AND strpos(prompt_name, '/') = 0 \
      ON CONFLICT (prompt_name, version) DO NOTHING";
 /// `production` of each copied prompt, at its newest file version, unless
-/// the organisation has moved it.
-const COPY_FILE_LABELS: &str =
-    "INSERT INTO prompt_labels (prompt_name, label, version, updated_by) \
-     SELECT $1 || '/' || prompt_name, 'production', max(version), 'sync' FROM prompt_versions \
-     WHERE source = 'file' AND strpos(prompt_name, '/') = 0 GROUP BY prompt_name \
-     ON CONFLICT (prompt_name, label) DO UPDATE SET version = EXCLUDED.version, updated_at = now() \
-     WHERE prompt_labels.updated_by = 'sync' AND prompt_labels.version < EXCLUDED.version";
+/// the organisation has moved it; each move is in the label's history
+/// (actor `sync`), as the default organisation's are.
+const COPY_FILE_LABELS: &str = "WITH newest AS ( \
+       SELECT $1 || '/' || prompt_name AS name, max(version) AS version FROM prompt_versions \
+       WHERE source = 'file' AND strpos(prompt_name, '/') = 0 GROUP BY prompt_name), \
+     old AS ( \
+       SELECT l.prompt_name, l.version FROM prompt_labels l \
+       JOIN newest n ON l.prompt_name = n.name AND l.label = 'production'), \
+     moved AS ( \
+       INSERT INTO prompt_labels (prompt_name, label, version, updated_by) \
+       SELECT name, 'production', version, 'sync' FROM newest \
+       ON CONFLICT (prompt_name, label) DO UPDATE SET version = EXCLUDED.version, updated_at = now() \
+       WHERE prompt_labels.updated_by = 'sync' AND prompt_labels.version < EXCLUDED.version \
+       RETURNING prompt_name, version) \
+     INSERT INTO prompt_label_moves (prompt_name, label, from_rule, to_rule, actor, reason) \
+     SELECT m.prompt_name, 'production', \
+       (SELECT jsonb_build_object('targets', jsonb_build_array(jsonb_build_object('version', o.version, 'weight', 1))) \
+        FROM old o WHERE o.prompt_name = m.prompt_name), \
+       jsonb_build_object('targets', jsonb_build_array(jsonb_build_object('version', m.version, 'weight', 1))), \
+       'sync', 'newest prompt file' \
+     FROM moved m";
 
 const INSERT_KEY: &str = "INSERT INTO api_keys \
        (id, tenant_id, key_hash, prefix, name, scopes, end_user, expires_at) \

@@ -458,6 +458,29 @@ async fn each_organisation_has_its_own_prompts_and_labels() {
         .await
         .unwrap();
     assert!(!history.to_string().contains("key:"), "{history}");
+    // acme's history: the copy of the files (by the sync), then acme's move.
+    let history: Value = app
+        .send_as(
+            &acme,
+            Method::GET,
+            "/v1/prompts/summarize/labels/production/history",
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let actors: Vec<&str> = history["moves"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{history}"))
+        .iter()
+        .map(|m| m["actor"].as_str().unwrap())
+        .collect();
+    assert_eq!(actors.len(), 2, "{history}");
+    assert!(
+        actors[0].starts_with("key:") && actors[1] == "sync",
+        "{history}"
+    );
 
     // An execution of each runs its own organisation's version.
     let submit = json!({"prompt": "summarize", "input": {"text": "t"}});
@@ -525,5 +548,43 @@ async fn an_organisations_admin_manages_only_its_own_keys_and_creates_no_organis
         )
         .await;
     assert_error(new_org, StatusCode::FORBIDDEN, "forbidden").await;
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_cached_key_costs_no_database_look_up_per_request() {
+    let app = TestApp::builder().without_worker().spawn().await;
+    app.create_org("acme").await;
+    let key = app.create_key("acme", &["executions:write"]).await;
+    // Binding the events queue drops every cached key (revocations may
+    // have been missed before): bound first, so the cache stays.
+    app.events_bound().await;
+    let submit = json!({"prompt": "summarize", "input": {"text": "hot path"}});
+    let first = app
+        .send_as(&key, Method::POST, "/v1/executions", Some(&submit))
+        .await;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    // Every load of a key writes its last_used_at: unchanged after more
+    // requests means none of them looked the key up.
+    let last_used = || async {
+        app.db()
+            .await
+            .query_one(
+                "SELECT last_used_at::text FROM api_keys WHERE tenant_id = 'acme'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, Option<String>>(0)
+    };
+    let loaded = last_used().await;
+    assert!(loaded.is_some());
+    for _ in 0..5 {
+        let again = app
+            .send_as(&key, Method::POST, "/v1/executions", Some(&submit))
+            .await;
+        assert_eq!(again.status(), StatusCode::ACCEPTED);
+    }
+    assert_eq!(last_used().await, loaded);
     app.cleanup().await;
 }
