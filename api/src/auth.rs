@@ -23,6 +23,11 @@ pub struct Caller {
     pub tenant: TenantId,
     /// Presented the admin key.
     pub admin: bool,
+    /// The key's id (`"config"` for the configured keys): what the
+    /// per-key request limit counts.
+    pub key_id: String,
+    /// The end user the key is bound to, if any.
+    pub user: Option<String>,
 }
 
 impl Caller {
@@ -70,6 +75,8 @@ async fn authenticate(state: &AppState, presented: Option<&str>) -> Result<Calle
         Ok(Caller {
             tenant: TenantId::new(DEFAULT_TENANT),
             admin,
+            key_id: "config".into(),
+            user: None,
         })
     } else {
         Err(ApiError::Unauthorized)

@@ -80,6 +80,7 @@ impl Application {
         );
         sessions.spawn(consume_events);
         let label_moves = events.label_moves();
+        let limit_changes = events.limit_changes();
         let (to_publish, pipeline) = Pipeline::start(
             publisher.clone(),
             pool.clone(),
@@ -91,6 +92,10 @@ impl Application {
             settings: settings.clone(),
             pool,
             redis,
+            limiter: Arc::new(llmq_shared::limits::Limiter::new(settings.limits.clone())),
+            org_limits: crate::services::limits::OrgLimitsCache::new(Duration::from_millis(
+                settings.limits.settings_cache_ms,
+            )),
             publisher,
             prompts: PromptCache::default(),
             labels: LabelCache::new(Duration::from_millis(settings.api.label_cache_ms)),
@@ -105,6 +110,11 @@ impl Application {
         });
         sessions.spawn(invalidate_moved_labels(
             label_moves,
+            state.clone(),
+            broker.clone(),
+        ));
+        sessions.spawn(invalidate_changed_limits(
+            limit_changes,
             state.clone(),
             broker.clone(),
         ));
@@ -248,6 +258,27 @@ async fn invalidate_moved_labels(
                     state.labels.invalidate(&m.prompt, &m.label);
                 }
                 Ok(LabelEvent::Resubscribed) | Err(RecvError::Lagged(_)) => state.labels.invalidate_all(),
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+/// Forgets an organisation's limits when some replica changed them (and
+/// all of them after a resubscription, when changes may have been missed).
+async fn invalidate_changed_limits(
+    mut changes: tokio::sync::broadcast::Receiver<llmq_shared::events::LimitsEvent>,
+    state: web::Data<AppState>,
+    stop: CancellationToken,
+) {
+    use llmq_shared::events::LimitsEvent;
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = changes.recv() => match changed {
+                Ok(LimitsEvent::Changed(c)) => state.org_limits.invalidate(&c.tenant),
+                Ok(LimitsEvent::Resubscribed) | Err(RecvError::Lagged(_)) => state.org_limits.invalidate_all(),
                 Err(RecvError::Closed) => return,
             }
         }

@@ -15,6 +15,7 @@ use llmq_shared::webhook::destination::DestinationPolicy;
 use llmq_shared::webhook::seal::Sealer;
 
 use crate::services::executions::{Inserts, PublishQueue, SubmitDeps};
+use crate::services::limits::{LimitDeps, OrgLimitsCache};
 use crate::services::webhooks::WebhookDeps;
 
 pub struct AppState {
@@ -22,6 +23,10 @@ pub struct AppState {
     pub pool: Pool,
     /// Shared short-lived state: limits, reservations (see `llmq_shared::redis`).
     pub redis: Arc<Redis>,
+    /// Request rate limits, token budgets and spend caps (its scripts).
+    pub limiter: Arc<llmq_shared::limits::Limiter>,
+    /// Each organisation's effective limits, as recently read.
+    pub org_limits: OrgLimitsCache,
     pub publisher: Arc<Publisher>,
     pub prompts: PromptCache,
     pub labels: LabelCache,
@@ -52,6 +57,17 @@ impl AppState {
             republish_after: self.settings.republish_after(),
             idempotency_ttl: std::time::Duration::from_secs(self.settings.api.idempotency_ttl_secs),
             destinations: &self.destinations,
+            limits: self.limit_deps(),
+        }
+    }
+
+    /// What checking a submit's limits needs, borrowed from the state.
+    pub fn limit_deps(&self) -> LimitDeps<'_> {
+        LimitDeps {
+            pool: &self.pool,
+            redis: &self.redis,
+            limiter: &self.limiter,
+            cache: &self.org_limits,
         }
     }
 

@@ -44,6 +44,9 @@ pub struct Settings {
     /// Event streams (SSE) and token deltas.
     pub events: EventSettings,
     pub webhooks: WebhookSettings,
+    /// Request rate limits, token budgets and spend caps (defaults of every
+    /// organisation; `PUT /v1/orgs/{id}/limits` overrides them per org).
+    pub limits: LimitSettings,
     /// Logical models named by prompts, mapped onto providers.
     pub models: BTreeMap<String, ModelSettings>,
 }
@@ -114,6 +117,81 @@ pub struct ApiSettings {
     pub admin_key: String,
     /// Labels that are protected whatever their flag says.
     pub protected_labels: Vec<String>,
+}
+
+/// What a kind of limit does while Redis cannot be asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DownPolicy {
+    /// Admit (a metric and a rate-limited warning say the limit was not
+    /// checked).
+    Allow,
+    /// Refuse with 503 `limits_unavailable` and `Retry-After`.
+    Deny,
+}
+
+/// The limits one organisation runs under. In the configuration every
+/// field is a default; per organisation, each field set in Postgres
+/// replaces its default. 0 means no limit of that kind.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrgLimits {
+    /// Requests per minute of one API key, with a burst of `key_burst`.
+    pub key_requests_per_minute: u32,
+    pub key_burst: u32,
+    /// Per end user (the key's bound user, else the body's `user`).
+    pub user_requests_per_minute: u32,
+    pub user_burst: u32,
+    /// Per organisation.
+    pub org_requests_per_minute: u32,
+    pub org_burst: u32,
+    /// Per organisation and model (each model counted apart).
+    pub model_requests_per_minute: u32,
+    pub model_burst: u32,
+    /// Tokens (prompt + completion) per minute and per UTC day, per
+    /// organisation.
+    pub tokens_per_minute: u64,
+    pub tokens_per_day: u64,
+    /// The same per organisation and model.
+    pub model_tokens_per_minute: u64,
+    pub model_tokens_per_day: u64,
+    /// USD per UTC day and per UTC calendar month, from model prices.
+    pub spend_usd_per_day: f64,
+    pub spend_usd_per_month: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LimitSettings {
+    /// Every organisation's limits unless its own settings say otherwise.
+    pub defaults: OrgLimits,
+    /// Completion tokens reserved for a request that sets no `max_tokens`.
+    pub default_max_tokens: u32,
+    /// How long an unsettled reservation is kept before it expires by
+    /// itself (its charge stays in its windows).
+    pub reservation_ttl_secs: u64,
+    /// How long a replica trusts its copy of an organisation's settings;
+    /// a change reaches every replica at once through the broker, and
+    /// within this at the latest.
+    pub settings_cache_ms: u64,
+    /// While Redis is down: request rate limits, token budgets, spend caps.
+    pub redis_down_requests: DownPolicy,
+    pub redis_down_tokens: DownPolicy,
+    pub redis_down_spend: DownPolicy,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            defaults: OrgLimits::default(),
+            default_max_tokens: 1024,
+            reservation_ttl_secs: 3600,
+            settings_cache_ms: 10_000,
+            redis_down_requests: DownPolicy::Allow,
+            redis_down_tokens: DownPolicy::Deny,
+            redis_down_spend: DownPolicy::Deny,
+        }
+    }
 }
 
 /// The roles a worker process can run.
@@ -250,6 +328,7 @@ impl Default for Settings {
             provider: ProviderSettings::default(),
             events: EventSettings::default(),
             webhooks: WebhookSettings::default(),
+            limits: LimitSettings::default(),
             models: BTreeMap::new(),
         }
     }

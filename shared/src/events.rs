@@ -126,6 +126,45 @@ impl Publisher {
     }
 }
 
+/// Routing key of `OrgLimitsChanged` messages on the events exchange.
+pub const LIMITS_EVENTS_KEY: &str = "limits.orgs";
+
+/// An organisation's limit settings changed: every API process forgets
+/// its copy.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct OrgLimitsChanged {
+    pub tenant: String,
+}
+
+/// What the limit-settings invalidator hears.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LimitsEvent {
+    Changed(OrgLimitsChanged),
+    /// The subscriber (re)bound its queue: changes may have been missed.
+    Resubscribed,
+}
+
+impl Publisher {
+    /// Announces a change of an organisation's limits, like a label move
+    /// (a replica that misses it trusts its copy for at most
+    /// `limits.settings_cache_ms`).
+    pub async fn publish_org_limits_changed(&self, changed: &OrgLimitsChanged) {
+        let Ok(body) = serde_json::to_vec(changed) else {
+            return;
+        };
+        let mut tries = 0;
+        while let Err(e) = self.publish_event(LIMITS_EVENTS_KEY, &body).await {
+            tries += 1;
+            if tries == LABEL_PUBLISH_TRIES {
+                tracing::warn!(tenant = %changed.tenant, error = %e,
+                    "limit change not announced; replicas see it within limits.settings_cache_ms");
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
 /// Attempts at announcing one label move.
 const LABEL_PUBLISH_TRIES: u32 = 5;
 
@@ -162,6 +201,7 @@ pub struct Subscriber {
     by_id: Mutex<HashMap<ExecutionId, broadcast::Sender<ExecutionEvent>>>,
     all: broadcast::Sender<ExecutionEvent>,
     labels: broadcast::Sender<LabelEvent>,
+    limits: broadcast::Sender<LimitsEvent>,
     streams: Mutex<HashMap<ExecutionId, broadcast::Sender<Arc<LogEvent>>>>,
     log_all: broadcast::Sender<Arc<LogEvent>>,
     buffers: StreamBuffers,
@@ -231,6 +271,7 @@ impl Subscriber {
             by_id: Mutex::new(HashMap::new()),
             all: broadcast::channel(SUBSCRIBE_BUFFER).0,
             labels: broadcast::channel(LABEL_BUFFER).0,
+            limits: broadcast::channel(LABEL_BUFFER).0,
             streams: Mutex::new(HashMap::new()),
             log_all: broadcast::channel(buffers.all.max(1)).0,
             buffers,
@@ -247,6 +288,12 @@ impl Subscriber {
     /// (re)subscription after which earlier moves may have been missed.
     pub fn label_moves(&self) -> broadcast::Receiver<LabelEvent> {
         self.labels.subscribe()
+    }
+
+    /// Every change of an organisation's limits this process hears, and
+    /// each (re)subscription after which changes may have been missed.
+    pub fn limit_changes(&self) -> broadcast::Receiver<LimitsEvent> {
+        self.limits.subscribe()
     }
 
     /// The log events of one execution, from now on. Register before
@@ -388,6 +435,7 @@ async fn consume(
     tracing::debug!(session = name, "consuming lifecycle events");
     // Bound from here on; whatever moved before is re-read from Postgres.
     let _ = subscriber.labels.send(LabelEvent::Resubscribed);
+    let _ = subscriber.limits.send(LimitsEvent::Resubscribed);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => {
@@ -401,6 +449,11 @@ async fn consume(
                 Some(Ok(delivery)) if delivery.routing_key.as_str() == LABEL_EVENTS_KEY => {
                     if let Ok(moved) = serde_json::from_slice::<LabelMoved>(&delivery.data) {
                         let _ = subscriber.labels.send(LabelEvent::Moved(moved));
+                    }
+                }
+                Some(Ok(delivery)) if delivery.routing_key.as_str() == LIMITS_EVENTS_KEY => {
+                    if let Ok(changed) = serde_json::from_slice::<OrgLimitsChanged>(&delivery.data) {
+                        let _ = subscriber.limits.send(LimitsEvent::Changed(changed));
                     }
                 }
                 Some(Ok(delivery)) => {
@@ -429,7 +482,7 @@ async fn open(
         url,
         name,
         topology,
-        &[TERMINAL_EVENTS_KEY, LABEL_EVENTS_KEY],
+        &[TERMINAL_EVENTS_KEY, LABEL_EVENTS_KEY, LIMITS_EVENTS_KEY],
     )
     .await
 }

@@ -12,6 +12,7 @@ pub mod event_log;
 pub mod events;
 pub mod execution;
 pub mod ids;
+pub mod limits;
 pub mod mask;
 pub mod metrics;
 pub mod prompt;

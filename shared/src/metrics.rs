@@ -21,6 +21,13 @@ pub const MESSAGES_DEAD_LETTERED: &str = "llmq_messages_dead_lettered_total";
 pub const DB_BATCH_SIZE: &str = "llmq_db_batch_size";
 pub const DB_BATCH_WAIT: &str = "llmq_db_batch_wait_seconds";
 pub const WEBHOOK_ATTEMPTS: &str = "llmq_webhook_attempts_total";
+pub const LIMITS_UNCHECKED: &str = "llmq_limits_unchecked_total";
+pub const LIMITS_REFUSED: &str = "llmq_limits_refused_total";
+
+/// A limit of `kind` that Redis could not check (its down-policy applied).
+pub fn limits_unchecked(kind: &'static str) {
+    metrics::counter!(LIMITS_UNCHECKED, "kind" => kind).increment(1);
+}
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -59,6 +66,14 @@ fn builder() -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildErro
 }
 
 fn describe() {
+    describe_counter!(
+        LIMITS_UNCHECKED,
+        "Limits that could not be checked because Redis was unavailable, by kind (requests, tokens, spend)"
+    );
+    describe_counter!(
+        LIMITS_REFUSED,
+        "Submits refused by a limit, by kind and limit"
+    );
     describe_counter!(HTTP_REQUESTS, "HTTP requests by method, route and status");
     describe_counter!(
         WEBHOOK_ATTEMPTS,

@@ -10,6 +10,7 @@ mod api {
     mod group_commit;
     mod hardening;
     mod lifecycle;
+    mod limits;
     mod openapi;
     mod operations;
     mod pipeline;

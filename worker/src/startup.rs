@@ -68,10 +68,12 @@ impl Worker {
             settings.lease(),
             settings.republish_after(),
         );
+        let limiter = Arc::new(llmq_shared::limits::Limiter::new(settings.limits.clone()));
         let ctx = Arc::new(WorkerContext {
             settings,
             pool,
             redis,
+            limiter,
             writer,
             publisher,
             provider: ProviderClient::new()?,

@@ -15,6 +15,7 @@
 pub mod events;
 pub mod executions;
 pub mod health;
+pub mod limits;
 pub mod prompts;
 pub mod webhooks;
 
@@ -69,6 +70,8 @@ route_list!(
     webhooks::put_tenant_secret,
     webhooks::execution_deliveries,
     webhooks::retry_delivery,
+    limits::get_org_limits,
+    limits::put_org_limits,
 );
 
 route_list!(

@@ -5,6 +5,7 @@
 pub mod error;
 pub mod events;
 pub mod executions;
+pub mod limits;
 pub mod prompts;
 pub mod webhooks;
 

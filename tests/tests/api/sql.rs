@@ -2,7 +2,8 @@
 //! of every repository is prepared here against the migrated schema.
 
 use llmq_shared::db::{
-    events, executions, idempotency, labels, leases, outbox, prompts, stats, steps, webhooks,
+    events, executions, idempotency, labels, leases, org_limits, outbox, prompts, stats, steps,
+    webhooks,
 };
 use llmq_tests::database::{connect, TestDatabase};
 
@@ -20,7 +21,8 @@ async fn every_repository_statement_prepares_against_the_migrated_schema() {
         .chain(labels::ALL_SQL)
         .chain(stats::ALL_SQL)
         .chain(steps::ALL_SQL.iter())
-        .chain(webhooks::ALL_SQL.iter());
+        .chain(webhooks::ALL_SQL.iter())
+        .chain(org_limits::ALL_SQL.iter());
     let mut prepared = 0;
     for sql in all {
         client
