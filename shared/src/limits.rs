@@ -161,8 +161,10 @@ local res = KEYS[nr + nw + 1]
 for j = 1, nw do
   local amount = ARGV[a + 1]; local wend = tonumber(ARGV[a + 2]); local tag = ARGV[a + 3]; a = a + 4
   local key = KEYS[nr + j]
-  redis.call('INCRBY', key, amount)
-  redis.call('PEXPIREAT', key, wend + 60000)
+  -- A window's first charge sets when it goes: a minute after its end.
+  if redis.call('INCRBY', key, amount) == tonumber(amount) then
+    redis.call('PEXPIREAT', key, wend + 60000)
+  end
   redis.call('HSET', res, tag .. '|' .. key, amount)
 end
 if nw > 0 then redis.call('PEXPIRE', res, res_ttl) end

@@ -487,3 +487,105 @@ async fn redis_stopped_mid_run_applies_allow_and_deny_loses_nothing_and_limits_r
     assert!((1..=5).contains(&admitted), "admitted {admitted}");
     app.cleanup().await;
 }
+
+/// A Limiter over the shared Redis under a namespace of this test only.
+fn limiter_under_test(
+    settings: llmq_shared::config::LimitSettings,
+) -> (llmq_shared::Settings, llmq_shared::limits::Limiter) {
+    let s = llmq_shared::Settings {
+        redis_url: llmq_tests::redis::redis_url(),
+        redis_prefix: format!("test.{}:", uuid::Uuid::now_v7().simple()),
+        ..Default::default()
+    };
+    (s, llmq_shared::limits::Limiter::new(settings))
+}
+
+async fn get_int(redis: &llmq_shared::redis::Redis, cmd: &str, key: &str) -> i64 {
+    let key = key.to_string();
+    let cmd = cmd.to_string();
+    redis
+        .run(|mut c| async move {
+            let v: Option<i64> = ::redis::cmd(&cmd).arg(&key).query_async(&mut c).await?;
+            Ok(v.unwrap_or(0))
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn admission_takes_all_limits_or_none_and_settling_twice_changes_nothing() {
+    use llmq_shared::config::{LimitSettings, OrgLimits};
+    use llmq_shared::execution::ExecutionId;
+    use llmq_shared::limits::{Admission, Estimate, LimitKind, Subject};
+
+    let (settings, limiter) = limiter_under_test(LimitSettings {
+        reservation_ttl_secs: 120,
+        ..Default::default()
+    });
+    let redis = llmq_shared::redis::create_pool(&settings).unwrap();
+    let limits = OrgLimits {
+        org_requests_per_minute: 100,
+        tokens_per_day: 1000,
+        ..Default::default()
+    };
+    let subject = Subject {
+        tenant: "org:a",
+        key_id: "k",
+        user: Some("u"),
+        model: "m",
+    };
+    let day = chrono::Utc::now().timestamp_millis() / 86_400_000;
+    let window = redis
+        .keys()
+        .key(&["w", "tokens_per_day", "org%3Aa", &day.to_string()]);
+    let gcra = redis.keys().key(&["rl", "o", "org%3Aa"]);
+
+    let first = ExecutionId::new();
+    let estimate = Estimate {
+        tokens: 600,
+        spend_micros: 0,
+    };
+    let admitted = limiter
+        .admit(&redis, first, &subject, &limits, estimate)
+        .await;
+    assert!(
+        matches!(admitted, Admission::Admitted { .. }),
+        "{admitted:?}"
+    );
+    assert_eq!(get_int(&redis, "GET", &window).await, 600);
+    let tat = get_int(&redis, "GET", &gcra).await;
+
+    // Refused by the budget: the request limit is not taken either.
+    let refused = limiter
+        .admit(&redis, ExecutionId::new(), &subject, &limits, estimate)
+        .await;
+    assert!(
+        matches!(&refused, Admission::Refused { kind: LimitKind::Tokens, limit, .. } if limit == "tokens_per_day"),
+        "{refused:?}"
+    );
+    assert_eq!(get_int(&redis, "GET", &gcra).await, tat, "nothing taken");
+    assert_eq!(get_int(&redis, "GET", &window).await, 600);
+
+    // The reservation expires by itself if never settled.
+    let reservation = redis.keys().key(&["res", &first.to_string()]);
+    let ttl = get_int(&redis, "PTTL", &reservation).await;
+    assert!(ttl > 0 && ttl <= 120_000, "{ttl}");
+
+    // Settled with the actual 250: refunded; a second settle is a no-op.
+    assert!(limiter.settle(&redis, first, 250, 0).await.unwrap());
+    assert_eq!(get_int(&redis, "GET", &window).await, 250);
+    assert!(!limiter.settle(&redis, first, 250, 0).await.unwrap());
+    assert_eq!(get_int(&redis, "GET", &window).await, 250);
+    // An excess is charged: reserved 600, used 700.
+    let second = ExecutionId::new();
+    let admitted = limiter
+        .admit(&redis, second, &subject, &limits, estimate)
+        .await;
+    assert!(
+        matches!(admitted, Admission::Admitted { .. }),
+        "{admitted:?}"
+    );
+    assert!(limiter.settle(&redis, second, 700, 0).await.unwrap());
+    assert_eq!(get_int(&redis, "GET", &window).await, 950);
+    llmq_tests::redis::delete_keys(&settings.redis_url, &settings.redis_prefix).await;
+}
