@@ -26,8 +26,21 @@ async fn the_redis_handle_reconnects_when_a_stopped_redis_returns() {
         .expect_err("a stopped redis cannot answer");
     assert!(e.is_retryable(), "{e}");
 
+    // Failing fast for a moment after the failure, then reconnected.
+    let e = redis
+        .ping()
+        .await
+        .expect_err("paused right after a failure");
+    assert!(e.is_retryable(), "{e}");
     server.resume().await;
-    redis.ping().await.expect("the handle reconnects by itself");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while let Err(e) = redis.ping().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the handle did not reconnect: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
