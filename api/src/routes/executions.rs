@@ -41,7 +41,11 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError
     request_body = SubmitExecution,
     params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body return the same execution; 1 to 255 visible ASCII characters")),
     responses(
-        (status = 202, description = "Accepted and durable", body = ExecutionResource),
+        (status = 202, description = "Accepted and durable; RateLimit-Policy and RateLimit headers while a request rate limit applies", body = ExecutionResource,
+            headers(
+                ("RateLimit-Policy" = String, description = "Every request rate limit that applies (IETF httpapi ratelimit-headers draft)"),
+                ("RateLimit" = String, description = "The limit closest to refusing: remaining requests and seconds to a full quota"),
+            )),
         (status = 200, description = "Same Idempotency-Key and body as an earlier request: that execution", body = ExecutionResource),
         (status = 400, description = "Malformed body, a bad name, a NUL character in a string", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),

@@ -589,3 +589,45 @@ async fn admission_takes_all_limits_or_none_and_settling_twice_changes_nothing()
     assert_eq!(get_int(&redis, "GET", &window).await, 950);
     llmq_tests::redis::delete_keys(&settings.redis_url, &settings.redis_prefix).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_user_and_per_model_limits_count_each_user_and_model_apart() {
+    let app = TestApp::builder()
+        .without_worker()
+        .configure(|s| {
+            s.limits.defaults.user_requests_per_minute = 2;
+            s.limits.defaults.model_requests_per_minute = 3;
+            s.models
+                .insert("other-model".into(), ModelSettings::default());
+        })
+        .spawn()
+        .await;
+    let as_user = |user: &str, model: Option<&str>| {
+        let mut b = body(&format!("from {user}"));
+        b["user"] = json!(user);
+        if let Some(m) = model {
+            b["model"] = json!(m);
+        }
+        b
+    };
+    for _ in 0..2 {
+        let r = app.submit(&as_user("alice", None)).await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        assert!(header(&r, "RateLimit-Policy")
+            .unwrap()
+            .contains("\"user\";q=2;w=60"));
+    }
+    let refused = app.submit(&as_user("alice", None)).await;
+    let error = assert_error(refused, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    assert_eq!(error["details"]["limit"], "user");
+    // Another user still has room; the model's limit (3) is reached now.
+    let r = app.submit(&as_user("bob", None)).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let refused = app.submit(&as_user("carol", None)).await;
+    let error = assert_error(refused, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    assert_eq!(error["details"]["limit"], "model");
+    // Another model of the same organisation is counted apart.
+    let r = app.submit(&as_user("carol", Some("other-model"))).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    app.cleanup().await;
+}
