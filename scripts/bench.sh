@@ -48,7 +48,8 @@
 #                      1,000 executions/s, "0:1024:0:20000:webhook" the peak
 #                      delivery rate)
 #                      (default "0:1024 0:1024:100:3000 2000:8192:2500
-#                      0:1024:1000:20000:webhook")
+#                      0:1024:1000:20000:webhook 0:1024:0:20000:limits
+#                      0:1024:2500:20000:limits")
 #   BENCH_SSE          the event-stream setting, "LATENCY_MS:WORKER_CONCURRENCY:RATE:N"
 #                      (default "20000:16384:1000:10000": N executions submitted
 #                      at RATE/s, each with its own SSE subscriber opened right
@@ -92,7 +93,7 @@ BENCH_CONCURRENCY=${BENCH_CONCURRENCY:-64}
 BENCH_RATE=${BENCH_RATE:-0}
 BENCH_WARMUP=${BENCH_WARMUP:-200}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-240}
-BENCH_SETTINGS=${BENCH_SETTINGS:-"0:1024 0:1024:100:3000 2000:8192:2500 0:1024:1000:20000:webhook"}
+BENCH_SETTINGS=${BENCH_SETTINGS:-"0:1024 0:1024:100:3000 2000:8192:2500 0:1024:1000:20000:webhook 0:1024:0:20000:limits 0:1024:2500:20000:limits"}
 BENCH_SSE=${BENCH_SSE:-"20000:16384:1000:10000"}
 BENCH_CURVE=${BENCH_CURVE:-0}
 BENCH_DB=${BENCH_DB:-llmq_bench}
