@@ -158,6 +158,7 @@ for i = 1, nr do
 end
 a = wa
 local res = KEYS[nr + nw + 1]
+local fields = {}
 for j = 1, nw do
   local amount = ARGV[a + 1]; local wend = tonumber(ARGV[a + 2]); local tag = ARGV[a + 3]; a = a + 4
   local key = KEYS[nr + j]
@@ -165,9 +166,13 @@ for j = 1, nw do
   if redis.call('INCRBY', key, amount) == tonumber(amount) then
     redis.call('PEXPIREAT', key, wend + 60000)
   end
-  redis.call('HSET', res, tag .. '|' .. key, amount)
+  fields[#fields + 1] = tag .. '|' .. key
+  fields[#fields + 1] = amount
 end
-if nw > 0 then redis.call('PEXPIRE', res, res_ttl) end
+if nw > 0 then
+  redis.call('HSET', res, unpack(fields))
+  redis.call('PEXPIRE', res, res_ttl)
+end
 return out
 "#;
 
