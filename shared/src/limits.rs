@@ -167,7 +167,7 @@ for j = 1, nw do
     redis.call('PEXPIREAT', key, wend + 60000)
   end
   fields[#fields + 1] = tag .. '|' .. key
-  fields[#fields + 1] = amount
+  fields[#fields + 1] = amount .. ':' .. wend
 end
 if nw > 0 then
   redis.call('HSET', res, unpack(fields))
@@ -177,17 +177,24 @@ return out
 "#;
 
 const SETTLE: &str = r#"
--- KEYS[1]: the reservation. ARGV: actual tokens, actual spend (micro-USD).
--- Its fields are `<t|s>|<window key>` -> the amount reserved there.
+-- KEYS[1]: the reservation. ARGV: actual tokens, actual spend (micro-USD),
+-- now_ms. Its fields are `<t|s>|<window key>` -> `<amount>:<window end ms>`.
+-- A window lives until a minute after its end; one that ended more than
+-- 30 s ago is left alone (it is going, and INCRBY would revive it without
+-- an expiry).
 local fields = redis.call('HGETALL', KEYS[1])
 if #fields == 0 then return 0 end
+local now = tonumber(ARGV[3])
 for i = 1, #fields, 2 do
   local tag = string.sub(fields[i], 1, 1)
   local key = string.sub(fields[i], 3)
+  local sep = string.find(fields[i + 1], ':', 1, true)
+  local reserved = tonumber(string.sub(fields[i + 1], 1, sep - 1))
+  local wend = tonumber(string.sub(fields[i + 1], sep + 1))
   local actual = tonumber(ARGV[1])
   if tag == 's' then actual = tonumber(ARGV[2]) end
-  if redis.call('EXISTS', key) == 1 then
-    redis.call('INCRBY', key, actual - tonumber(fields[i + 1]))
+  if now < wend + 30000 and actual ~= reserved then
+    redis.call('INCRBY', key, actual - reserved)
   end
 end
 redis.call('DEL', KEYS[1])
@@ -500,7 +507,8 @@ impl Limiter {
         invocation
             .key(redis.keys().key(&["res", &id.to_string()]))
             .arg(tokens)
-            .arg(spend_micros);
+            .arg(spend_micros)
+            .arg(Utc::now().timestamp_millis());
         let settled: i64 = redis
             .run(|mut c| async move { invocation.invoke_async(&mut c).await })
             .await?;
