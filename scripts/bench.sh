@@ -36,8 +36,16 @@
 #                      submits always in flight)
 #   BENCH_WARMUP       warm-up executions per setting (default 200)
 #   BENCH_TIMEOUT      seconds to wait for a setting's executions (default 240)
-#   BENCH_SETTINGS     "LATENCY_MS:WORKER_CONCURRENCY[:RATE[:N[:webhook]]] ..."
-#                      (N overrides BENCH_N for that setting; `webhook` makes
+#   BENCH_SETTINGS     "LATENCY_MS:WORKER_CONCURRENCY[:RATE[:N[:webhook|limits]]] ..."
+#                      (N overrides BENCH_N for that setting; `limits` turns on
+#                      all four request rate limits, token budgets and spend
+#                      caps, set high enough never to refuse, and reports
+#                      Redis round trips and Redis CPU per execution from
+#                      INFO commandstats / INFO cpu deltas — the shared Redis
+#                      counts every client's commands, so run it on a quiet
+#                      machine; "0:1024:0:20000:limits" is the issue's
+#                      setting, "0:1024:2500:20000:limits" the submit p99 one;
+#                      `webhook` makes
 #                      every execution carry a webhook to the fake provider's
 #                      /webhook receiver, runs the worker's `webhooks` role
 #                      and reports deliveries/s and finished_at -> delivered;
@@ -48,7 +56,8 @@
 #                      1,000 executions/s, "0:1024:0:20000:webhook" the peak
 #                      delivery rate)
 #                      (default "0:1024 0:1024:100:3000 2000:8192:2500
-#                      0:1024:1000:20000:webhook 0:1024:0:20000:tools")
+#                      0:1024:1000:20000:webhook 0:1024:0:20000:tools
+#                      0:1024:0:20000:limits 0:1024:2500:20000:limits")
 #   BENCH_SSE          the event-stream setting, "LATENCY_MS:WORKER_CONCURRENCY:RATE:N"
 #                      (default "20000:16384:1000:10000": N executions submitted
 #                      at RATE/s, each with its own SSE subscriber opened right
@@ -104,7 +113,7 @@ BENCH_CONCURRENCY=${BENCH_CONCURRENCY:-64}
 BENCH_RATE=${BENCH_RATE:-0}
 BENCH_WARMUP=${BENCH_WARMUP:-200}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-240}
-BENCH_SETTINGS=${BENCH_SETTINGS:-"0:1024 0:1024:100:3000 2000:8192:2500 0:1024:1000:20000:webhook 0:1024:0:20000:tools"}
+BENCH_SETTINGS=${BENCH_SETTINGS:-"0:1024 0:1024:100:3000 2000:8192:2500 0:1024:1000:20000:webhook 0:1024:0:20000:tools 0:1024:0:20000:limits 0:1024:2500:20000:limits"}
 BENCH_SSE=${BENCH_SSE:-"20000:16384:1000:10000"}
 BENCH_CURVE=${BENCH_CURVE:-0}
 BENCH_RETRIEVAL=${BENCH_RETRIEVAL:-"10000:2000 100000:2000"}
@@ -113,6 +122,7 @@ API_PORT=${BENCH_API_PORT:-18080}
 PROVIDER_PORT=${BENCH_PROVIDER_PORT:-18081}
 METRICS_PORT=${BENCH_METRICS_PORT:-19464}
 AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 PG_HOST=127.0.0.1
 PG_PORT=5432
 PG_USER=postgres
@@ -215,6 +225,20 @@ port_free() { # true when nothing listens on 127.0.0.1:PORT
     ! timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0"' "$1" 2>/dev/null
 }
 
+# redis_stats: "<client round trips> <all commands> <cpu seconds>" of the
+# Redis at REDIS_URL. Round trips are the commands clients send (EVALSHA,
+# EVAL, SCRIPT, PING and anything not run inside a script: GET/SET/... are
+# counted apart because the limit scripts run them inside EVALSHA).
+redis_stats() {
+    local info
+    info=$(timeout 5 redis-cli -u "$REDIS_URL" info all 2>/dev/null | tr -d '\r') || { echo "0 0 0"; return; }
+    awk -F'[:,=]' '
+        /^cmdstat_/ { name = substr($1, 9); all += $3;
+                      if (name == "evalsha" || name == "eval" || name == "script" || name == "ping") client += $3 }
+        /^used_cpu_sys:/ || /^used_cpu_user:/ { cpu += $2 }
+        END { printf "%d %d %.3f\n", client, all, cpu }' <<<"$info"
+}
+
 vm_hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || true; }
 
 psql_admin() {
@@ -229,10 +253,11 @@ setting_name() { # setting_name LATENCY_MS RATE [webhook]
     if [ "$2" = 0 ]; then echo "${1}ms${3:+-$3}"; else echo "${1}ms-${2}per-s${3:+-$3}"; fi
 }
 
-run_setting() { # run_setting LATENCY_MS WORKER_CONCURRENCY RATE N [sse|webhook|retrieval:CHUNKS]
+run_setting() { # run_setting LATENCY_MS WORKER_CONCURRENCY RATE N [sse|webhook|tools|limits|retrieval:CHUNKS]
     local latency=$1 concurrency=$2 rate=$3 n=$4 mode=${5:-} hooks= name ts rc=0 hwm rabbit_pid
     [ "$mode" = webhook ] && hooks=webhook
     [ "$mode" = tools ] && hooks=tools
+    [ "$mode" = limits ] && hooks=limits
     name=$(setting_name "$latency" "$rate" "$hooks")
     [ "$mode" = sse ] && name="sse-$name"
     case "$mode" in retrieval:*) name="retrieval-${mode#retrieval:}" ;; esac
@@ -310,6 +335,7 @@ TOML
         "DATABASE_URL=$DB_URL" "AMQP_URL=$AMQP_URL" "LLMQ_QUEUE_PREFIX=$QUEUE_PREFIX"
         "LLMQ_PROMPTS_DIR=$prompts_dir" "LLMQ_API__ADDR=127.0.0.1:$API_PORT" "LLMQ_API__API_KEY=$API_KEY"
         "LLMQ_API__ADMIN_KEY=$ADMIN_KEY" "RUST_LOG=warn"
+        "REDIS_URL=$REDIS_URL" "LLMQ_REDIS_PREFIX=bench.$ts.$name:"
     )
     local worker_extra=() bench_extra=()
     if [ "$hooks" = webhook ]; then
@@ -321,6 +347,21 @@ TOML
     if [ "$mode" = tools ]; then
         worker_extra=("LLMQ_TOOLS_DIR=$RUN_DIR/bench-tools")
         bench_extra=(--prompt bench-tools)
+    fi
+    if [ "$hooks" = limits ]; then
+        # Every limit on, none ever reached: the cost of checking them.
+        local f
+        for f in KEY ORG MODEL; do
+            common+=("LLMQ_LIMITS__DEFAULTS__${f}_REQUESTS_PER_MINUTE=100000000")
+        done
+        common+=("LLMQ_LIMITS__DEFAULTS__USER_REQUESTS_PER_MINUTE=100000000"
+            "LLMQ_LIMITS__DEFAULTS__TOKENS_PER_MINUTE=1000000000000"
+            "LLMQ_LIMITS__DEFAULTS__TOKENS_PER_DAY=1000000000000"
+            "LLMQ_LIMITS__DEFAULTS__MODEL_TOKENS_PER_MINUTE=1000000000000"
+            "LLMQ_LIMITS__DEFAULTS__MODEL_TOKENS_PER_DAY=1000000000000"
+            "LLMQ_LIMITS__DEFAULTS__SPEND_USD_PER_DAY=1000000000"
+            "LLMQ_LIMITS__DEFAULTS__SPEND_USD_PER_MONTH=1000000000")
+        bench_extra+=(--user bench-user)
     fi
 
     start fake-provider "$RUN_DIR/bench-fake-provider-$name.log" \
@@ -349,6 +390,8 @@ TOML
     rabbit_pid=$(pgrep -o -x beam.smp 2>/dev/null || true)
     [ -n "$rabbit_pid" ] && watch+=(--watch "rabbitmq=$rabbit_pid")
 
+    local redis_before
+    redis_before=$(redis_stats)
     if [ "${mode%%:*}" = retrieval ]; then
         "$BIN/llmq-bench" retrieval --api "http://127.0.0.1:$API_PORT" --api-key "$CLIENT_KEY" \
             --database-url "$DB_URL" --chunks "${mode#retrieval:}" -n "$n" -c "$BENCH_CONCURRENCY" \
@@ -364,6 +407,18 @@ TOML
             --timeout-secs "$BENCH_TIMEOUT" --warmup-timeout-secs 60 \
             --label "$name" --provider-latency-ms "$latency" --worker-concurrency "$concurrency" \
             "${watch[@]}" "${SPLIT_ARGS[@]}" "${bench_extra[@]}" --json-out "$json" | tee "$out" || rc=$?
+    fi
+
+    if [ "$hooks" = limits ]; then
+        # Settlements run in the background right after each finish.
+        sleep 1
+        local b_rt b_all b_cpu a_rt a_all a_cpu total=$((n + BENCH_WARMUP)) line
+        read -r b_rt b_all b_cpu <<<"$redis_before"
+        read -r a_rt a_all a_cpu <<<"$(redis_stats)"
+        line=$(awk -v rt=$((a_rt - b_rt)) -v all=$((a_all - b_all)) -v cpu="$a_cpu" -v bcpu="$b_cpu" -v n="$total" \
+            'BEGIN { printf "Redis per execution (%d incl. warm-up): %.2f round trips, %.1f commands incl. those inside scripts, %.1f us CPU", n, rt / n, all / n, (cpu - bcpu) * 1e6 / n }')
+        log "$name: $line"
+        printf '%s: %s\n' "$name" "$line" >>"$RUN_DIR/bench-redis.txt"
     fi
 
     hwm=$(vm_hwm_kb "$worker_pid")
@@ -391,8 +446,8 @@ TOML
 # ---------------------------------------------------------------- main
 
 started=$SECONDS
-log "setup (PostgreSQL, RabbitMQ)"
-DATABASE_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$BENCH_DB" AMQP_URL=$AMQP_URL bash scripts/setup.sh
+log "setup (PostgreSQL, RabbitMQ, Redis)"
+DATABASE_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$BENCH_DB" AMQP_URL=$AMQP_URL REDIS_URL=$REDIS_URL bash scripts/setup.sh
 
 if [ "$(psql_admin -c 'show autovacuum' 2>/dev/null || true)" = off ]; then
     log "note: PostgreSQL runs with autovacuum = off: the fresh database has no planner statistics"
@@ -404,6 +459,7 @@ if [ -z "${BENCH_BIN:-}" ]; then
 fi
 
 : >"$RUN_DIR/bench-hwm.txt"
+: >"$RUN_DIR/bench-redis.txt"
 failed=0
 results=()
 curve=()
@@ -456,6 +512,9 @@ printf '\n'
 while read -r name hwm; do
     [ -n "$name" ] && printf '   worker VmHWM (read by bench.sh before stopping it), %s: %s kB\n' "$name" "${hwm:-n/a}"
 done <"$RUN_DIR/bench-hwm.txt"
+while read -r line; do
+    [ -n "$line" ] && printf '   %s\n' "$line"
+done <"$RUN_DIR/bench-redis.txt"
 printf '   logs and results: %s/bench-*.log, %s/bench-*.json\n' "$RUN_DIR" "$RUN_DIR"
 
 [ "$failed" = 0 ] || die "at least one setting did not complete (see above)"

@@ -11,7 +11,7 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use llmq_shared::db::DbError;
 
-use crate::services::error::ServiceError;
+use crate::services::error::{Refusal, ServiceError};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -46,6 +46,12 @@ pub enum ApiError {
         message: String,
         details: Option<Value>,
     },
+    /// 429: a limit refuses for `retry_after_secs`.
+    #[error("{}", .0.message)]
+    TooManyRequests(Box<Refusal>),
+    /// 503 `limits_unavailable`: a limit that denies while Redis is down.
+    #[error("{0}")]
+    LimitsUnavailable(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -81,6 +87,8 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Unprocessable { code, .. } => code,
+            Self::TooManyRequests(r) => r.code,
+            Self::LimitsUnavailable(_) => "limits_unavailable",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal_error",
         }
@@ -103,6 +111,8 @@ impl From<ServiceError> for ApiError {
                 message,
                 details,
             },
+            ServiceError::Limited(refusal) => Self::TooManyRequests(refusal),
+            ServiceError::LimitsUnavailable(m) => Self::LimitsUnavailable(m),
             ServiceError::Unavailable(m) => Self::Unavailable(m),
             ServiceError::Internal(cause) => Self::Internal(cause),
         }
@@ -128,7 +138,8 @@ impl ResponseError for ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::LimitsUnavailable(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -139,7 +150,7 @@ impl ResponseError for ApiError {
                 tracing::error!(error.cause = %cause, "internal error");
                 "internal error".to_string()
             }
-            Self::Unavailable(m) => {
+            Self::Unavailable(m) | Self::LimitsUnavailable(m) => {
                 tracing::warn!(error.code = self.code(), error.message = %m, "request not accepted");
                 m.clone()
             }
@@ -155,11 +166,19 @@ impl ResponseError for ApiError {
         let details = match self {
             Self::Unprocessable { details, .. } => details.clone(),
             Self::MissingScope(scope) => Some(serde_json::json!({"scope": scope.as_str()})),
+            Self::TooManyRequests(r) => Some(r.details.clone()),
             _ => None,
         };
         let mut response = HttpResponse::build(self.status_code());
-        if matches!(self, Self::Unavailable(_)) {
+        if matches!(self, Self::Unavailable(_) | Self::LimitsUnavailable(_)) {
             response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));
+        }
+        if let Self::TooManyRequests(refusal) = self {
+            response.insert_header((header::RETRY_AFTER, refusal.retry_after_secs.to_string()));
+            if let Some((policy, state)) = &refusal.headers {
+                response.insert_header(("RateLimit-Policy", policy.as_str()));
+                response.insert_header(("RateLimit", state.as_str()));
+            }
         }
         if matches!(self, Self::Unauthorized) {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));

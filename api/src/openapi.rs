@@ -44,6 +44,7 @@ use crate::webhook_resources::{
         crate::collection_resources::DocumentResource, crate::collection_resources::DocumentList,
         crate::collection_resources::UpdateCollection, crate::collection_resources::CollectionResource,
         llmq_shared::retrieval::DocumentStatus,
+        crate::routes::limits::OrgLimitsResource, llmq_shared::config::OrgLimits,
     )),
     modifiers(&BearerAuth)
 )]

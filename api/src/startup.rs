@@ -55,6 +55,9 @@ impl Application {
         let settings = Arc::new(settings);
         let pool = db::create_pool(&settings.database_url, settings.db_pool_size)?;
         sync_prompts(&settings, &pool).await?;
+        // Connects on first use: a Redis that is down now does not stop the
+        // API; each limit applies its down-policy until Redis answers.
+        let redis = Arc::new(llmq_shared::redis::create_pool(&settings)?);
 
         let topology = Topology::new(&settings.queue_prefix);
         let broker = CancellationToken::new();
@@ -81,6 +84,7 @@ impl Application {
         let event_sessions = events.sessions();
         let label_moves = events.label_moves();
         let key_revocations = events.key_revocations();
+        let limit_changes = events.limit_changes();
         let (to_publish, pipeline) = Pipeline::start(
             publisher.clone(),
             pool.clone(),
@@ -91,6 +95,11 @@ impl Application {
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             pool,
+            redis,
+            limiter: Arc::new(llmq_shared::limits::Limiter::new(settings.limits.clone())),
+            org_limits: crate::services::limits::OrgLimitsCache::new(Duration::from_millis(
+                settings.limits.settings_cache_ms,
+            )),
             publisher,
             prompts: PromptCache::default(),
             labels: LabelCache::new(Duration::from_millis(settings.api.label_cache_ms)),
@@ -114,6 +123,11 @@ impl Application {
         ));
         sessions.spawn(invalidate_moved_labels(
             label_moves,
+            state.clone(),
+            broker.clone(),
+        ));
+        sessions.spawn(invalidate_changed_limits(
+            limit_changes,
             state.clone(),
             broker.clone(),
         ));
@@ -298,6 +312,27 @@ async fn forget_revoked_keys(
                     state.keys.forget(&r.key_hash);
                 }
                 Ok(KeyEvent::Resubscribed) | Err(RecvError::Lagged(_)) => state.keys.forget_all(),
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+/// Forgets an organisation's limits when some replica changed them (and
+/// all of them after a resubscription, when changes may have been missed).
+async fn invalidate_changed_limits(
+    mut changes: tokio::sync::broadcast::Receiver<llmq_shared::events::LimitsEvent>,
+    state: web::Data<AppState>,
+    stop: CancellationToken,
+) {
+    use llmq_shared::events::LimitsEvent;
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = changes.recv() => match changed {
+                Ok(LimitsEvent::Changed(c)) => state.org_limits.invalidate(&c.tenant),
+                Ok(LimitsEvent::Resubscribed) | Err(RecvError::Lagged(_)) => state.org_limits.invalidate_all(),
                 Err(RecvError::Closed) => return,
             }
         }

@@ -7,6 +7,7 @@ use llmq_shared::db::Pool;
 use llmq_shared::events::Subscriber;
 use llmq_shared::prompt::{LabelCache, PromptCache};
 use llmq_shared::queue::Publisher;
+use llmq_shared::redis::Redis;
 use llmq_shared::Settings;
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -14,11 +15,18 @@ use llmq_shared::webhook::destination::DestinationPolicy;
 use llmq_shared::webhook::seal::Sealer;
 
 use crate::services::executions::{Inserts, PublishQueue, SubmitDeps};
+use crate::services::limits::{LimitDeps, OrgLimitsCache};
 use crate::services::webhooks::WebhookDeps;
 
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub pool: Pool,
+    /// Shared short-lived state: limits, reservations (see `llmq_shared::redis`).
+    pub redis: Arc<Redis>,
+    /// Request rate limits, token budgets and spend caps (its scripts).
+    pub limiter: Arc<llmq_shared::limits::Limiter>,
+    /// Each organisation's effective limits, as recently read.
+    pub org_limits: OrgLimitsCache,
     pub publisher: Arc<Publisher>,
     pub prompts: PromptCache,
     pub labels: LabelCache,
@@ -51,6 +59,17 @@ impl AppState {
             republish_after: self.settings.republish_after(),
             idempotency_ttl: std::time::Duration::from_secs(self.settings.api.idempotency_ttl_secs),
             destinations: &self.destinations,
+            limits: self.limit_deps(),
+        }
+    }
+
+    /// What checking a submit's limits needs, borrowed from the state.
+    pub fn limit_deps(&self) -> LimitDeps<'_> {
+        LimitDeps {
+            pool: &self.pool,
+            redis: &self.redis,
+            limiter: &self.limiter,
+            cache: &self.org_limits,
         }
     }
 

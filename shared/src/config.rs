@@ -1,8 +1,8 @@
 //! Settings for both binaries: defaults that work on a developer machine,
 //! overridden by an optional TOML file (`LLMQ_CONFIG`, else `llmq.toml` if
 //! present) and then by environment variables (`LLMQ_` prefix, `__` for
-//! nesting, e.g. `LLMQ_WORKER__CONCURRENCY`; plus plain `DATABASE_URL` and
-//! `AMQP_URL`). Secrets are never logged: `Debug` redacts them.
+//! nesting, e.g. `LLMQ_WORKER__CONCURRENCY`; plus plain `DATABASE_URL`,
+//! `AMQP_URL` and `REDIS_URL`). Secrets are never logged: `Debug` redacts them.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,6 +20,17 @@ pub struct Settings {
     pub amqp_url: String,
     /// Prefix of every exchange and queue name; tests use a unique one.
     pub queue_prefix: String,
+    /// Redis: rate limits, reservations, shared provider limits, the
+    /// response cache. Never the state of record (see `crate::redis`).
+    pub redis_url: String,
+    /// Namespace of every Redis key; tests use a unique one.
+    pub redis_prefix: String,
+    /// Connections the Redis pool may create; one multiplexed connection
+    /// carries a process's commands in the steady state.
+    pub redis_pool_size: usize,
+    /// Connect and response timeout of one Redis command: past it the
+    /// command counts as Redis being down.
+    pub redis_timeout_ms: u64,
     pub prompts_dir: PathBuf,
     /// Tool definitions, `<tools_dir>/<name>.toml` (see `crate::tool`).
     pub tools_dir: PathBuf,
@@ -37,6 +48,9 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     /// Calling tools.
     pub tools: ToolSettings,
+    /// Request rate limits, token budgets and spend caps (defaults of every
+    /// organisation; `PUT /v1/orgs/{id}/limits` overrides them per org).
+    pub limits: LimitSettings,
     /// Logical models named by prompts, mapped onto providers.
     pub models: BTreeMap<String, ModelSettings>,
     /// Collections, chunking, indexing and search (`docs/retrieval.md`).
@@ -184,6 +198,81 @@ pub struct ApiSettings {
     pub key_negative_cache_secs: u64,
     /// Labels that are protected whatever their flag says.
     pub protected_labels: Vec<String>,
+}
+
+/// What a kind of limit does while Redis cannot be asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DownPolicy {
+    /// Admit (a metric and a rate-limited warning say the limit was not
+    /// checked).
+    Allow,
+    /// Refuse with 503 `limits_unavailable` and `Retry-After`.
+    Deny,
+}
+
+/// The limits one organisation runs under. In the configuration every
+/// field is a default; per organisation, each field set in Postgres
+/// replaces its default. 0 means no limit of that kind.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrgLimits {
+    /// Requests per minute of one API key, with a burst of `key_burst`.
+    pub key_requests_per_minute: u32,
+    pub key_burst: u32,
+    /// Per end user (the key's bound user, else the body's `user`).
+    pub user_requests_per_minute: u32,
+    pub user_burst: u32,
+    /// Per organisation.
+    pub org_requests_per_minute: u32,
+    pub org_burst: u32,
+    /// Per organisation and model (each model counted apart).
+    pub model_requests_per_minute: u32,
+    pub model_burst: u32,
+    /// Tokens (prompt + completion) per minute and per UTC day, per
+    /// organisation.
+    pub tokens_per_minute: u64,
+    pub tokens_per_day: u64,
+    /// The same per organisation and model.
+    pub model_tokens_per_minute: u64,
+    pub model_tokens_per_day: u64,
+    /// USD per UTC day and per UTC calendar month, from model prices.
+    pub spend_usd_per_day: f64,
+    pub spend_usd_per_month: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LimitSettings {
+    /// Every organisation's limits unless its own settings say otherwise.
+    pub defaults: OrgLimits,
+    /// Completion tokens reserved for a request that sets no `max_tokens`.
+    pub default_max_tokens: u32,
+    /// How long an unsettled reservation is kept before it expires by
+    /// itself (its charge stays in its windows).
+    pub reservation_ttl_secs: u64,
+    /// How long a replica trusts its copy of an organisation's settings;
+    /// a change reaches every replica at once through the broker, and
+    /// within this at the latest.
+    pub settings_cache_ms: u64,
+    /// While Redis is down: request rate limits, token budgets, spend caps.
+    pub redis_down_requests: DownPolicy,
+    pub redis_down_tokens: DownPolicy,
+    pub redis_down_spend: DownPolicy,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            defaults: OrgLimits::default(),
+            default_max_tokens: 1024,
+            reservation_ttl_secs: 3600,
+            settings_cache_ms: 10_000,
+            redis_down_requests: DownPolicy::Allow,
+            redis_down_tokens: DownPolicy::Deny,
+            redis_down_spend: DownPolicy::Deny,
+        }
+    }
 }
 
 /// The roles a worker process can run.
@@ -349,6 +438,10 @@ impl Default for Settings {
             database_url: "postgres://postgres@127.0.0.1:5432/llmq".into(),
             amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             queue_prefix: "llmq".into(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_prefix: "llmq:".into(),
+            redis_pool_size: 8,
+            redis_timeout_ms: 500,
             prompts_dir: PathBuf::from("prompts"),
             tools_dir: PathBuf::from("tools"),
             db_pool_size: 32,
@@ -359,6 +452,7 @@ impl Default for Settings {
             events: EventSettings::default(),
             webhooks: WebhookSettings::default(),
             tools: ToolSettings::default(),
+            limits: LimitSettings::default(),
             models: BTreeMap::new(),
             retrieval: RetrievalSettings::default(),
             embeddings: BTreeMap::new(),
@@ -468,7 +562,7 @@ impl Settings {
         Figment::from(Serialized::defaults(Settings::default()))
             .merge(Toml::file(file))
             .merge(Env::prefixed("LLMQ_").split("__").ignore(&["config"]))
-            .merge(Env::raw().only(&["database_url", "amqp_url"]))
+            .merge(Env::raw().only(&["database_url", "amqp_url", "redis_url"]))
             .extract()
             .map_err(|e| ConfigError(Box::new(e)))
     }
@@ -525,6 +619,8 @@ impl std::fmt::Debug for Settings {
             .field("database_url", &redact_url(&self.database_url))
             .field("amqp_url", &redact_url(&self.amqp_url))
             .field("queue_prefix", &self.queue_prefix)
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("redis_prefix", &self.redis_prefix)
             .field("prompts_dir", &self.prompts_dir)
             .field("tools_dir", &self.tools_dir)
             .field("tools.max_parallel", &self.tools.max_parallel)

@@ -145,6 +145,24 @@ pub enum KeyEvent {
     Resubscribed,
 }
 
+/// Routing key of `OrgLimitsChanged` messages on the events exchange.
+pub const LIMITS_EVENTS_KEY: &str = "limits.orgs";
+
+/// An organisation's limit settings changed: every API process forgets
+/// its copy.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct OrgLimitsChanged {
+    pub tenant: String,
+}
+
+/// What the limit-settings invalidator hears.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LimitsEvent {
+    Changed(OrgLimitsChanged),
+    /// The subscriber (re)bound its queue: changes may have been missed.
+    Resubscribed,
+}
+
 impl Publisher {
     /// Announces a revocation to every API process, tried like a label
     /// move; a replica that misses it refuses the key once its cache entry
@@ -159,6 +177,25 @@ impl Publisher {
             if tries == LABEL_PUBLISH_TRIES {
                 tracing::warn!(error = %e,
                     "key revocation not announced; replicas refuse the key within the key cache age");
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Announces a change of an organisation's limits, like a label move
+    /// (a replica that misses it trusts its copy for at most
+    /// `limits.settings_cache_ms`).
+    pub async fn publish_org_limits_changed(&self, changed: &OrgLimitsChanged) {
+        let Ok(body) = serde_json::to_vec(changed) else {
+            return;
+        };
+        let mut tries = 0;
+        while let Err(e) = self.publish_event(LIMITS_EVENTS_KEY, &body).await {
+            tries += 1;
+            if tries == LABEL_PUBLISH_TRIES {
+                tracing::warn!(tenant = %changed.tenant, error = %e,
+                    "limit change not announced; replicas see it within limits.settings_cache_ms");
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -203,6 +240,7 @@ pub struct Subscriber {
     all: broadcast::Sender<ExecutionEvent>,
     labels: broadcast::Sender<LabelEvent>,
     keys: broadcast::Sender<KeyEvent>,
+    limits: broadcast::Sender<LimitsEvent>,
     streams: Mutex<HashMap<ExecutionId, broadcast::Sender<Arc<LogEvent>>>>,
     log_all: broadcast::Sender<Arc<LogEvent>>,
     buffers: StreamBuffers,
@@ -273,6 +311,7 @@ impl Subscriber {
             all: broadcast::channel(SUBSCRIBE_BUFFER).0,
             labels: broadcast::channel(LABEL_BUFFER).0,
             keys: broadcast::channel(LABEL_BUFFER).0,
+            limits: broadcast::channel(LABEL_BUFFER).0,
             streams: Mutex::new(HashMap::new()),
             log_all: broadcast::channel(buffers.all.max(1)).0,
             buffers,
@@ -295,6 +334,12 @@ impl Subscriber {
     /// (re)subscription after which earlier ones may have been missed.
     pub fn key_revocations(&self) -> broadcast::Receiver<KeyEvent> {
         self.keys.subscribe()
+    }
+
+    /// Every change of an organisation's limits this process hears, and
+    /// each (re)subscription after which changes may have been missed.
+    pub fn limit_changes(&self) -> broadcast::Receiver<LimitsEvent> {
+        self.limits.subscribe()
     }
 
     /// The log events of one execution, from now on. Register before
@@ -437,6 +482,7 @@ async fn consume(
     // Bound from here on; whatever moved before is re-read from Postgres.
     let _ = subscriber.labels.send(LabelEvent::Resubscribed);
     let _ = subscriber.keys.send(KeyEvent::Resubscribed);
+    let _ = subscriber.limits.send(LimitsEvent::Resubscribed);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => {
@@ -455,6 +501,11 @@ async fn consume(
                 Some(Ok(delivery)) if delivery.routing_key.as_str() == KEY_EVENTS_KEY => {
                     if let Ok(revoked) = serde_json::from_slice::<KeyRevoked>(&delivery.data) {
                         let _ = subscriber.keys.send(KeyEvent::Revoked(revoked));
+                    }
+                }
+                Some(Ok(delivery)) if delivery.routing_key.as_str() == LIMITS_EVENTS_KEY => {
+                    if let Ok(changed) = serde_json::from_slice::<OrgLimitsChanged>(&delivery.data) {
+                        let _ = subscriber.limits.send(LimitsEvent::Changed(changed));
                     }
                 }
                 Some(Ok(delivery)) => {
@@ -483,7 +534,12 @@ async fn open(
         url,
         name,
         topology,
-        &[TERMINAL_EVENTS_KEY, LABEL_EVENTS_KEY, KEY_EVENTS_KEY],
+        &[
+            TERMINAL_EVENTS_KEY,
+            LABEL_EVENTS_KEY,
+            KEY_EVENTS_KEY,
+            LIMITS_EVENTS_KEY,
+        ],
     )
     .await
 }

@@ -28,6 +28,14 @@ pub const EMBEDDED_TEXTS: &str = "llmq_embedded_texts_total";
 pub const EMBEDDING_CACHE_HITS: &str = "llmq_embedding_cache_hits_total";
 pub const DOCUMENTS_INDEXED: &str = "llmq_documents_indexed_total";
 
+pub const LIMITS_UNCHECKED: &str = "llmq_limits_unchecked_total";
+pub const LIMITS_REFUSED: &str = "llmq_limits_refused_total";
+
+/// A limit of `kind` that Redis could not check (its down-policy applied).
+pub fn limits_unchecked(kind: &'static str) {
+    metrics::counter!(LIMITS_UNCHECKED, "kind" => kind).increment(1);
+}
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the Prometheus recorder (once per process) and returns the
@@ -80,6 +88,14 @@ fn describe() {
     describe_counter!(
         DOCUMENTS_INDEXED,
         "Indexing passes over a document, by outcome (indexed, retry, failed, superseded)"
+    );
+    describe_counter!(
+        LIMITS_UNCHECKED,
+        "Limits that could not be checked because Redis was unavailable, by kind (requests, tokens, spend)"
+    );
+    describe_counter!(
+        LIMITS_REFUSED,
+        "Submits refused by a limit, by kind and limit"
     );
     describe_counter!(HTTP_REQUESTS, "HTTP requests by method, route and status");
     describe_counter!(

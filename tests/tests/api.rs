@@ -11,12 +11,14 @@ mod api {
     mod hardening;
     mod isolation;
     mod lifecycle;
+    mod limits;
     mod openapi;
     mod operations;
     mod pipeline;
     mod prompt_registry;
     mod prompts;
     mod retrieval;
+    mod redis;
     mod shutdown;
     mod sql;
     mod structured_output;

@@ -18,6 +18,10 @@ use crate::writer::Writer;
 pub struct WorkerContext {
     pub settings: Arc<Settings>,
     pub pool: Pool,
+    /// Shared short-lived state: limits, reservations (see `llmq_shared::redis`).
+    pub redis: Arc<llmq_shared::redis::Redis>,
+    /// Settles the token and spend reservations of finished executions.
+    pub limiter: Arc<llmq_shared::limits::Limiter>,
     /// Claims, step rows and outcomes, group-committed across executions.
     pub writer: Writer,
     pub publisher: Arc<Publisher>,
@@ -41,6 +45,41 @@ pub struct RunningGuard<'a> {
 }
 
 impl WorkerContext {
+    /// Writes an execution's outcome (`Writer::finish`) and, once it is
+    /// committed, settles its reservation with the usage it records.
+    /// False when the lease was lost: then whoever holds it settles.
+    pub async fn finish(
+        &self,
+        finish: llmq_shared::db::executions::Finish,
+    ) -> crate::writer::Answer<bool> {
+        let id = finish.id;
+        let usage = finish.outcome.usage;
+        let done = self.writer.finish(finish).await?;
+        if done {
+            self.settle(id, usage);
+        }
+        Ok(done)
+    }
+
+    /// Replaces `id`'s reservation by `usage` (none: nothing was spent), in
+    /// the background: the outcome is committed already, and settling is
+    /// idempotent (a second settle of the same id changes nothing). Dropped
+    /// at shutdown at worst, and then the reservation expires by itself.
+    pub fn settle(&self, id: ExecutionId, usage: Option<llmq_shared::execution::Usage>) {
+        let tokens = usage.map(|u| u.total_tokens.max(0) as u64).unwrap_or(0);
+        let spend = usage
+            .and_then(|u| u.cost_usd)
+            .map(|c| (c * 1e6).ceil().max(0.0) as u64)
+            .unwrap_or(0);
+        let redis = self.redis.clone();
+        let limiter = self.limiter.clone();
+        tokio::spawn(async move {
+            if let Err(e) = limiter.settle(&redis, id, tokens, spend).await {
+                tracing::debug!(error = %e, execution.id = %id, "reservation not settled; it expires by itself");
+            }
+        });
+    }
+
     /// None when this process already runs `id`.
     pub fn start_running(&self, id: ExecutionId) -> Option<RunningGuard<'_>> {
         let mut running = self.running.lock().ok()?;

@@ -87,6 +87,7 @@ pub async fn run_execution(
         Claim::CancelRequested => {
             // The writer announces the cancel it commits.
             if ctx.writer.cancel_unclaimed(id).await? {
+                ctx.settle(id, None);
                 metrics::counter!(m::EXECUTIONS_FINISHED, "status" => "cancelled").increment(1);
                 return Ok(RunOutcome::Finished(ExecutionStatus::Cancelled));
             }
@@ -221,7 +222,7 @@ async fn fail_claimed(
 ) -> Result<RunOutcome, PipelineError> {
     tracing::warn!(code = %error.code, message = %error.message, "execution fails before its steps");
     let finish = finalize::ended_claimed(execution, ExecutionStatus::Failed, error);
-    if !ctx.writer.finish(finish).await? {
+    if !ctx.finish(finish).await? {
         return Ok(RunOutcome::Skipped("lease lost"));
     }
     metrics::counter!(m::EXECUTIONS_FINISHED, "status" => ExecutionStatus::Failed.as_str())
@@ -242,7 +243,7 @@ pub async fn fail_after_error(
         message: format!("the execution could not be run: {error}"),
     };
     let finish = finalize::ended_id(id, ExecutionStatus::Failed, info);
-    let done = ctx.writer.finish(finish).await?;
+    let done = ctx.finish(finish).await?;
     if done {
         metrics::counter!(m::EXECUTIONS_FINISHED, "status" => ExecutionStatus::Failed.as_str())
             .increment(1);
@@ -293,7 +294,7 @@ async fn finish_with(
     finish: llmq_shared::db::executions::Finish,
 ) -> Result<RunOutcome, PipelineError> {
     let status = finish.outcome.status;
-    if !cx.ctx.writer.finish(finish).await? {
+    if !cx.ctx.finish(finish).await? {
         return Ok(RunOutcome::Skipped("lease lost"));
     }
     // The writer published the terminal event with its batch.

@@ -48,6 +48,8 @@ impl Worker {
         let pool = db::create_batch_pool(&settings.database_url, settings.db_pool_size)?;
         // Only the "started" step batches use it: a few connections.
         let trace_pool = db::create_trace_pool(&settings.database_url, 4)?;
+        // Connects on first use: a Redis that is down does not stop the worker.
+        let redis = Arc::new(llmq_shared::redis::create_pool(&settings)?);
         let background = CancellationToken::new();
         let owner = lease_owner();
         let topology = Topology::new(&settings.queue_prefix);
@@ -68,9 +70,12 @@ impl Worker {
             settings.lease(),
             settings.republish_after(),
         );
+        let limiter = Arc::new(llmq_shared::limits::Limiter::new(settings.limits.clone()));
         let ctx = Arc::new(WorkerContext {
             settings,
             pool,
+            redis,
+            limiter,
             writer,
             publisher,
             provider: ProviderClient::new()?,

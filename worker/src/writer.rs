@@ -30,7 +30,7 @@ use llmq_shared::execution::{ErrorInfo, ExecutionId};
 use llmq_shared::queue::Publisher;
 use llmq_shared::step::Step;
 
-type Answer<T> = Result<T, DbError>;
+pub type Answer<T> = Result<T, DbError>;
 
 pub struct Writer {
     pool: Pool,

@@ -13,6 +13,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::resources::prompts::ExecutionList;
 use crate::resources::{ExecutionResource, StepList, StepResource, SubmitExecution};
 use crate::services::executions::{self as service, list as listing, Submitted};
+use crate::services::limits::LimitKey;
 use crate::services::within;
 use crate::state::AppState;
 
@@ -40,7 +41,11 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError
     request_body = SubmitExecution,
     params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body return the same execution; 1 to 255 visible ASCII characters")),
     responses(
-        (status = 202, description = "Accepted and durable", body = ExecutionResource),
+        (status = 202, description = "Accepted and durable; RateLimit-Policy and RateLimit headers while a request rate limit applies", body = ExecutionResource,
+            headers(
+                ("RateLimit-Policy" = String, description = "Every request rate limit that applies (IETF httpapi ratelimit-headers draft)"),
+                ("RateLimit" = String, description = "The limit closest to refusing: remaining requests and seconds to a full quota"),
+            )),
         (status = 200, description = "Same Idempotency-Key and body as an earlier request: that execution", body = ExecutionResource),
         (status = 400, description = "Malformed body, a bad name, a NUL character in a string", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
@@ -51,7 +56,13 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
         (status = 422, description = "Input fails the schema or the template; model not allowed; webhook.url refused (invalid_webhook_url)", body = ErrorBody),
-        (status = 503, description = "Not accepted (database unavailable); retry after Retry-After", body = ErrorBody),
+        (status = 429, description = "A limit refuses for now: rate_limited (a request rate limit), token_budget_exceeded (tokens per minute or day), budget_exhausted (a spend cap); Retry-After says when, details.frees_at too. RateLimit-Policy and RateLimit headers on every answer while a request rate limit applies", body = ErrorBody,
+            headers(
+                ("Retry-After" = u64, description = "Seconds until the limit frees up"),
+                ("RateLimit-Policy" = String, description = "Every request rate limit that applies (IETF httpapi ratelimit-headers draft), e.g. \"org\";q=600;w=60"),
+                ("RateLimit" = String, description = "The limit closest to refusing: remaining requests and seconds to a full quota, e.g. \"org\";r=0;t=12"),
+            )),
+        (status = 503, description = "Not accepted: database unavailable (unavailable), or Redis down while a limit that denies then applies (limits_unavailable); retry after Retry-After", body = ErrorBody),
     ),
     security(("bearer" = ["executions:write"]))
 )]
@@ -77,11 +88,20 @@ pub async fn submit(
     }
     let deadline = tokio::time::Instant::now() + state.deadline();
     let deps = state.submit_deps();
-    let (mut response, execution) =
-        match service::submit_execution(&deps, &caller.tenant, request, key, deadline).await? {
-            Submitted::Created(e) => (HttpResponse::Accepted(), e),
-            Submitted::Existing(e) => (HttpResponse::Ok(), e),
-        };
+    let who = LimitKey {
+        key_id: &caller.key_id,
+        user: caller.user.as_deref(),
+    };
+    let (submitted, rate_headers) =
+        service::submit_execution(&deps, &caller.tenant, &who, request, key, deadline).await?;
+    let (mut response, execution) = match submitted {
+        Submitted::Created(e) => (HttpResponse::Accepted(), e),
+        Submitted::Existing(e) => (HttpResponse::Ok(), e),
+    };
+    if let Some((policy, now)) = rate_headers {
+        response.insert_header(("RateLimit-Policy", policy));
+        response.insert_header(("RateLimit", now));
+    }
     let resource = ExecutionResource::from(&execution);
     Ok(response
         .insert_header((header::LOCATION, resource.links.self_.clone()))
@@ -166,6 +186,10 @@ pub async fn cancel(
     let id = parse_id(&id)?;
     let work = service::cancel_execution(&state.pool, &state.publisher, &caller.tenant, id);
     let execution = within(state.deadline(), work).await?;
+    if execution.status == llmq_shared::ExecutionStatus::Cancelled {
+        // Cancelled before it ran: nothing was spent, its reservation goes back.
+        crate::services::limits::release(state.redis.clone(), state.limiter.clone(), id);
+    }
     Ok(HttpResponse::Ok().json(ExecutionResource::from(&execution)))
 }
 

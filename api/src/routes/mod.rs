@@ -17,6 +17,7 @@ pub mod events;
 pub mod executions;
 pub mod health;
 pub mod orgs;
+pub mod limits;
 pub mod prompts;
 pub mod tools;
 pub mod webhooks;
@@ -88,6 +89,8 @@ route_list!(
     collections::delete_document,
     collections::get_collection,
     collections::put_collection,
+    limits::get_org_limits,
+    limits::put_org_limits,
 );
 
 route_list!(

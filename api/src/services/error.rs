@@ -30,6 +30,15 @@ pub enum ServiceError {
         message: String,
         details: Option<Value>,
     },
+    /// A request rate limit, token budget or spend cap refuses the
+    /// request for now (429): `code` is `rate_limited`,
+    /// `token_budget_exceeded` or `budget_exhausted`.
+    #[error("{}", .0.message)]
+    Limited(Box<Refusal>),
+    /// Redis is down and a limit that applies denies then (503
+    /// `limits_unavailable`); nothing was accepted.
+    #[error("{0}")]
+    LimitsUnavailable(String),
     /// The database or broker did not answer: nothing was accepted, and the
     /// same request may be retried.
     #[error("{0}")]
@@ -39,10 +48,24 @@ pub enum ServiceError {
     Internal(String),
 }
 
+/// Why a limit refuses a request, and for how long.
+#[derive(Debug)]
+pub struct Refusal {
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after_secs: u64,
+    pub details: Value,
+    /// `RateLimit-Policy` and `RateLimit` values.
+    pub headers: Option<(String, String)>,
+}
+
 impl ServiceError {
     /// Whether the same request may succeed if sent again unchanged.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
+        matches!(
+            self,
+            Self::Unavailable(_) | Self::LimitsUnavailable(_) | Self::Limited(_)
+        )
     }
 }
 
@@ -54,6 +77,15 @@ impl From<DbError> for ServiceError {
         } else {
             Self::Internal(e.to_string())
         }
+    }
+}
+
+impl From<llmq_shared::redis::RedisError> for ServiceError {
+    /// Redis holds no state of record: its failure is never a 500 by
+    /// itself. A caller with a down-policy decides before this applies.
+    fn from(e: llmq_shared::redis::RedisError) -> Self {
+        tracing::warn!(error = %e, "redis unavailable");
+        Self::Unavailable("the rate-limit store is unavailable; retry later".into())
     }
 }
 

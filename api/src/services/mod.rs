@@ -6,6 +6,7 @@ pub mod collections;
 pub mod error;
 pub mod events;
 pub mod executions;
+pub mod limits;
 pub mod prompts;
 pub mod tenancy;
 pub mod tools;

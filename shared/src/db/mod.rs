@@ -9,6 +9,7 @@ pub mod executions;
 pub mod idempotency;
 pub mod labels;
 pub mod leases;
+pub mod org_limits;
 pub mod outbox;
 pub mod prompts;
 pub mod stats;

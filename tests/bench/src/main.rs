@@ -129,6 +129,10 @@ struct RunArgs {
     /// reported (the worker must run the `webhooks` role).
     #[arg(long)]
     webhook_url: Option<String>,
+    /// End user named in every submit (`user`), so the per-user request
+    /// limit applies (the limits setting).
+    #[arg(long)]
+    user: Option<String>,
     /// Process to report peak RSS and CPU of, as NAME=PID (repeatable);
     /// name one "worker" for the RSS target.
     #[arg(long = "watch", value_parser = parse_watch)]
@@ -502,6 +506,7 @@ async fn submit_all(
     let prompt: Arc<str> = args.prompt.clone().into();
     let tag: Arc<str> = tag.into();
     let webhook: Option<Arc<str>> = args.webhook_url.as_deref().map(Into::into);
+    let user: Option<Arc<str>> = args.user.as_deref().map(Into::into);
     let first = range.start;
     let rate = args.rate;
     let started = Instant::now();
@@ -510,6 +515,7 @@ async fn submit_all(
         .map(|i| {
             let (http, url, auth, prompt, tag) = (http.clone(), url.clone(), auth.clone(), prompt.clone(), tag.clone());
             let webhook = webhook.clone();
+            let user = user.clone();
             tokio::spawn(async move {
                 if rate > 0.0 {
                     let due = Duration::from_secs_f64((i - first) as f64 / rate);
@@ -523,6 +529,9 @@ async fn submit_all(
                 });
                 if let Some(hook) = &webhook {
                     body["webhook"] = serde_json::json!({"url": &**hook});
+                }
+                if let Some(user) = &user {
+                    body["user"] = serde_json::json!(&**user);
                 }
                 let t0 = Instant::now();
                 let sent = http.post(&*url).header("Authorization", &*auth).json(&body).send().await;

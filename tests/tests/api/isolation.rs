@@ -192,6 +192,12 @@ fn plan(method: &str, path: &str, a: &Owned) -> (String, Option<Value>, Expect) 
             Some(json!({"embedding_model": "b-model"})),
             OwnCreated,
         ),
+        ("GET", "/v1/orgs/{id}/limits") => (format!("/v1/orgs/{o}/limits"), None, NotFound),
+        ("PUT", "/v1/orgs/{id}/limits") => (
+            format!("/v1/orgs/{o}/limits"),
+            Some(json!({"org_requests_per_minute": 1})),
+            NotFound,
+        ),
         ("GET", "/healthz" | "/readyz" | "/metrics" | "/openapi.json") => {
             (path.to_string(), None, Public)
         }

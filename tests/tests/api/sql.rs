@@ -2,8 +2,8 @@
 //! of every repository is prepared here against the migrated schema.
 
 use llmq_shared::db::{
-    collections, events, executions, idempotency, labels, leases, outbox, prompts, stats, steps,
-    tenancy, tools, webhooks,
+    collections, events, executions, idempotency, labels, leases, org_limits, outbox, prompts,
+    stats, steps, tenancy, tools, webhooks,
 };
 use llmq_tests::database::{connect, TestDatabase};
 
@@ -24,7 +24,8 @@ async fn every_repository_statement_prepares_against_the_migrated_schema() {
         .chain(tools::ALL_SQL)
         .chain(webhooks::ALL_SQL.iter())
         .chain(tenancy::ALL_SQL)
-        .chain(collections::ALL_SQL);
+        .chain(collections::ALL_SQL)
+        .chain(org_limits::ALL_SQL.iter());
     let mut prepared = 0;
     for sql in all {
         client

@@ -12,7 +12,7 @@ use llmq_shared::canonical::json_sha256;
 use llmq_shared::config::ModelSettings;
 use llmq_shared::execution::{codes, ExecutionId, NewExecution};
 use llmq_shared::ids::{Label, PromptName, TenantId};
-use llmq_shared::prompt::{CompiledPrompt, PromptParams};
+use llmq_shared::prompt::{ChatMessage, CompiledPrompt, PromptParams};
 use serde_json::{Map, Value};
 
 use crate::services::error::{Result, ServiceError};
@@ -129,6 +129,18 @@ pub fn plan_execution(
     label: Option<Label>,
     models: &BTreeMap<String, ModelSettings>,
 ) -> Result<NewExecution> {
+    plan_and_render(tenant, request, compiled, label, models).map(|(new, _)| new)
+}
+
+/// [`plan_execution`], with the messages it rendered (the same render the
+/// worker's `render` step runs): the token budgets count them.
+pub fn plan_and_render(
+    tenant: &TenantId,
+    request: SubmitRequest,
+    compiled: &CompiledPrompt,
+    label: Option<Label>,
+    models: &BTreeMap<String, ModelSettings>,
+) -> Result<(NewExecution, Vec<ChatMessage>)> {
     let violations = compiled.validate_input(&request.input);
     if let Some(first) = violations.first() {
         return Err(ServiceError::Rejected {
@@ -137,7 +149,7 @@ pub fn plan_execution(
             details: Some(serde_json::json!({ "violations": violations })),
         });
     }
-    compiled
+    let messages = compiled
         .render(&request.input)
         .map_err(|e| ServiceError::Rejected {
             code: codes::TEMPLATE_ERROR,
@@ -168,7 +180,7 @@ pub fn plan_execution(
     }
     let mut params = compiled.params().clone();
     params.extend(request.params);
-    Ok(NewExecution {
+    let new = NewExecution {
         id: ExecutionId::new(),
         tenant_id: tenant.as_str().to_string(),
         prompt_name: compiled.name.clone(),
@@ -184,7 +196,8 @@ pub fn plan_execution(
         priority: request.priority,
         stream: request.stream,
         webhook_url: request.webhook_url,
-    })
+    };
+    Ok((new, messages))
 }
 
 /// The path of the first string (or object key) in `value` that holds a

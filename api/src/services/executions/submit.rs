@@ -30,8 +30,9 @@ use llmq_shared::ids::{IdempotencyKey, Label, TenantId};
 use llmq_shared::prompt::{CompiledPrompt, LabelCache, LabelRule, PromptCache};
 use tokio::time::Instant;
 
-use super::plan::{plan_execution, PromptTarget, SubmitRequest};
+use super::plan::{plan_and_render, PromptTarget, SubmitRequest};
 use crate::services::error::{Result, ServiceError};
+use crate::services::limits::{self, LimitDeps, LimitKey, RateHeaders};
 use crate::services::within_until;
 
 /// What a submission produced.
@@ -114,6 +115,8 @@ pub struct SubmitDeps<'a> {
     pub idempotency_ttl: Duration,
     /// Which `webhook.url`s are accepted.
     pub destinations: &'a llmq_shared::webhook::destination::DestinationPolicy,
+    /// Request rate limits, token budgets and spend caps.
+    pub limits: LimitDeps<'a>,
 }
 
 fn out_of_time() -> ServiceError {
@@ -124,10 +127,11 @@ fn out_of_time() -> ServiceError {
 pub async fn submit_execution(
     deps: &SubmitDeps<'_>,
     tenant: &TenantId,
+    key: &LimitKey<'_>,
     request: SubmitRequest,
     idempotency_key: Option<IdempotencyKey>,
     deadline: Instant,
-) -> Result<Submitted> {
+) -> Result<(Submitted, RateHeaders)> {
     let idempotency = idempotency_key.map(|key| (key, request.fingerprint()));
     if let Some((key, hash)) = &idempotency {
         let replayed = within_until(deadline, async {
@@ -136,7 +140,7 @@ pub async fn submit_execution(
         })
         .await?;
         if let Some(existing) = replayed {
-            return Ok(Submitted::Existing(existing));
+            return Ok((Submitted::Existing(existing), None));
         }
     }
     if let Some(url) = &request.webhook_url {
@@ -145,10 +149,54 @@ pub async fn submit_execution(
         within_until(deadline, check).await?;
     }
     let (compiled, label, arm) = within_until(deadline, resolve(deps, tenant, &request)).await?;
-    let mut new = plan_execution(tenant, request, &compiled, label, deps.models)?;
+    let user = key
+        .user
+        .map(str::to_string)
+        .or_else(|| request.user.clone());
+    let (mut new, messages) = plan_and_render(tenant, request, &compiled, label, deps.models)?;
     new.prompt_arm = arm;
     tracing::Span::current().record("execution.id", tracing::field::display(new.id));
 
+    // Every limit in one Redis round trip; the reservation is the
+    // execution's id, settled by whoever finishes it.
+    let org_limits = within_until(
+        deadline,
+        limits::effective_limits(&deps.limits, tenant.as_str()),
+    )
+    .await?;
+    let estimate = limits::estimate(
+        &compiled,
+        &new.model,
+        &deps.models.get(&new.model).cloned().unwrap_or_default(),
+        &messages,
+        &new.params,
+        deps.limits.limiter.settings().default_max_tokens,
+    );
+    let subject = llmq_shared::limits::Subject {
+        tenant: tenant.as_str(),
+        key_id: key.key_id,
+        user: user.as_deref(),
+        model: &new.model,
+    };
+    let rate_headers = limits::admit(&deps.limits, &org_limits, new.id, &subject, estimate).await?;
+    let id = new.id;
+    let reserved = llmq_shared::limits::Limiter::any(&org_limits);
+    let stored = store(deps, tenant, new, idempotency, deadline).await;
+    if reserved && !matches!(stored, Ok(Submitted::Created(_))) {
+        limits::release(deps.limits.redis.clone(), deps.limits.limiter.clone(), id);
+    }
+    Ok((stored?, rate_headers))
+}
+
+/// Writes the planned row (group-committed, or with its idempotency key)
+/// and hands it to the publisher.
+async fn store(
+    deps: &SubmitDeps<'_>,
+    tenant: &TenantId,
+    new: NewExecution,
+    idempotency: Option<(IdempotencyKey, String)>,
+    deadline: Instant,
+) -> Result<Submitted> {
     let execution = match idempotency {
         // Group-committed with concurrent submits: one statement for many.
         // Past the deadline (plus the clock margin) the statement, if it
