@@ -71,6 +71,15 @@ async fn authenticate(state: &AppState, presented: Option<&str>) -> Result<Calle
             tenant: TenantId::new(DEFAULT_TENANT),
             admin,
         })
+    } else if let Some((_, tenant)) = api
+        .tenant_keys
+        .iter()
+        .find(|(key, _)| constant_time_eq(presented.as_bytes(), key.as_bytes()))
+    {
+        Ok(Caller {
+            tenant: TenantId::new(tenant),
+            admin: false,
+        })
     } else {
         Err(ApiError::Unauthorized)
     }

@@ -35,6 +35,7 @@ use crate::webhook_resources::{
         llmq_shared::execution::ExecutionStatus, llmq_shared::execution::Usage, llmq_shared::execution::ErrorInfo,
         CreateEndpoint, UpdateEndpoint, EndpointResource, EndpointWithSecret, EndpointList, WebhookSecret,
         DeliveryResource, AttemptResource, DeliveryList, RecoverRequest, RecoverResult,
+        crate::routes::usage::UsageReport, llmq_shared::db::usage::UsageRow,
     )),
     modifiers(&BearerAuth)
 )]

@@ -103,6 +103,10 @@ pub struct ApiSettings {
     pub admin_key: String,
     /// Labels that are protected whatever their flag says.
     pub protected_labels: Vec<String>,
+    /// Stand-in for organisations' keys until scoped keys exist: further
+    /// keys, each mapped to the tenant (organisation) it acts for. Empty
+    /// by default; tests use it to make a second tenant.
+    pub tenant_keys: BTreeMap<String, String>,
 }
 
 /// The roles a worker process can run.
@@ -257,6 +261,7 @@ impl Default for ApiSettings {
             max_connections: 25_000,
             admin_key: "dev-admin-key".into(),
             protected_labels: vec!["production".into()],
+            tenant_keys: BTreeMap::new(),
         }
     }
 }

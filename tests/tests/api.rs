@@ -20,6 +20,7 @@ mod api {
     mod structured_output;
     mod telemetry;
     mod templates;
+    mod usage;
     mod validation;
     mod webhooks;
 }

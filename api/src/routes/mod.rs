@@ -16,6 +16,7 @@ pub mod events;
 pub mod executions;
 pub mod health;
 pub mod prompts;
+pub mod usage;
 pub mod webhooks;
 
 use std::sync::LazyLock;
@@ -69,6 +70,7 @@ route_list!(
     webhooks::put_tenant_secret,
     webhooks::execution_deliveries,
     webhooks::retry_delivery,
+    usage::usage,
 );
 
 route_list!(

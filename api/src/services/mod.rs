@@ -6,6 +6,7 @@ pub mod error;
 pub mod events;
 pub mod executions;
 pub mod prompts;
+pub mod usage;
 pub mod webhooks;
 
 use std::future::Future;

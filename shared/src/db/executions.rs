@@ -25,20 +25,22 @@ macro_rules! execution_columns {
     () => {
         "id, tenant_id, prompt_name, prompt_version, prompt_label, prompt_arm, model, params, input, output, status, \
          error_code, error_message, attempts, prompt_tokens, completion_tokens, total_tokens, cost_usd, \
-         metadata, end_user, priority, stream, webhook_url, created_at, started_at, finished_at"
+         metadata, end_user, priority, stream, webhook_url, key_id, cache_ttl_secs, cached, created_at, started_at, finished_at"
     };
 }
 pub(crate) use execution_columns;
 
 const INSERT: &str = concat!(
     "INSERT INTO executions (id, tenant_id, prompt_name, prompt_version, prompt_label, prompt_arm, model, params, input, \
-     metadata, end_user, priority, stream, webhook_url, status, publish_due_at) \
+     metadata, end_user, priority, stream, webhook_url, key_id, cache_ttl_secs, status, publish_due_at) \
      SELECT n.id, n.tenant_id, n.prompt_name, n.prompt_version, n.prompt_label, n.prompt_arm, n.model, n.params, n.input, \
-       n.metadata, n.end_user, n.priority, n.stream, n.webhook_url, 'queued', now() + make_interval(secs => $14) \
+       n.metadata, n.end_user, n.priority, n.stream, n.webhook_url, n.key_id, n.cache_ttl_secs, 'queued', \
+       now() + make_interval(secs => $14) \
      FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::jsonb[], \
-       $8::jsonb[], $9::jsonb[], $10::text[], $11::int2[], $12::bool[], $13::text[], $15::timestamptz[], $16::text[]) \
+       $8::jsonb[], $9::jsonb[], $10::text[], $11::int2[], $12::bool[], $13::text[], $15::timestamptz[], $16::text[], \
+       $17::text[], $18::int[]) \
        AS n(id, tenant_id, prompt_name, prompt_version, prompt_label, model, params, input, metadata, \
-         end_user, priority, stream, webhook_url, accept_until, prompt_arm) \
+         end_user, priority, stream, webhook_url, accept_until, prompt_arm, key_id, cache_ttl_secs) \
      WHERE n.accept_until IS NULL OR n.accept_until > clock_timestamp() \
      RETURNING ",
     execution_columns!()
@@ -95,6 +97,8 @@ pub async fn insert_executions_until(
     let streams: Vec<_> = new.iter().map(|(n, _)| n.stream).collect();
     let webhooks: Vec<_> = new.iter().map(|(n, _)| n.webhook_url.as_deref()).collect();
     let accept_until: Vec<_> = new.iter().map(|(_, until)| *until).collect();
+    let keys: Vec<_> = new.iter().map(|(n, _)| n.key_id.as_deref()).collect();
+    let cache_ttls: Vec<_> = new.iter().map(|(n, _)| n.cache_ttl_secs).collect();
     let rows = client
         .query(
             &client.prepare_cached(INSERT).await?,
@@ -115,6 +119,8 @@ pub async fn insert_executions_until(
                 &secs,
                 &accept_until,
                 &arms,
+                &keys,
+                &cache_ttls,
             ],
         )
         .await?;
@@ -150,6 +156,8 @@ pub struct Outcome {
     pub output: Option<serde_json::Value>,
     pub error: Option<ErrorInfo>,
     pub usage: Option<Usage>,
+    /// The answer came from the response cache: no model was called.
+    pub cached: bool,
 }
 
 /// Terminal transitions and the steps that lead to them (the last
@@ -161,26 +169,30 @@ static FINISH: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH o AS ( \
            SELECT * FROM UNNEST($2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::text[], $7::int[], \
-             $8::int[], $9::int[], $10::float8[]) \
-             AS o(id, status, output, error_code, error_message, prompt_tokens, completion_tokens, total_tokens, cost_usd)), \
+             $8::int[], $9::int[], $10::float8[], $11::bool[]) \
+             AS o(id, status, output, error_code, error_message, prompt_tokens, completion_tokens, total_tokens, cost_usd, cached)), \
          {steps}, \
          f AS ( \
            UPDATE executions e SET status = o.status, output = o.output, error_code = o.error_code, \
              error_message = o.error_message, prompt_tokens = o.prompt_tokens, \
              completion_tokens = o.completion_tokens, total_tokens = o.total_tokens, cost_usd = o.cost_usd, \
-             finished_at = now(), updated_at = now(), lease_owner = NULL, lease_expires_at = NULL, \
+             cached = o.cached, finished_at = now(), updated_at = now(), lease_owner = NULL, lease_expires_at = NULL, \
              publish_due_at = NULL, event_seq = e.event_seq + coalesce(sc.n, 0) + 2 \
            FROM o LEFT JOIN sc ON sc.execution_id = o.id \
            WHERE e.id = o.id AND e.lease_owner = $1 \
            RETURNING e.id, e.tenant_id, e.webhook_url, e.prompt_name, e.event_seq AS last, \
-             e.event_seq - coalesce(sc.n, 0) - 2 AS base, e.attempts, o.status, o.error_code, o.error_message), \
+             e.event_seq - coalesce(sc.n, 0) - 2 AS base, e.attempts, o.status, o.error_code, o.error_message, \
+             e.model, e.prompt_version, e.end_user, e.key_id, o.prompt_tokens, o.completion_tokens, \
+             o.total_tokens, o.cost_usd, o.cached), \
          {write}, \
          {hooks}, \
+         {rollup}, \
          {ev} \
          {fence} UNION ALL {step_rows} UNION ALL {status_rows} UNION ALL {done}",
-        steps = steps::step_ctes(11),
+        steps = steps::step_ctes(12),
         write = steps::step_write_ctes("f"),
         hooks = webhooks::deliveries_cte("f"),
+        rollup = super::usage::rollup_cte("f"),
         ev = events::status_event_cte(
             "ev",
             "f",
@@ -245,12 +257,13 @@ pub async fn finish_executions(
         .iter()
         .map(|f| f.outcome.usage.and_then(|u| u.cost_usd))
         .collect();
+    let cached: Vec<bool> = finishes.iter().map(|f| f.outcome.cached).collect();
     let steps: Vec<&Step> = finishes.iter().flat_map(|f| f.steps.iter()).collect();
     steps::write_steps(
         client,
         &FINISH,
         &[
-            &owner, &ids, &statuses, &outputs, &codes, &messages, &p, &c, &t, &costs,
+            &owner, &ids, &statuses, &outputs, &codes, &messages, &p, &c, &t, &costs, &cached,
         ],
         &steps,
     )
@@ -520,6 +533,9 @@ pub(crate) fn execution_from_row(row: &Row) -> Result<Execution> {
         priority: row.try_get("priority")?,
         stream: row.try_get("stream")?,
         webhook_url: row.try_get("webhook_url")?,
+        key_id: row.try_get("key_id")?,
+        cache_ttl_secs: row.try_get("cache_ttl_secs")?,
+        cached: row.try_get("cached")?,
         created_at: row.try_get("created_at")?,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,

@@ -12,6 +12,7 @@ pub mod outbox;
 pub mod prompts;
 pub mod stats;
 pub mod steps;
+pub mod usage;
 pub mod webhooks;
 
 use std::time::Duration;

@@ -91,6 +91,17 @@ pub struct CallRecord {
     pub received_at_ms: u128,
     /// Answer time, Unix epoch milliseconds (`None` while pending or for `hang`).
     pub responded_at_ms: Option<u128>,
+    /// Tokens (prompt + completion) of a successful answer, as its `usage`
+    /// reports them; `None` for a fault or while pending.
+    #[serde(default)]
+    pub total_tokens: Option<u64>,
+}
+
+/// One window's counts (see [`FakeProvider::usage_by_window`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowUsage {
+    pub requests: u64,
+    pub tokens: u64,
 }
 
 /// A running fake provider. Dropping it stops the server too (without waiting).
@@ -162,6 +173,13 @@ impl FakeProvider {
     /// The calls whose key (text of all messages) contains `needle`.
     pub fn calls_containing(&self, needle: &str) -> Vec<CallRecord> {
         self.state.calls_containing(needle)
+    }
+
+    /// The requests and tokens received in each window of `window_ms`
+    /// (aligned to the Unix epoch, keyed by the window's start), counted
+    /// by arrival time: what a provider's RPM/TPM limit would count.
+    pub fn usage_by_window(&self, window_ms: u64) -> std::collections::BTreeMap<u128, WindowUsage> {
+        self.state.usage_by_window(window_ms)
     }
 
     /// Changes the global latency for requests arriving from now on.

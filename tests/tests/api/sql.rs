@@ -2,7 +2,7 @@
 //! of every repository is prepared here against the migrated schema.
 
 use llmq_shared::db::{
-    events, executions, idempotency, labels, leases, outbox, prompts, stats, steps, webhooks,
+    events, executions, idempotency, labels, leases, outbox, prompts, stats, steps, usage, webhooks,
 };
 use llmq_tests::database::{connect, TestDatabase};
 
@@ -19,6 +19,7 @@ async fn every_repository_statement_prepares_against_the_migrated_schema() {
         .chain(prompts::ALL_SQL)
         .chain(labels::ALL_SQL)
         .chain(stats::ALL_SQL)
+        .chain(usage::ALL_SQL)
         .chain(steps::ALL_SQL.iter())
         .chain(webhooks::ALL_SQL.iter());
     let mut prepared = 0;

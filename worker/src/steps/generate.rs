@@ -96,6 +96,7 @@ impl Step for Generate {
             output,
             usage,
             not_json,
+            cached: cx.execution.cached,
         });
         Ok(())
     }
@@ -376,6 +377,7 @@ fn output_of(cx: &Cx<'_>, generation: &Generation, endpoint: &Endpoint) -> (Gene
             output,
             usage,
             not_json,
+            cached: false,
         },
         removed,
     )

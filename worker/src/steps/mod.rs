@@ -105,6 +105,8 @@ pub struct Generated {
     /// For JSON output: why the answer did not parse (it is then kept as
     /// text for `validate` to judge).
     pub not_json: Option<String>,
+    /// From the response cache: no model was called.
+    pub cached: bool,
 }
 
 impl Generated {

@@ -53,7 +53,15 @@ pub struct SubmitRequest {
     pub stream: bool,
     /// Where the outcome is POSTed (`webhook.url`).
     pub webhook_url: Option<String>,
+    /// The response cache: `Some(ttl)` reuses an answer for `ttl`
+    /// seconds, `Some(0)` refuses the cache even where the prompt version
+    /// opts in, `None` leaves it to the version.
+    pub cache_ttl_secs: Option<i32>,
 }
+
+/// The key id recorded on executions until scoped keys exist: the key
+/// from the configuration.
+pub const CONFIG_KEY_ID: &str = "config";
 
 impl SubmitRequest {
     /// A request for `prompt`'s production label with every default.
@@ -70,6 +78,7 @@ impl SubmitRequest {
             segment: None,
             stream: false,
             webhook_url: None,
+            cache_ttl_secs: None,
         }
     }
 
@@ -114,6 +123,9 @@ impl SubmitRequest {
         }
         if let Some(url) = &self.webhook_url {
             meaning.insert("webhook".into(), url.as_str().into());
+        }
+        if let Some(ttl) = self.cache_ttl_secs {
+            meaning.insert("cache_ttl_secs".into(), ttl.into());
         }
         json_sha256(&Value::Object(meaning))
     }
@@ -184,6 +196,8 @@ pub fn plan_execution(
         priority: request.priority,
         stream: request.stream,
         webhook_url: request.webhook_url,
+        key_id: Some(CONFIG_KEY_ID.to_string()),
+        cache_ttl_secs: request.cache_ttl_secs,
     })
 }
 
