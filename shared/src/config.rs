@@ -134,6 +134,16 @@ pub struct WorkerSettings {
     /// at `retry_max_ms`, with jitter.
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
+    /// Fairness: executions of one organisation run at once in this
+    /// process at most; a further one is put back (unclaimed) until its
+    /// turn, so other organisations' work behind it in the queue is
+    /// reached. 0: no cap.
+    pub tenant_concurrency: usize,
+    /// Bounds of how long an execution over its organisation's cap waits
+    /// before it is published again (its turn in the organisation's queue
+    /// decides within them).
+    pub tenant_defer_ms: u64,
+    pub tenant_defer_max_ms: u64,
     /// Test-only: how long `validate` waits before it checks an answer, so
     /// a test can kill a worker while it validates. Always 0 in production.
     pub validate_delay_ms: u64,
@@ -278,6 +288,9 @@ impl Default for WorkerSettings {
             max_attempts: 4,
             retry_base_ms: 500,
             retry_max_ms: 60_000,
+            tenant_concurrency: 0,
+            tenant_defer_ms: 200,
+            tenant_defer_max_ms: 600_000,
             validate_delay_ms: 0,
         }
     }

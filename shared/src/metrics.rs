@@ -21,6 +21,9 @@ pub const MESSAGES_DEAD_LETTERED: &str = "llmq_messages_dead_lettered_total";
 pub const DB_BATCH_SIZE: &str = "llmq_db_batch_size";
 pub const DB_BATCH_WAIT: &str = "llmq_db_batch_wait_seconds";
 pub const WEBHOOK_ATTEMPTS: &str = "llmq_webhook_attempts_total";
+pub const EXECUTIONS_DEFERRED: &str = "llmq_executions_deferred_total";
+pub const PROVIDER_LIMIT_WAITS: &str = "llmq_provider_limit_deferrals_total";
+pub const CACHE_LOOKUPS: &str = "llmq_response_cache_lookups_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -109,6 +112,18 @@ fn describe() {
     describe_counter!(
         MESSAGES_DEAD_LETTERED,
         "Messages sent to the dead-letter queue, by reason"
+    );
+    describe_counter!(
+        EXECUTIONS_DEFERRED,
+        "Executions put back for later without running, by reason (tenant_concurrency, provider_capacity)"
+    );
+    describe_counter!(
+        PROVIDER_LIMIT_WAITS,
+        "Model calls deferred by a provider limit, by model and limit"
+    );
+    describe_counter!(
+        CACHE_LOOKUPS,
+        "Response cache lookups, by result (hit, miss, error)"
     );
     describe_histogram!(
         DB_BATCH_SIZE,

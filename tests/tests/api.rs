@@ -7,6 +7,7 @@ mod api {
     mod events;
     mod executions;
     mod failures;
+    mod fairness;
     mod group_commit;
     mod hardening;
     mod lifecycle;

@@ -4,6 +4,7 @@
 
 pub mod consumer;
 pub mod context;
+pub mod fairness;
 pub mod open_files;
 pub mod provider;
 pub mod relay;

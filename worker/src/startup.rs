@@ -67,6 +67,7 @@ impl Worker {
             settings.republish_after(),
         );
         let ctx = Arc::new(WorkerContext {
+            fairness: crate::fairness::Fairness::new(&settings.worker),
             settings,
             pool,
             writer,

@@ -373,6 +373,31 @@ pub async fn schedule_retry(
     Logged::from_rows(&rows)
 }
 
+/// Pushes queued executions (not yet claimed) back for their delay
+/// without claiming them: no attempt is counted, no event is logged; the
+/// relay publishes each again when its delay is over (and claiming
+/// refuses it before). Rows no longer queued are left alone.
+const DEFER_QUEUED: &str =
+    "UPDATE executions e SET not_before = now() + make_interval(secs => d.secs), \
+       publish_due_at = now() + make_interval(secs => d.secs), updated_at = now() \
+     FROM (SELECT * FROM UNNEST($1::uuid[], $2::float8[]) AS d(id, secs) ORDER BY id) d \
+     WHERE e.id = d.id AND e.status = 'queued' AND NOT e.cancel_requested RETURNING e.id";
+
+/// See [`DEFER_QUEUED`]: the ids deferred.
+pub async fn defer_queued(
+    client: &impl GenericClient,
+    deferrals: &[(ExecutionId, Duration)],
+) -> Result<Vec<uuid::Uuid>> {
+    let mut deferrals = deferrals.to_vec();
+    deferrals.sort_by_key(|(id, _)| id.0);
+    let ids: Vec<_> = deferrals.iter().map(|(id, _)| id.0).collect();
+    let secs: Vec<_> = deferrals.iter().map(|(_, d)| d.as_secs_f64()).collect();
+    let rows = client
+        .query(&client.prepare_cached(DEFER_QUEUED).await?, &[&ids, &secs])
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 static REQUEST_CANCEL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH f AS (UPDATE executions SET cancel_requested = true, updated_at = now(), \
@@ -606,6 +631,7 @@ pub async fn list_executions(
 /// Every statement of this module, for the test that prepares them all.
 pub static ALL_SQL: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
     vec![
+        DEFER_QUEUED,
         INSERT,
         GET,
         FINISH.as_str(),

@@ -182,7 +182,11 @@ pub async fn submit_execution(
     // stands and the relay publishes it if the broker never confirms.
     if deps
         .to_publish
-        .try_send((execution.id, execution.priority))
+        .try_send((
+            execution.id,
+            execution.tenant_id.clone(),
+            execution.priority,
+        ))
         .is_err()
     {
         tracing::warn!("publish backlog full; the outbox relay will publish it");
