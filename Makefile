@@ -24,7 +24,7 @@ help: ## Show this help
 	@printf '\nEnv: DATABASE_URL, AMQP_URL, LLMQ_CONFIG, LLMQ_HTTP_PORT, LLMQ_PROVIDER_BASE_URL, CI=true\n'
 	@printf 'Test a subset: make test PKG=llmq-shared TEST_ARGS=some_test_name\n'
 
-setup: ## Install/start PostgreSQL and RabbitMQ, create the database
+setup: ## Install/start PostgreSQL, RabbitMQ and Redis, create the database
 	@bash scripts/setup.sh
 
 build: ## Build the release binaries (llmq-api, llmq-worker)
@@ -33,7 +33,7 @@ build: ## Build the release binaries (llmq-api, llmq-worker)
 run: ## Run the whole stack locally with a small real model (Ctrl-C stops it)
 	@bash scripts/run.sh
 
-test: setup ## Run every test of the workspace (needs PostgreSQL and RabbitMQ)
+test: setup ## Run every test of the workspace (needs PostgreSQL, RabbitMQ and Redis)
 	$(CARGO) build --workspace --bins $(LOCKED)
 	RUST_LOG=$(TEST_RUST_LOG) CARGO=$(CARGO) bash scripts/test.sh $(TEST_SCOPE) --no-fail-fast $(LOCKED) $(TEST_ARGS)
 

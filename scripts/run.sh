@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make run`: the whole stack on this machine, in the foreground.
 #
-#   1. scripts/setup.sh (PostgreSQL, RabbitMQ, database)
+#   1. scripts/setup.sh (PostgreSQL, RabbitMQ, Redis, database)
 #   2. release build of llmq-api and llmq-worker
 #   3. unless LLMQ_PROVIDER_BASE_URL is set: a real small local model
 #      (scripts/local-model.sh, SmolLM2-135M on 127.0.0.1:8081)
@@ -13,7 +13,7 @@
 # Env: LLMQ_HTTP_PORT (8080), LLMQ_MODEL_PORT (8081), LLMQ_PROVIDER_BASE_URL
 #      and LLMQ_PROVIDER_API_KEY (use a remote OpenAI-compatible provider
 #      instead of the local model), LLMQ_CONFIG (use your own config file),
-#      DATABASE_URL, AMQP_URL, RUST_LOG.
+#      DATABASE_URL, AMQP_URL, REDIS_URL, RUST_LOG.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -29,6 +29,7 @@ READY_WAIT_SECS=${LLMQ_READY_WAIT_SECS:-60}
 STOP_WAIT_SECS=${LLMQ_STOP_WAIT_SECS:-35}
 export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/llmq}
 export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 
 API_BIN=$ROOT/target/release/llmq-api
 WORKER_BIN=$ROOT/target/release/llmq-worker
@@ -171,6 +172,7 @@ else
         echo "# See deploy/llmq.example.toml for every setting."
         echo "database_url = $(toml_str "$DATABASE_URL")"
         echo "amqp_url = $(toml_str "$AMQP_URL")"
+        echo "redis_url = $(toml_str "$REDIS_URL")"
         echo "prompts_dir = $(toml_str "$ROOT/prompts")"
         echo
         echo "[api]"

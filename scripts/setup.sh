@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Make sure PostgreSQL and RabbitMQ are installed, running and usable by llmq.
+# Make sure PostgreSQL, RabbitMQ and Redis are installed, running and usable
+# by llmq.
 #
 # Idempotent and silent when everything is already in place. On a fresh
-# Debian machine it apt-installs postgresql / rabbitmq-server, starts them
-# (no systemd needed), lets local TCP connections as `postgres` in without a
+# Debian machine it apt-installs postgresql / rabbitmq-server / redis-server,
+# starts them (no systemd needed), lets local TCP connections as `postgres` in without a
 # password, raises max_connections and creates the llmq database.
 #
 # Env:
 #   DATABASE_URL   default postgres://postgres@127.0.0.1:5432/llmq
 #   AMQP_URL       default amqp://guest:guest@127.0.0.1:5672/%2f
+#   REDIS_URL      default redis://127.0.0.1:6379
 #   LLMQ_PG_MAX_CONNECTIONS  minimum max_connections (default 300)
 #   LLMQ_PG_CLUSTER          Debian cluster to manage (default main)
 # When a URL points at a non-local host, nothing is installed or started for
@@ -19,6 +21,8 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/llmq}
 AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
+REDIS_WAIT_SECS=${LLMQ_REDIS_WAIT_SECS:-30}
 PG_MIN_CONNECTIONS=${LLMQ_PG_MAX_CONNECTIONS:-300}
 PG_WAIT_SECS=${LLMQ_PG_WAIT_SECS:-60}
 RABBIT_WAIT_SECS=${LLMQ_RABBIT_WAIT_SECS:-90}
@@ -275,5 +279,56 @@ setup_rabbit() {
     fi
 }
 
+# ---------------------------------------------------------------- Redis
+
+redis_installed() {
+    command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1
+}
+
+redis_ping() { # redis_ping HOST PORT
+    [ "$(timeout 3 redis-cli -h "$1" -p "$2" ping 2>/dev/null)" = PONG ]
+}
+
+ensure_redis_local() {
+    local host=$1 port=$2 deadline
+    redis_installed || apt_install redis-server
+    redis_installed || die "Redis still missing after apt-get install redis-server"
+
+    redis_ping "$host" "$port" && return 0
+    if tcp_open "$host" "$port"; then
+        log "something listens on $host:$port but does not answer PING yet; waiting"
+    else
+        # No systemd needed. Limits and reservations are short-lived: no
+        # snapshots, no append-only file; evict nothing (a reservation must
+        # not vanish under memory pressure before it expires).
+        log "starting redis-server on $host:$port"
+        redis-server --daemonize yes --bind "$host" --port "$port" \
+            --save '' --appendonly no --maxmemory-policy noeviction \
+            --dir "${TMPDIR:-/tmp}" --logfile "${TMPDIR:-/tmp}/llmq-redis.log" \
+            >/dev/null 9>&- || die "redis-server failed to start (see ${TMPDIR:-/tmp}/llmq-redis.log)"
+    fi
+    deadline=$((SECONDS + REDIS_WAIT_SECS))
+    until redis_ping "$host" "$port"; do
+        [ "$SECONDS" -lt "$deadline" ] ||
+            die "Redis did not answer PING on $host:$port within ${REDIS_WAIT_SECS}s (see ${TMPDIR:-/tmp}/llmq-redis.log)"
+        sleep 0.5
+    done
+}
+
+setup_redis() {
+    local default_port=6379
+    [[ $REDIS_URL == rediss://* ]] && default_port=6380
+    parse_url "$REDIS_URL" "$default_port"
+    if is_local_host "$U_HOST"; then
+        local host=${U_HOST:-127.0.0.1}
+        [ "$host" = localhost ] && host=127.0.0.1
+        host=${host#[}; host=${host%]}
+        ensure_redis_local "$host" "$U_PORT"
+    else
+        tcp_open "$U_HOST" "$U_PORT" || die "Redis at $U_HOST:$U_PORT (REDIS_URL) is not reachable"
+    fi
+}
+
 setup_postgres
 setup_rabbit
+setup_redis

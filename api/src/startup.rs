@@ -53,6 +53,9 @@ impl Application {
         let settings = Arc::new(settings);
         let pool = db::create_pool(&settings.database_url, settings.db_pool_size)?;
         sync_prompts(&settings, &pool).await?;
+        // Connects on first use: a Redis that is down now does not stop the
+        // API; each limit applies its down-policy until Redis answers.
+        let redis = Arc::new(llmq_shared::redis::create_pool(&settings)?);
 
         let topology = Topology::new(&settings.queue_prefix);
         let broker = CancellationToken::new();
@@ -87,6 +90,7 @@ impl Application {
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             pool,
+            redis,
             publisher,
             prompts: PromptCache::default(),
             labels: LabelCache::new(Duration::from_millis(settings.api.label_cache_ms)),

@@ -7,6 +7,7 @@ use llmq_shared::db::Pool;
 use llmq_shared::events::Subscriber;
 use llmq_shared::prompt::{LabelCache, PromptCache};
 use llmq_shared::queue::Publisher;
+use llmq_shared::redis::Redis;
 use llmq_shared::Settings;
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -19,6 +20,8 @@ use crate::services::webhooks::WebhookDeps;
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub pool: Pool,
+    /// Shared short-lived state: limits, reservations (see `llmq_shared::redis`).
+    pub redis: Arc<Redis>,
     pub publisher: Arc<Publisher>,
     pub prompts: PromptCache,
     pub labels: LabelCache,

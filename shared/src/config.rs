@@ -1,8 +1,8 @@
 //! Settings for both binaries: defaults that work on a developer machine,
 //! overridden by an optional TOML file (`LLMQ_CONFIG`, else `llmq.toml` if
 //! present) and then by environment variables (`LLMQ_` prefix, `__` for
-//! nesting, e.g. `LLMQ_WORKER__CONCURRENCY`; plus plain `DATABASE_URL` and
-//! `AMQP_URL`). Secrets are never logged: `Debug` redacts them.
+//! nesting, e.g. `LLMQ_WORKER__CONCURRENCY`; plus plain `DATABASE_URL`,
+//! `AMQP_URL` and `REDIS_URL`). Secrets are never logged: `Debug` redacts them.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,6 +20,17 @@ pub struct Settings {
     pub amqp_url: String,
     /// Prefix of every exchange and queue name; tests use a unique one.
     pub queue_prefix: String,
+    /// Redis: rate limits, reservations, shared provider limits, the
+    /// response cache. Never the state of record (see `crate::redis`).
+    pub redis_url: String,
+    /// Namespace of every Redis key; tests use a unique one.
+    pub redis_prefix: String,
+    /// Connections the Redis pool may create; one multiplexed connection
+    /// carries a process's commands in the steady state.
+    pub redis_pool_size: usize,
+    /// Connect and response timeout of one Redis command: past it the
+    /// command counts as Redis being down.
+    pub redis_timeout_ms: u64,
     pub prompts_dir: PathBuf,
     /// Connections per process in the Postgres pool.
     pub db_pool_size: usize,
@@ -241,6 +252,10 @@ impl Default for Settings {
             database_url: "postgres://postgres@127.0.0.1:5432/llmq".into(),
             amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             queue_prefix: "llmq".into(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_prefix: "llmq:".into(),
+            redis_pool_size: 8,
+            redis_timeout_ms: 500,
             prompts_dir: PathBuf::from("prompts"),
             db_pool_size: 32,
             republish_after_secs: 10,
@@ -358,7 +373,7 @@ impl Settings {
         Figment::from(Serialized::defaults(Settings::default()))
             .merge(Toml::file(file))
             .merge(Env::prefixed("LLMQ_").split("__").ignore(&["config"]))
-            .merge(Env::raw().only(&["database_url", "amqp_url"]))
+            .merge(Env::raw().only(&["database_url", "amqp_url", "redis_url"]))
             .extract()
             .map_err(|e| ConfigError(Box::new(e)))
     }
@@ -409,6 +424,8 @@ impl std::fmt::Debug for Settings {
             .field("database_url", &redact_url(&self.database_url))
             .field("amqp_url", &redact_url(&self.amqp_url))
             .field("queue_prefix", &self.queue_prefix)
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("redis_prefix", &self.redis_prefix)
             .field("prompts_dir", &self.prompts_dir)
             .field("db_pool_size", &self.db_pool_size)
             .field("api.addr", &self.api.addr)

@@ -16,6 +16,7 @@ pub mod mask;
 pub mod metrics;
 pub mod prompt;
 pub mod queue;
+pub mod redis;
 pub mod resource;
 pub mod sanitize;
 pub mod shutdown;

@@ -1,10 +1,10 @@
 //! `TestApp`: one isolated llmq per test — its own database, queue prefix,
-//! fake model provider, the API in-process on a free port and (by default)
+//! Redis key prefix, fake model provider, the API in-process on a free port and (by default)
 //! one in-process worker — plus a typed method per endpoint and the
 //! Postgres/RabbitMQ look-ups assertions need.
 //!
 //! End a test with `app.cleanup().await`: it stops everything and drops the
-//! database and queues. A test that panics before it leaves them behind;
+//! database, queues and Redis keys. A test that panics before it leaves them behind;
 //! the database sweep removes such databases an hour later and leftover
 //! queues are harmless (their names are unique).
 
@@ -118,6 +118,8 @@ pub fn test_settings(database_url: &str, provider_url: &str) -> Settings {
         database_url: database_url.to_string(),
         amqp_url: amqp::amqp_url(),
         queue_prefix: format!("test.{}", Uuid::now_v7().simple()),
+        redis_url: crate::redis::redis_url(),
+        redis_prefix: format!("test.{}:", Uuid::now_v7().simple()),
         prompts_dir: prompts_dir(),
         db_pool_size: 8,
         ..Settings::default()
@@ -539,7 +541,8 @@ impl TestApp {
 
     // ---- teardown --------------------------------------------------------
 
-    /// Stops the worker and the API, then drops the database and queues.
+    /// Stops the worker and the API, then drops the database, queues and
+    /// Redis keys.
     pub async fn cleanup(mut self) {
         if let Err(e) = self.stop_worker().await {
             tracing::warn!(error = %e, "worker stopped badly");
@@ -553,6 +556,7 @@ impl TestApp {
             tracing::warn!(error = %e, "test database not dropped");
         }
         amqp::delete_topology(&self.settings.amqp_url, &self.settings.queue_prefix).await;
+        crate::redis::delete_keys(&self.settings.redis_url, &self.settings.redis_prefix).await;
     }
 }
 

@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The integration-test harness: `TestApp` (an isolated llmq per test over
 //! the real Postgres and RabbitMQ, with the fake model provider), the
-//! per-test database, RabbitMQ helpers, the worker as a child process and
+//! per-test database, RabbitMQ and Redis helpers (a private redis-server
+//! for outage tests), the worker as a child process and
 //! runtime skips that the totals count as skipped.
 //! The tests themselves are in `tests/api.rs`.
 
@@ -10,10 +11,12 @@ pub mod app;
 pub mod database;
 pub mod prompts;
 pub mod receiver;
+pub mod redis;
 pub mod skip;
 pub mod sse;
 pub mod worker_process;
 
+pub use self::redis::PrivateRedis;
 pub use app::{assert_error, is_terminal, TestApp, TestAppBuilder};
 pub use database::TestDatabase;
 pub use prompts::TempPrompts;

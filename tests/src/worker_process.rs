@@ -36,6 +36,13 @@ pub fn worker_env(settings: &Settings) -> Vec<(String, String)> {
         ("DATABASE_URL", settings.database_url.clone()),
         ("AMQP_URL", settings.amqp_url.clone()),
         ("LLMQ_QUEUE_PREFIX", settings.queue_prefix.clone()),
+        ("REDIS_URL", settings.redis_url.clone()),
+        ("LLMQ_REDIS_PREFIX", settings.redis_prefix.clone()),
+        ("LLMQ_REDIS_POOL_SIZE", settings.redis_pool_size.to_string()),
+        (
+            "LLMQ_REDIS_TIMEOUT_MS",
+            settings.redis_timeout_ms.to_string(),
+        ),
         (
             "LLMQ_PROMPTS_DIR",
             settings.prompts_dir.display().to_string(),
@@ -140,7 +147,11 @@ impl WorkerProcess {
         // Nothing from the developer's environment may redirect the worker.
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy().to_string();
-            if key.starts_with("LLMQ_") || key == "DATABASE_URL" || key == "AMQP_URL" {
+            if key.starts_with("LLMQ_")
+                || key == "DATABASE_URL"
+                || key == "AMQP_URL"
+                || key == "REDIS_URL"
+            {
                 cmd.env_remove(&key);
             }
         }

@@ -16,6 +16,7 @@ mod api {
     mod pipeline;
     mod prompt_registry;
     mod prompts;
+    mod redis;
     mod shutdown;
     mod sql;
     mod structured_output;

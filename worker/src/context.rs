@@ -17,6 +17,8 @@ use crate::writer::Writer;
 pub struct WorkerContext {
     pub settings: Arc<Settings>,
     pub pool: Pool,
+    /// Shared short-lived state: limits, reservations (see `llmq_shared::redis`).
+    pub redis: Arc<llmq_shared::redis::Redis>,
     /// Claims, step rows and outcomes, group-committed across executions.
     pub writer: Writer,
     pub publisher: Arc<Publisher>,

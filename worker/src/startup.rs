@@ -46,6 +46,8 @@ impl Worker {
         let pool = db::create_batch_pool(&settings.database_url, settings.db_pool_size)?;
         // Only the "started" step batches use it: a few connections.
         let trace_pool = db::create_trace_pool(&settings.database_url, 4)?;
+        // Connects on first use: a Redis that is down does not stop the worker.
+        let redis = Arc::new(llmq_shared::redis::create_pool(&settings)?);
         let background = CancellationToken::new();
         let owner = lease_owner();
         let topology = Topology::new(&settings.queue_prefix);
@@ -70,6 +72,7 @@ impl Worker {
             fairness: crate::fairness::Fairness::new(&settings.worker),
             settings,
             pool,
+            redis,
             writer,
             publisher,
             provider: ProviderClient::new()?,

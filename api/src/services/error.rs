@@ -57,4 +57,13 @@ impl From<DbError> for ServiceError {
     }
 }
 
+impl From<llmq_shared::redis::RedisError> for ServiceError {
+    /// Redis holds no state of record: its failure is never a 500 by
+    /// itself. A caller with a down-policy decides before this applies.
+    fn from(e: llmq_shared::redis::RedisError) -> Self {
+        tracing::warn!(error = %e, "redis unavailable");
+        Self::Unavailable("the rate-limit store is unavailable; retry later".into())
+    }
+}
+
 pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
