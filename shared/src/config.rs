@@ -223,6 +223,26 @@ pub struct ModelSettings {
     pub fallback: Option<String>,
     /// How a `json` prompt asks this model for JSON.
     pub structured_output: StructuredOutput,
+    /// Provider limits shared by every worker (in Redis): calls in
+    /// flight at once, requests and tokens per window (a minute). Unset:
+    /// no limit, and no Redis round trip per call.
+    pub max_concurrency: Option<u32>,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    /// Models with the same `limit_key` share one set of limits (an
+    /// upstream deployment serving several names); default: the upstream
+    /// model name.
+    pub limit_key: Option<String>,
+    /// Length of the `rpm`/`tpm` window. 60000 (a minute) unless a test
+    /// wants to see several windows quickly.
+    pub limit_window_ms: Option<u64>,
+}
+
+impl ModelSettings {
+    /// Whether any provider limit is set.
+    pub fn has_limits(&self) -> bool {
+        self.max_concurrency.is_some() || self.rpm.is_some() || self.tpm.is_some()
+    }
 }
 
 /// How the worker asks a model for a `json` prompt's answer. Whatever the

@@ -22,5 +22,6 @@ mod chaos {
     mod killed_workers;
     mod poison_messages;
     mod provider_faults;
+    mod provider_limits;
     mod webhooks;
 }

@@ -32,6 +32,8 @@ pub struct WorkerContext {
     /// Per organisation: its executions running here and its queue of
     /// deferred ones (see `crate::fairness`).
     pub fairness: crate::fairness::Fairness,
+    /// Provider limits shared by every worker (see `crate::provider_limits`).
+    pub limits: crate::provider_limits::ProviderLimits,
 }
 
 /// Marks an execution as running here for as long as it lives.

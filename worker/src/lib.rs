@@ -7,6 +7,7 @@ pub mod context;
 pub mod fairness;
 pub mod open_files;
 pub mod provider;
+pub mod provider_limits;
 pub mod relay;
 pub mod retry;
 pub mod runner;

@@ -70,6 +70,7 @@ impl Worker {
         );
         let ctx = Arc::new(WorkerContext {
             fairness: crate::fairness::Fairness::new(&settings.worker),
+            limits: crate::provider_limits::ProviderLimits::new(redis.clone()),
             settings,
             pool,
             redis,

@@ -208,6 +208,20 @@ impl Writer {
         Ok(logged.contains(&id.0))
     }
 
+    /// Gives the execution back for `delay` because a provider limit had
+    /// no room (the attempt is not counted); false when the lease was lost.
+    pub async fn defer_claimed(
+        &self,
+        id: ExecutionId,
+        delay: Duration,
+        error: &ErrorInfo,
+    ) -> Answer<bool> {
+        let client = self.pool.get().await?;
+        let logged = db::defer_claimed(&client, id, &self.owner, delay, error).await?;
+        self.publisher.publish_events(&[], logged.events(&[])).await;
+        Ok(logged.contains(&id.0))
+    }
+
     /// Gives leases back (shutdown) so redelivered messages run at once;
     /// the outbox mark covers a message the broker lost.
     pub async fn release(&self, ids: &[uuid::Uuid]) -> Answer<u64> {

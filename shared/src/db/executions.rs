@@ -320,9 +320,17 @@ pub async fn checkpoint(
     .await
 }
 
-static SCHEDULE_RETRY: LazyLock<String> = LazyLock::new(|| {
+static SCHEDULE_RETRY: LazyLock<String> = LazyLock::new(|| give_back_sql("attempts", "retry"));
+/// A deferral does not count the run as an attempt.
+static DEFER_CLAIMED: LazyLock<String> =
+    LazyLock::new(|| give_back_sql("attempts - 1", "deferred"));
+
+/// Gives a claimed execution back for a delay (`$5` seconds) with the
+/// error that says why; `attempts` is the new attempt count, `reason` the
+/// `queued` event's.
+fn give_back_sql(attempts: &str, reason: &str) -> String {
     format!(
-        "WITH f AS (UPDATE executions SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
+        "WITH f AS (UPDATE executions SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, attempts = {attempts}, \
            error_code = $3, error_message = $4, publish_due_at = now() + make_interval(secs => $5), \
            not_before = now() + make_interval(secs => $5), updated_at = now(), event_seq = event_seq + 1 \
          WHERE id = $1 AND lease_owner = $2 \
@@ -336,7 +344,7 @@ static SCHEDULE_RETRY: LazyLock<String> = LazyLock::new(|| {
                 "'queued'",
                 "attempts",
                 &format!(
-                    "'reason', 'retry', 'retry_at', {}, 'error', {}",
+                    "'reason', '{reason}', 'retry_at', {}, 'error', {}",
                     events::ts("not_before"),
                     events::error_json("$3::text", "$4::text")
                 )
@@ -346,7 +354,33 @@ static SCHEDULE_RETRY: LazyLock<String> = LazyLock::new(|| {
         fence = events::fence_rows("f"),
         status_rows = events::status_rows("ev"),
     )
-});
+}
+
+/// Gives a claimed execution back for `delay` because a provider limit
+/// had no room for its call: like [`schedule_retry`], but the run is not
+/// counted as an attempt (the model was not called) and the `queued`
+/// event's reason is `deferred`, with `error` saying which limit.
+pub async fn defer_claimed(
+    client: &impl GenericClient,
+    id: ExecutionId,
+    owner: &str,
+    delay: Duration,
+    error: &ErrorInfo,
+) -> Result<Logged> {
+    let rows = client
+        .query(
+            &client.prepare_cached(&DEFER_CLAIMED).await?,
+            &[
+                &id.0,
+                &owner,
+                &clean_str(&error.code),
+                &clean_str(&error.message),
+                &delay.as_secs_f64(),
+            ],
+        )
+        .await?;
+    Logged::from_rows(&rows)
+}
 
 /// Gives the execution back to the queue after a retryable error: the
 /// relay publishes it again once `delay` has passed, so no worker slot is
@@ -632,6 +666,7 @@ pub async fn list_executions(
 pub static ALL_SQL: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
     vec![
         DEFER_QUEUED,
+        DEFER_CLAIMED.as_str(),
         INSERT,
         GET,
         FINISH.as_str(),

@@ -43,6 +43,9 @@ pub enum Outcome {
     Durable,
     /// A retryable failure: the execution is given back for `delay`.
     Retry { error: ErrorInfo, delay: Duration },
+    /// No capacity for the model call (a provider limit): the execution is
+    /// given back for `delay` without counting the attempt.
+    Defer { error: ErrorInfo, delay: Duration },
     /// The execution fails; no retry.
     Fail(ErrorInfo),
     /// The client cancelled.
