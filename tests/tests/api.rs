@@ -3,6 +3,7 @@
 //! binary, one module per concern, one isolated `TestApp` per test.
 
 mod api {
+    mod cache;
     mod cli;
     mod events;
     mod executions;

@@ -2,6 +2,7 @@
 //! binary runs the outbox relay. Roles are chosen by configuration so that
 //! pools scale separately.
 
+pub mod cache;
 pub mod consumer;
 pub mod context;
 pub mod fairness;

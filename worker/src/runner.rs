@@ -176,8 +176,20 @@ async fn run_steps(cx: &mut Cx<'_>, earlier: &[StepRow]) -> Result<RunOutcome, P
     if cx.cancel.is_cancelled() {
         return cancelled(cx, &out).await;
     }
-    let finish = finalize::succeeded(cx, out.generated()?);
-    finish_with(cx, finish).await
+    let generated = out.generated()?;
+    let finish = finalize::succeeded(cx, generated);
+    let to_cache = cx
+        .cache
+        .take()
+        .filter(|_| !generated.cached)
+        .map(|plan| (plan, generated.output.clone()));
+    let outcome = finish_with(cx, finish).await?;
+    if let (Some((plan, output)), RunOutcome::Finished(ExecutionStatus::Succeeded)) =
+        (to_cache, &outcome)
+    {
+        crate::cache::store(&cx.ctx.redis, &plan, &output).await;
+    }
+    Ok(outcome)
 }
 
 /// The prompt version of `e`: compiled from the cache or the registry.

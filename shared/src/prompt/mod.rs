@@ -19,7 +19,7 @@ use std::path::PathBuf;
 pub use cache::PromptCache;
 pub use compiled::{ChatMessage, CompiledPrompt, InputViolation};
 pub use definition::{
-    validate_name, FieldError, MessageTemplate, OutputSpec, PromptDefinition, PromptLimits,
+    validate_name, CacheSpec, FieldError, MessageTemplate, OutputSpec, PromptDefinition, PromptLimits,
     PromptParams, Stop, DEFAULT_MAX_REPAIRS,
 };
 pub use files::{load_prompt_dir, PromptFile};

@@ -24,6 +24,7 @@ fn definition() -> PromptDefinition {
         tokenizer: None,
         examples: Vec::new(),
         limits: PromptLimits::default(),
+        cache: None,
     }
 }
 

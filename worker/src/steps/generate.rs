@@ -99,7 +99,8 @@ impl Step for Generate {
             output,
             usage,
             not_json,
-            cached: cx.execution.cached,
+            cached: cx.execution.cached
+                || checkpoint.params.as_ref().and_then(|p| p.get("cached")) == Some(&Value::Bool(true)),
         });
         Ok(())
     }
@@ -290,6 +291,16 @@ async fn call(
         input["response_format"] = format.clone();
     }
     step.input = Some(input);
+    // The response cache, for the execution's first call only: a hit is
+    // the answer, with no model call.
+    if repair.is_none() && fallback_for.is_none() {
+        if let Some(plan) = crate::cache::plan(cx, &body) {
+            if let Some(output) = crate::cache::lookup(&cx.ctx.redis, &plan).await {
+                return Ok(Call::Done(cached_answer(cx, step, output)));
+            }
+            cx.cache = Some(plan);
+        }
+    }
     let timeout = Duration::from_secs(
         cx.prompt
             .definition
@@ -442,6 +453,31 @@ fn output_of(cx: &Cx<'_>, generation: &Generation, endpoint: &Endpoint) -> (Gene
         },
         removed,
     )
+}
+
+/// A cache hit recorded as the `generate` step it stands for: marked
+/// `cached` in its parameters, no tokens, no cost.
+fn cached_answer(cx: &mut Cx<'_>, mut step: step_row::Step, output: Value) -> Generated {
+    let usage = Usage {
+        cost_usd: Some(0.0),
+        ..Usage::default()
+    };
+    if let Some(Value::Object(params)) = step.params.as_mut() {
+        params.insert("cached".into(), Value::Bool(true));
+    }
+    step.usage = Some(usage);
+    step.output = Some(mask_json(&output));
+    cx.done(step, StepStatus::Succeeded);
+    let not_json = match (&output, wants_json(cx)) {
+        (Value::String(text), true) => parse_json(text).err(),
+        _ => None,
+    };
+    Generated {
+        output,
+        usage,
+        not_json,
+        cached: true,
+    }
 }
 
 /// How long a provider-limit slot is held at most beyond the call's timeout.

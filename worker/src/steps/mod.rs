@@ -159,6 +159,9 @@ pub struct Cx<'a> {
     next_seq: i32,
     /// Finished step rows not yet written.
     pending: Vec<step_row::Step>,
+    /// Where this execution's answer goes in the response cache once it
+    /// succeeds (set by a `generate` that missed it).
+    pub cache: Option<crate::cache::CachePlan>,
 }
 
 impl<'a> Cx<'a> {
@@ -180,6 +183,7 @@ impl<'a> Cx<'a> {
             earlier,
             next_seq,
             pending: Vec::new(),
+            cache: None,
         }
     }
 

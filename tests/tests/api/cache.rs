@@ -1,0 +1,102 @@
+//! The response cache: a request with `cache: true` whose exact call was
+//! answered before (same version, rendered messages, model, parameters
+//! and organisation) finishes without a model call, with a `generate`
+//! step marked cached at zero cost, counted as cached in usage; another
+//! organisation asking the same gets its own model call.
+
+use llmq_tests::TestApp;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const OTHER_KEY: &str = "cache-test-other-org-key";
+
+async fn submit(app: &TestApp, key: &str, body: &Value) -> String {
+    let response = app
+        .client
+        .post(app.url("/v1/executions"))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let v: Value = response.json().await.unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
+
+async fn wait(app: &TestApp, key: &str, id: &str) -> Value {
+    for _ in 0..10 {
+        let v: Value = app
+            .get_with_key(&format!("/v1/executions/{id}?wait=5"), Some(key))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if llmq_tests::is_terminal(&v) {
+            return v;
+        }
+    }
+    panic!("{id} not terminal");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_hit_makes_no_provider_call() {
+    let app = TestApp::builder()
+        .configure(|s| {
+            s.api
+                .tenant_keys
+                .insert(OTHER_KEY.into(), "other-org".into());
+        })
+        .spawn()
+        .await;
+    let text = format!("cached {} text to summarize", uuid::Uuid::now_v7().simple());
+    let body = json!({"prompt": "summarize", "input": {"text": text}, "cache": true, "cache_ttl_secs": 60});
+    let key = app.api_key.clone();
+
+    let first = wait(&app, &key, &submit(&app, &key, &body).await).await;
+    assert_eq!(first["status"], "succeeded", "{first:#}");
+    assert_eq!(app.fake.calls_containing(&text).len(), 1);
+
+    let id = submit(&app, &key, &body).await;
+    let second = wait(&app, &key, &id).await;
+    assert_eq!(second["status"], "succeeded", "{second:#}");
+    assert_eq!(second["output"], first["output"]);
+    assert_eq!(app.fake.calls_containing(&text).len(), 1, "the hit called the model");
+    assert_eq!(second["usage"]["total_tokens"], 0, "{second:#}");
+    assert_eq!(second["usage"]["cost_usd"], 0.0, "{second:#}");
+    let trace: Value = app.steps(&id).await.json().await.unwrap();
+    let generate = trace["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "generate")
+        .expect("a generate step")
+        .clone();
+    assert_eq!(generate["status"], "succeeded");
+    assert_eq!(generate["params"]["cached"], true, "{generate:#}");
+
+    // Without `cache`, the same request calls the model.
+    let uncached = json!({"prompt": "summarize", "input": {"text": text}});
+    let third = wait(&app, &key, &submit(&app, &key, &uncached).await).await;
+    assert_eq!(third["status"], "succeeded");
+    assert_eq!(app.fake.calls_containing(&text).len(), 2);
+    // Another organisation is never served this one's answer.
+    let theirs = wait(&app, OTHER_KEY, &submit(&app, OTHER_KEY, &body).await).await;
+    assert_eq!(theirs["status"], "succeeded");
+    assert_eq!(app.fake.calls_containing(&text).len(), 3);
+
+    let usage: Value = app
+        .get_authorized("/v1/usage?group_by=model")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(usage["total"]["executions"], 3, "{usage:#}");
+    assert_eq!(usage["total"]["cached"], 1, "{usage:#}");
+
+    // cache_ttl_secs without cache is a 400.
+    let bad = json!({"prompt": "summarize", "input": {"text": "x"}, "cache_ttl_secs": 5});
+    let response = app.submit(&bad).await;
+    llmq_tests::assert_error(response, StatusCode::BAD_REQUEST, "bad_request").await;
+    app.cleanup().await;
+}
