@@ -75,7 +75,10 @@ pub fn worker_env(settings: &Settings) -> Vec<(String, String)> {
             "LLMQ_WORKER__TENANT_CONCURRENCY",
             w.tenant_concurrency.to_string(),
         ),
-        ("LLMQ_WORKER__TENANT_DEFER_MS", w.tenant_defer_ms.to_string()),
+        (
+            "LLMQ_WORKER__TENANT_DEFER_MS",
+            w.tenant_defer_ms.to_string(),
+        ),
         (
             "LLMQ_PROVIDER__BASE_URL",
             settings.provider.base_url.clone(),

@@ -178,9 +178,7 @@ async fn handle_delivery(ctx: &WorkerContext, delivery: Delivery, interrupt: &Ca
         }
     };
     let _share = match ctx.fairness.admit(message.tenant.as_deref()) {
-        Admission::Over(delay) => {
-            return defer_for_fairness(ctx, &delivery, &message, delay).await
-        }
+        Admission::Over(delay) => return defer_for_fairness(ctx, &delivery, &message, delay).await,
         admitted => admitted,
     };
     let Some(running) = ctx.start_running(message.id) else {

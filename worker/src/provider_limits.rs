@@ -185,12 +185,7 @@ impl ProviderLimits {
 
     /// Takes capacity for one call of `estimate` tokens, held for at most
     /// `lease` (the call's timeout and a margin).
-    pub async fn acquire(
-        &self,
-        limits: &ModelLimits,
-        estimate: u32,
-        lease: Duration,
-    ) -> Admission {
+    pub async fn acquire(&self, limits: &ModelLimits, estimate: u32, lease: Duration) -> Admission {
         let prefix = self.prefix(limits);
         let id = uuid::Uuid::now_v7().simple().to_string();
         let mut invocation = ACQUIRE.prepare_invoke();
@@ -249,7 +244,11 @@ impl ProviderLimits {
             Settle::Used(n) if permit.counts_tokens => (n - permit.charged, 0),
             Settle::Used(_) | Settle::Unknown => (0, 0),
             Settle::NotCounted { pause } => (
-                if permit.counts_tokens { -permit.charged } else { 0 },
+                if permit.counts_tokens {
+                    -permit.charged
+                } else {
+                    0
+                },
                 pause.map_or(0, |p| p.as_millis() as u64),
             ),
         };
@@ -301,7 +300,10 @@ mod tests {
         };
         let limits = ModelLimits::of("m", &settings).unwrap();
         assert_eq!(limits.key, "gpt-4o");
-        assert_eq!((limits.tpm, limits.rpm, limits.max_concurrency), (1000, 0, 0));
+        assert_eq!(
+            (limits.tpm, limits.rpm, limits.max_concurrency),
+            (1000, 0, 0)
+        );
         assert_eq!(limits.window_ms, DEFAULT_WINDOW_MS);
     }
 }

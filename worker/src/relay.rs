@@ -66,13 +66,11 @@ pub async fn relay_once(ctx: &WorkerContext) -> Result<usize, DbError> {
             announce(ctx, &mut reaped_events).await;
             return Ok(published);
         }
-        let results = futures::future::join_all(
-            due.iter()
-                .map(|(id, priority, tenant)| {
-                    ctx.publisher.publish_execution(*id, tenant, *priority)
-                }),
-        )
-        .await;
+        let results =
+            futures::future::join_all(due.iter().map(|(id, priority, tenant)| {
+                ctx.publisher.publish_execution(*id, tenant, *priority)
+            }))
+            .await;
         let confirmed: Vec<_> = due
             .iter()
             .zip(&results)

@@ -29,13 +29,18 @@ impl UsageQuery {
                     ServiceError::InvalidRequest(format!("{field}: not an RFC 3339 time: {e}"))
                 })
         };
-        let to = to.map(|t| time("to", t)).transpose()?.unwrap_or_else(Utc::now);
+        let to = to
+            .map(|t| time("to", t))
+            .transpose()?
+            .unwrap_or_else(Utc::now);
         let from = from
             .map(|f| time("from", f))
             .transpose()?
             .unwrap_or(to - TimeDelta::hours(24));
         if from >= to {
-            return Err(ServiceError::InvalidRequest("from must be before to".into()));
+            return Err(ServiceError::InvalidRequest(
+                "from must be before to".into(),
+            ));
         }
         let group_by = match group_by {
             None => GroupBy::Model,
@@ -54,7 +59,14 @@ impl UsageQuery {
 /// The figures of `tenant` for `query`.
 pub async fn usage(pool: &Pool, tenant: &TenantId, query: &UsageQuery) -> Result<Vec<UsageRow>> {
     let client = pool.get().await.map_err(DbError::from)?;
-    Ok(db::usage(&client, tenant.as_str(), query.from, query.to, query.group_by).await?)
+    Ok(db::usage(
+        &client,
+        tenant.as_str(),
+        query.from,
+        query.to,
+        query.group_by,
+    )
+    .await?)
 }
 
 #[cfg(test)]

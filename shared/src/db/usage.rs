@@ -59,7 +59,8 @@ pub enum GroupBy {
 }
 
 impl GroupBy {
-    pub const NAMES: &'static [&'static str] = &["model", "prompt", "version", "user", "key", "day"];
+    pub const NAMES: &'static [&'static str] =
+        &["model", "prompt", "version", "user", "key", "day"];
 
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {

@@ -19,8 +19,8 @@ use std::path::PathBuf;
 pub use cache::PromptCache;
 pub use compiled::{ChatMessage, CompiledPrompt, InputViolation};
 pub use definition::{
-    validate_name, CacheSpec, FieldError, MessageTemplate, OutputSpec, PromptDefinition, PromptLimits,
-    PromptParams, Stop, DEFAULT_MAX_REPAIRS,
+    validate_name, CacheSpec, FieldError, MessageTemplate, OutputSpec, PromptDefinition,
+    PromptLimits, PromptParams, Stop, DEFAULT_MAX_REPAIRS,
 };
 pub use files::{load_prompt_dir, PromptFile};
 pub use labels::{Assignment, LabelCache, LabelRule, Target};

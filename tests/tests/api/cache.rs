@@ -61,7 +61,11 @@ async fn a_cache_hit_makes_no_provider_call() {
     let second = wait(&app, &key, &id).await;
     assert_eq!(second["status"], "succeeded", "{second:#}");
     assert_eq!(second["output"], first["output"]);
-    assert_eq!(app.fake.calls_containing(&text).len(), 1, "the hit called the model");
+    assert_eq!(
+        app.fake.calls_containing(&text).len(),
+        1,
+        "the hit called the model"
+    );
     assert_eq!(second["usage"]["total_tokens"], 0, "{second:#}");
     assert_eq!(second["usage"]["cost_usd"], 0.0, "{second:#}");
     let trace: Value = app.steps(&id).await.json().await.unwrap();

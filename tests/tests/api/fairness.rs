@@ -19,7 +19,8 @@ async fn submit_many(app: &TestApp, key: &str, org: &str, n: usize) -> Vec<Strin
     let run = uuid::Uuid::now_v7().simple().to_string();
     futures::stream::iter(0..n)
         .map(|i| {
-            let body = json!({"prompt": "summarize", "input": {"text": format!("{org} {run} {i}")}});
+            let body =
+                json!({"prompt": "summarize", "input": {"text": format!("{org} {run} {i}")}});
             let request = app
                 .client
                 .post(app.url("/v1/executions"))

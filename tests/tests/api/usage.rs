@@ -51,12 +51,22 @@ async fn usage_figures_equal_the_sum_over_executions() {
     for (i, user) in ["ann", "ann", "ann", "bob", "bob"].iter().enumerate() {
         let body = json!({"prompt": "summarize", "user": user,
             "input": {"text": format!("usage {run} number {i} of a longer text")}});
-        ids.push(app.submit_accepted(&body).await["id"].as_str().unwrap().to_string());
+        ids.push(
+            app.submit_accepted(&body).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     // A failure counts too (with no tokens: the provider refused it).
     let body = json!({"prompt": "summarize", "user": "bob",
         "input": {"text": format!("usage {run} refused [[fault:400]]")}});
-    ids.push(app.submit_accepted(&body).await["id"].as_str().unwrap().to_string());
+    ids.push(
+        app.submit_accepted(&body).await["id"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    );
     let done = app.wait_all_terminal(&ids, Duration::from_secs(20)).await;
     // Another organisation's execution is not in this one's figures.
     let body = json!({"prompt": "summarize", "input": {"text": format!("usage {run} elsewhere")}});
@@ -108,7 +118,10 @@ async fn usage_figures_equal_the_sum_over_executions() {
 
     let by_user = usage(&app, &app.api_key, "user").await;
     assert_eq!(group(&by_user, "ann")["executions"], 3);
-    assert_eq!(group(&by_user, "ann")["total_tokens"], sum(&ann, "total_tokens"));
+    assert_eq!(
+        group(&by_user, "ann")["total_tokens"],
+        sum(&ann, "total_tokens")
+    );
     assert_eq!(group(&by_user, "bob")["executions"], 3);
     let by_key = usage(&app, &app.api_key, "key").await;
     assert_eq!(group(&by_key, "config")["executions"], 6);
@@ -124,7 +137,12 @@ async fn usage_figures_equal_the_sum_over_executions() {
     let path = format!("/v1/executions/{other_id}?wait=10");
     let mut other_done = Value::Null;
     for _ in 0..5 {
-        other_done = app.get_with_key(&path, Some(OTHER_KEY)).await.json().await.unwrap();
+        other_done = app
+            .get_with_key(&path, Some(OTHER_KEY))
+            .await
+            .json()
+            .await
+            .unwrap();
         if llmq_tests::is_terminal(&other_done) {
             break;
         }

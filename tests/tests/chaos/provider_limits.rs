@@ -52,7 +52,10 @@ async fn two_workers_under_a_tpm_limit_never_exceed_it_in_any_window() {
     let run = support::unique();
     let mut ids = Vec::new();
     for i in 0..30 {
-        ids.push(app.submit_summary(&format!("tpm {run} call {i} of thirty")).await);
+        ids.push(
+            app.submit_summary(&format!("tpm {run} call {i} of thirty"))
+                .await,
+        );
     }
     let done = app.wait_all_terminal(&ids, Duration::from_secs(25)).await;
     for e in &done {
@@ -110,7 +113,9 @@ async fn a_provider_429_with_retry_after_pauses_every_worker() {
     }
     let done = app.wait_all_terminal(&ids, Duration::from_secs(20)).await;
     assert!(done.iter().all(|e| e["status"] == "succeeded"), "{done:#?}");
-    let limited = app.wait_until_terminal(&limited, Duration::from_secs(20)).await;
+    let limited = app
+        .wait_until_terminal(&limited, Duration::from_secs(20))
+        .await;
     assert_eq!(limited["status"], "succeeded", "{limited:#}");
     let calls = calls();
     assert_eq!(calls.len(), 10, "one 429, its retry and eight others");
@@ -122,7 +127,10 @@ async fn a_provider_429_with_retry_after_pauses_every_worker() {
             c.key
         );
     }
-    assert!(deferred_events(&app).await >= 8, "the others were not deferred");
+    assert!(
+        deferred_events(&app).await >= 8,
+        "the others were not deferred"
+    );
     a.sigkill().await;
     b.sigkill().await;
     app.cleanup().await;

@@ -23,10 +23,10 @@ use serde_json::{json, Value};
 use super::{deltas, Cx, Generated, Outcome, Outputs, Step};
 use crate::provider::{Endpoint, Generation, ProviderClient, ProviderError};
 use crate::provider_limits::{Admission, ModelLimits, Settle};
-use llmq_shared::prompt::tokens;
-use serde_json::Map;
 use crate::retry::{Decision, RetryPolicy};
 use crate::runner::PipelineError;
+use llmq_shared::prompt::tokens;
+use serde_json::Map;
 
 pub struct Generate;
 
@@ -100,7 +100,8 @@ impl Step for Generate {
             usage,
             not_json,
             cached: cx.execution.cached
-                || checkpoint.params.as_ref().and_then(|p| p.get("cached")) == Some(&Value::Bool(true)),
+                || checkpoint.params.as_ref().and_then(|p| p.get("cached"))
+                    == Some(&Value::Bool(true)),
         });
         Ok(())
     }
@@ -342,7 +343,10 @@ async fn call(
     };
     if !cx.record_started(step.clone()).await? {
         if let Some(permit) = permit {
-            cx.ctx.limits.release(permit, Settle::NotCounted { pause: None }).await;
+            cx.ctx
+                .limits
+                .release(permit, Settle::NotCounted { pause: None })
+                .await;
         }
         return Ok(Call::Over(Outcome::LeaseLost));
     }
@@ -392,8 +396,13 @@ async fn call(
             Err(_) => Settle::Unknown,
         };
         cx.ctx.limits.release(permit, settle).await;
-    } else if let (Some(l), Err(ProviderError::RateLimited { retry_after: Some(pause), .. })) =
-        (&limits, &result)
+    } else if let (
+        Some(l),
+        Err(ProviderError::RateLimited {
+            retry_after: Some(pause),
+            ..
+        }),
+    ) = (&limits, &result)
     {
         // Admitted while Redis was out of reach: the pause still applies.
         cx.ctx.limits.pause(l, *pause).await;
@@ -507,7 +516,9 @@ fn estimate_tokens(
     let completion = ["max_completion_tokens", "max_tokens"]
         .iter()
         .find_map(|k| params.get(*k).and_then(Value::as_u64))
-        .map_or(DEFAULT_COMPLETION_ESTIMATE, |n| n.min(u32::MAX as u64) as u32);
+        .map_or(DEFAULT_COMPLETION_ESTIMATE, |n| {
+            n.min(u32::MAX as u64) as u32
+        });
     (prompt.min(u32::MAX as usize) as u32).saturating_add(completion)
 }
 
