@@ -135,3 +135,52 @@ async fn a_provider_429_with_retry_after_pauses_every_worker() {
     b.sigkill().await;
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_never_hold_more_calls_than_max_concurrency() {
+    let _shared = support::shared().await;
+    const MAX: usize = 3;
+    let app = TestApp::builder()
+        .without_worker()
+        .fake_latency_ms(300)
+        .configure(|s| {
+            s.models.insert(
+                "gpt-4o-mini".into(),
+                ModelSettings {
+                    max_concurrency: Some(MAX as u32),
+                    ..Default::default()
+                },
+            );
+        })
+        .spawn()
+        .await;
+    let mut a = app.spawn_worker_process("conc-a");
+    let mut b = app.spawn_worker_process("conc-b");
+    let run = support::unique();
+    let mut ids = Vec::new();
+    for i in 0..15 {
+        ids.push(app.submit_summary(&format!("conc {run} call {i}")).await);
+    }
+    let done = app.wait_all_terminal(&ids, Duration::from_secs(25)).await;
+    assert!(done.iter().all(|e| e["status"] == "succeeded"), "{done:#?}");
+    // The most calls the provider was answering at any one moment.
+    let calls = app.fake.calls_containing(&run);
+    let mut edges: Vec<(u128, i32)> = Vec::new();
+    for c in &calls {
+        edges.push((c.received_at_ms, 1));
+        edges.push((c.responded_at_ms.expect("answered"), -1));
+    }
+    // An end before a start at the same millisecond.
+    edges.sort();
+    let (mut now, mut peak) = (0, 0);
+    for (_, d) in edges {
+        now += d;
+        peak = peak.max(now);
+    }
+    assert!(peak as usize <= MAX, "{peak} calls in flight at once");
+    assert_eq!(peak as usize, MAX, "the limit was never reached");
+    assert!(deferred_events(&app).await > 0, "no execution was deferred");
+    a.sigkill().await;
+    b.sigkill().await;
+    app.cleanup().await;
+}
