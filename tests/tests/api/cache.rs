@@ -104,3 +104,64 @@ async fn a_cache_hit_makes_no_provider_call() {
     llmq_tests::assert_error(response, StatusCode::BAD_REQUEST, "bad_request").await;
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_that_opts_in_reuses_its_answers_unless_a_request_refuses() {
+    let app = TestApp::spawn().await;
+    let definition = json!({
+        "model": "gpt-4o-mini",
+        "template": "Summarize briefly: {{ text }}",
+        "input_schema": {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}},
+        "cache": {"ttl_secs": 60}
+    });
+    let response = app
+        .send_json(
+            reqwest::Method::POST,
+            "/v1/prompts/summarize/versions",
+            &definition,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let version = response.json::<Value>().await.unwrap()["version"].clone();
+    let text = format!("version cache {}", uuid::Uuid::now_v7().simple());
+    let body = json!({"prompt": "summarize", "version": version, "input": {"text": text}});
+    let key = app.api_key.clone();
+    for _ in 0..2 {
+        let done = wait(&app, &key, &submit(&app, &key, &body).await).await;
+        assert_eq!(done["status"], "succeeded", "{done:#}");
+    }
+    assert_eq!(
+        app.fake.calls_containing(&text).len(),
+        1,
+        "the version's cache was not used"
+    );
+    let refused =
+        json!({"prompt": "summarize", "version": version, "input": {"text": text}, "cache": false});
+    let done = wait(&app, &key, &submit(&app, &key, &refused).await).await;
+    assert_eq!(done["status"], "succeeded");
+    assert_eq!(
+        app.fake.calls_containing(&text).len(),
+        2,
+        "cache: false was not honoured"
+    );
+    // A bad TTL in a definition is refused with the field named.
+    let bad = json!({
+        "model": "gpt-4o-mini", "template": "x {{ text }}",
+        "input_schema": {"type": "object"}, "cache": {"ttl_secs": 0}
+    });
+    let response = app
+        .send_json(
+            reqwest::Method::POST,
+            "/v1/prompts/summarize/versions",
+            &bad,
+        )
+        .await;
+    let error = llmq_tests::assert_error(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_definition",
+    )
+    .await;
+    assert!(error.to_string().contains("cache.ttl_secs"), "{error}");
+    app.cleanup().await;
+}
