@@ -410,12 +410,14 @@ pub async fn schedule_retry(
 /// Pushes queued executions (not yet claimed) back for their delay
 /// without claiming them: no attempt is counted, no event is logged; the
 /// relay publishes each again when its delay is over (and claiming
-/// refuses it before). Rows no longer queued are left alone.
+/// refuses it before). Rows no longer queued are left alone; a queued row
+/// whose cancel was requested is deferred too (claiming it later cancels
+/// it), so no row is left without a publish to come.
 const DEFER_QUEUED: &str =
     "UPDATE executions e SET not_before = now() + make_interval(secs => d.secs), \
        publish_due_at = now() + make_interval(secs => d.secs), updated_at = now() \
      FROM (SELECT * FROM UNNEST($1::uuid[], $2::float8[]) AS d(id, secs) ORDER BY id) d \
-     WHERE e.id = d.id AND e.status = 'queued' AND NOT e.cancel_requested RETURNING e.id";
+     WHERE e.id = d.id AND e.status = 'queued' RETURNING e.id";
 
 /// See [`DEFER_QUEUED`]: the ids deferred.
 pub async fn defer_queued(
