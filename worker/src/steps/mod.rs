@@ -220,6 +220,11 @@ impl<'a> Cx<'a> {
         self.pending.push(step);
     }
 
+    /// A finished row still waiting for the next write, by seq.
+    pub fn pending_mut(&mut self, seq: i32) -> Option<&mut step_row::Step> {
+        self.pending.iter_mut().find(|s| s.seq == seq)
+    }
+
     /// The rows waiting for the next write, taken.
     pub fn take_pending(&mut self) -> Vec<step_row::Step> {
         std::mem::take(&mut self.pending)
