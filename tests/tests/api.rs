@@ -18,6 +18,7 @@ mod api {
     mod prompt_registry;
     mod prompts;
     mod redis;
+    mod redis_round_trips;
     mod shutdown;
     mod sql;
     mod structured_output;
