@@ -1,7 +1,8 @@
 //! What the worker's hot path costs in Redis, counted by a private
 //! `redis-server`: a model without provider limits (and an execution
 //! without the response cache) makes no Redis command at all; a model with
-//! limits makes two per call (acquire and release).
+//! limits makes two per call (acquire and release). With Redis gone,
+//! both go ahead without it.
 
 use std::time::Duration;
 
@@ -103,6 +104,18 @@ async fn no_provider_limit_means_no_redis_round_trip_and_a_limit_means_two() {
         (2 * N..=2 * N + 4).contains(&limited),
         "{limited} Redis commands for {N} limited calls"
     );
+    // Redis gone: limited calls go ahead without the limits, and a cached
+    // request runs uncached; nothing fails.
+    let mut private = private;
+    private.stop().await;
+    batch("gpt-4o").await;
+    let body = json!({"prompt": "summarize", "cache": true,
+        "input": {"text": format!("round trips {run} cached while down")}});
+    let id = app.submit_accepted(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let done = app.wait_until_terminal(&id, Duration::from_secs(20)).await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
     app.cleanup().await;
-    drop(private);
 }
