@@ -25,6 +25,10 @@
 //! The answer is deterministic: `"fake completion: "` + the first 12 words of the last user
 //! message (markers stripped), or `{"summary": ...}` / a schema-shaped object in JSON modes.
 //!
+//! What a provider's RPM/TPM limit would count is served too: `GET /_stats/windows?window_ms=N`
+//! (and [`FakeProvider::usage_by_window`]) gives the requests and the tokens of successful answers
+//! received in each window of `N` ms aligned to the Unix epoch.
+//!
 //! This crate owns the server's lifecycle ([`FakeProvider`]) and its call log ([`CallRecord`]).
 
 mod markers;
