@@ -15,7 +15,7 @@ PKG ?=
 TEST_SCOPE := $(if $(PKG),$(foreach p,$(PKG),-p $(p)),--workspace)
 TEST_ARGS ?=
 
-.PHONY: help setup build run test bench bench-curve bench-split bench-slow chaos migrate fmt lint clean-run model
+.PHONY: help setup build run test bench bench-curve bench-split bench-slow bench-provider-limits chaos migrate fmt lint clean-run model
 
 help: ## Show this help
 	@printf 'Usage: make <target>\n\n'
@@ -45,6 +45,9 @@ bench-curve: ## Latency-versus-load sweep at 0 ms: .run/bench-curve.{json,svg}
 
 bench-split: ## The 0 ms setting with production split 90/10 over the benchmark prompt's v2 and v1
 	@BENCH_SPLIT=$${BENCH_SPLIT:-2:90,1:10} BENCH_SETTINGS=$${BENCH_SETTINGS:-0:1024} bash scripts/bench.sh
+
+bench-provider-limits: ## The 0 ms setting with provider limits (Redis) set high enough never to defer
+	@BENCH_PROVIDER_LIMITS=$${BENCH_PROVIDER_LIMITS:-100000:100000000:100000000000} BENCH_SETTINGS=$${BENCH_SETTINGS:-0:1024} bash scripts/bench.sh
 
 bench-slow: ## A 30 s model at 1,000 submits/s for a minute (~30,000 calls in flight)
 	@BENCH_TIMEOUT=$${BENCH_TIMEOUT:-300} BENCH_SETTINGS="30000:32768:1000:60000" bash scripts/bench.sh

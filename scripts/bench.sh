@@ -99,6 +99,12 @@
 #                      database (made by `llmq-api bootstrap-admin` after the
 #                      migrations), through the API's key cache, instead of
 #                      the configured development key (default 0)
+#   BENCH_PROVIDER_LIMITS  "CONCURRENCY:RPM:TPM": the worker enforces these
+#                      provider limits (in Redis, REDIS_URL) on gpt-4o-mini,
+#                      the benchmark prompts' model; `make bench-provider-limits`
+#                      sets them high enough never to defer ("100000:100000000:
+#                      100000000000"), so the figures show the cost of two
+#                      Redis round trips per model call; unset: no limits
 #   BENCH_AFTER_MIGRATE_SQL  SQL run on the fresh database after the migrations
 #                      (experiments, e.g. "ANALYZE executions" or an index change)
 # Logs and results: .run/bench-*.log, .run/bench-*.json. The database is kept
@@ -338,10 +344,15 @@ TOML
         "REDIS_URL=$REDIS_URL" "LLMQ_REDIS_PREFIX=bench.$ts.$name:"
     )
     local worker_extra=() bench_extra=()
+    if [ -n "${BENCH_PROVIDER_LIMITS:-}" ]; then
+        IFS=: read -r lim_conc lim_rpm lim_tpm <<<"$BENCH_PROVIDER_LIMITS"
+        worker_extra+=("LLMQ_MODELS__gpt-4o-mini__MAX_CONCURRENCY=$lim_conc"
+            "LLMQ_MODELS__gpt-4o-mini__RPM=$lim_rpm" "LLMQ_MODELS__gpt-4o-mini__TPM=$lim_tpm")
+    fi
     if [ "$hooks" = webhook ]; then
         # Deliveries go to the fake provider's /webhook over plain http.
         common+=("LLMQ_WEBHOOKS__ALLOW_HTTP=true" 'LLMQ_WEBHOOKS__ALLOWED_HOSTS=["127.0.0.1"]')
-        worker_extra=('LLMQ_WORKER__ROLES=["executions","relay","webhooks"]')
+        worker_extra+=('LLMQ_WORKER__ROLES=["executions","relay","webhooks"]')
         bench_extra=(--webhook-url "http://127.0.0.1:$PROVIDER_PORT/webhook")
     fi
     if [ "$mode" = tools ]; then

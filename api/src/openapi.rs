@@ -45,6 +45,7 @@ use crate::webhook_resources::{
         crate::collection_resources::UpdateCollection, crate::collection_resources::CollectionResource,
         llmq_shared::retrieval::DocumentStatus,
         crate::routes::limits::OrgLimitsResource, llmq_shared::config::OrgLimits,
+        crate::routes::usage::UsageReport, llmq_shared::db::usage::UsageRow,
     )),
     modifiers(&BearerAuth)
 )]

@@ -38,9 +38,10 @@ const RETRY_SET: usize = 16_384;
 const FAST_RETRIES: u8 = 5;
 
 /// One accepted execution to publish, with the trace of its request.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Accepted {
     id: ExecutionId,
+    tenant: String,
     priority: i16,
     trace: Option<TraceParent>,
     tries: u8,
@@ -60,10 +61,14 @@ pub struct BacklogFull;
 impl Outbox {
     /// Queues a durable execution for its publish, carrying the current
     /// request's trace context ([`TraceParent::current`]). Never waits.
-    pub fn try_send(&self, (id, priority): (ExecutionId, i16)) -> Result<(), BacklogFull> {
+    pub fn try_send(
+        &self,
+        (id, tenant, priority): (ExecutionId, String, i16),
+    ) -> Result<(), BacklogFull> {
         self.tx
             .try_send(Accepted {
                 id,
+                tenant,
                 priority,
                 trace: TraceParent::current(),
                 tries: 0,
@@ -182,7 +187,12 @@ async fn dispatch(
     let (publisher, confirmed, failed) = (publisher.clone(), confirmed.clone(), failed.clone());
     in_flight.spawn(async move {
         let result = publisher
-            .publish_execution_traced(accepted.id, accepted.priority, accepted.trace.as_ref())
+            .publish_execution_traced(
+                accepted.id,
+                &accepted.tenant,
+                accepted.priority,
+                accepted.trace.as_ref(),
+            )
             .await;
         drop(slot);
         match result {

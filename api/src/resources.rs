@@ -61,7 +61,20 @@ pub struct SubmitExecution {
     /// the split. Unknown segments fall back to the split.
     #[schema(pattern = r"^[a-z0-9._-]{1,64}$")]
     pub segment: Option<String>,
+    /// The response cache: `true` reuses an earlier answer to exactly the
+    /// same rendered prompt, version, model and parameters (of this
+    /// organisation) and makes no model call; `false` refuses it even
+    /// where the prompt version opts in. Absent: the version decides.
+    pub cache: Option<bool>,
+    /// How long an answer cached by this request may be reused, 1 to
+    /// 2592000 seconds (default 3600); only with `cache: true`.
+    pub cache_ttl_secs: Option<u32>,
 }
+
+/// The TTL of `cache: true` without `cache_ttl_secs`.
+pub const DEFAULT_CACHE_TTL_SECS: u32 = 3600;
+/// The longest `cache_ttl_secs`: 30 days.
+pub const MAX_CACHE_TTL_SECS: u32 = 30 * 24 * 3600;
 
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -122,6 +135,22 @@ impl SubmitExecution {
             llmq_shared::prompt::validate_name(segment)
                 .map_err(|e| invalid(format!("segment: {e}")))?;
         }
+        let cache_ttl_secs = match (self.cache, self.cache_ttl_secs) {
+            (Some(false), Some(_)) | (None, Some(_)) => {
+                return Err(invalid("cache_ttl_secs needs cache: true"))
+            }
+            (Some(false), None) => Some(0),
+            (Some(true), ttl) => {
+                let ttl = ttl.unwrap_or(DEFAULT_CACHE_TTL_SECS);
+                if !(1..=MAX_CACHE_TTL_SECS).contains(&ttl) {
+                    return Err(invalid(format!(
+                        "cache_ttl_secs must be between 1 and {MAX_CACHE_TTL_SECS}"
+                    )));
+                }
+                Some(ttl as i32)
+            }
+            (None, None) => None,
+        };
         Ok(SubmitRequest {
             prompt,
             target,
@@ -134,6 +163,7 @@ impl SubmitExecution {
             segment: self.segment,
             stream: self.stream,
             webhook_url: self.webhook.map(|w| w.url),
+            cache_ttl_secs,
         })
     }
 }

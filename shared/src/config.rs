@@ -300,6 +300,16 @@ pub struct WorkerSettings {
     /// at `retry_max_ms`, with jitter.
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
+    /// Fairness: executions of one organisation run at once in this
+    /// process at most; a further one is put back (unclaimed) until its
+    /// turn, so other organisations' work behind it in the queue is
+    /// reached. 0: no cap.
+    pub tenant_concurrency: usize,
+    /// Bounds of how long an execution over its organisation's cap waits
+    /// before it is published again (its turn in the organisation's queue
+    /// decides within them).
+    pub tenant_defer_ms: u64,
+    pub tenant_defer_max_ms: u64,
     /// Test-only: how long `validate` waits before it checks an answer, so
     /// a test can kill a worker while it validates. Always 0 in production.
     pub validate_delay_ms: u64,
@@ -409,6 +419,26 @@ pub struct ModelSettings {
     pub fallback: Option<String>,
     /// How a `json` prompt asks this model for JSON.
     pub structured_output: StructuredOutput,
+    /// Provider limits shared by every worker (in Redis): calls in
+    /// flight at once, requests and tokens per window (a minute). Unset:
+    /// no limit, and no Redis round trip per call.
+    pub max_concurrency: Option<u32>,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    /// Models with the same `limit_key` share one set of limits (an
+    /// upstream deployment serving several names); default: the upstream
+    /// model name.
+    pub limit_key: Option<String>,
+    /// Length of the `rpm`/`tpm` window. 60000 (a minute) unless a test
+    /// wants to see several windows quickly.
+    pub limit_window_ms: Option<u64>,
+}
+
+impl ModelSettings {
+    /// Whether any provider limit is set.
+    pub fn has_limits(&self) -> bool {
+        self.max_concurrency.is_some() || self.rpm.is_some() || self.tpm.is_some()
+    }
 }
 
 /// How the worker asks a model for a `json` prompt's answer. Whatever the
@@ -495,6 +525,9 @@ impl Default for WorkerSettings {
             max_attempts: 4,
             retry_base_ms: 500,
             retry_max_ms: 60_000,
+            tenant_concurrency: 0,
+            tenant_defer_ms: 200,
+            tenant_defer_max_ms: 600_000,
             validate_delay_ms: 0,
         }
     }

@@ -130,6 +130,14 @@ pub struct Execution {
     pub priority: i16,
     pub stream: bool,
     pub webhook_url: Option<String>,
+    /// The API key it was submitted with (its id; `config` for the
+    /// configured key).
+    pub key_id: Option<String>,
+    /// The request asked for the response cache, reusing an answer for
+    /// this long.
+    pub cache_ttl_secs: Option<i32>,
+    /// The answer came from the response cache.
+    pub cached: bool,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -156,6 +164,10 @@ pub struct NewExecution {
     pub priority: i16,
     pub stream: bool,
     pub webhook_url: Option<String>,
+    /// The API key it is submitted with (its id).
+    pub key_id: Option<String>,
+    /// The request asks for the response cache with this TTL.
+    pub cache_ttl_secs: Option<i32>,
 }
 
 /// Stable error codes, shared by the API and the worker.
@@ -202,6 +214,11 @@ pub mod codes {
     pub const TOOL_OUTCOME_UNKNOWN: &str = "tool_outcome_unknown";
     /// The prompt version allows a tool this worker has no definition of.
     pub const TOOL_UNDEFINED: &str = "tool_undefined";
+    /// A provider limit (concurrency, requests or tokens per minute, or a
+    /// pause after the provider's 429) had no room: the call was deferred.
+    pub const PROVIDER_CAPACITY: &str = "provider_capacity";
+    /// The organisation had its share of this worker's slots: deferred.
+    pub const TENANT_CONCURRENCY: &str = "tenant_concurrency";
 }
 
 #[cfg(test)]

@@ -36,6 +36,10 @@ pub fn limits_unchecked(kind: &'static str) {
     metrics::counter!(LIMITS_UNCHECKED, "kind" => kind).increment(1);
 }
 
+pub const EXECUTIONS_DEFERRED: &str = "llmq_executions_deferred_total";
+pub const PROVIDER_LIMIT_WAITS: &str = "llmq_provider_limit_deferrals_total";
+pub const CACHE_LOOKUPS: &str = "llmq_response_cache_lookups_total";
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the Prometheus recorder (once per process) and returns the
@@ -151,6 +155,18 @@ fn describe() {
     describe_counter!(
         MESSAGES_DEAD_LETTERED,
         "Messages sent to the dead-letter queue, by reason"
+    );
+    describe_counter!(
+        EXECUTIONS_DEFERRED,
+        "Executions put back for later without running, by reason (tenant_concurrency, provider_capacity)"
+    );
+    describe_counter!(
+        PROVIDER_LIMIT_WAITS,
+        "Model calls deferred by a provider limit, by model and limit"
+    );
+    describe_counter!(
+        CACHE_LOOKUPS,
+        "Response cache lookups, by result (hit, miss, error)"
     );
     describe_histogram!(
         DB_BATCH_SIZE,

@@ -152,6 +152,11 @@ pub fn s(v: &str) -> ShortString {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ExecutionMessage {
     pub id: ExecutionId,
+    /// The execution's organisation, so a worker can keep each
+    /// organisation to its share of slots before it claims anything.
+    /// Absent in messages published before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// Opens a connection named after the process, for the broker's UI.
@@ -314,8 +319,14 @@ impl Publisher {
     }
 
     /// Publishes an execution message and waits for the broker's confirm.
-    pub async fn publish_execution(&self, id: ExecutionId, priority: i16) -> Result<()> {
-        self.publish_execution_traced(id, priority, None).await
+    pub async fn publish_execution(
+        &self,
+        id: ExecutionId,
+        tenant: &str,
+        priority: i16,
+    ) -> Result<()> {
+        self.publish_execution_traced(id, tenant, priority, None)
+            .await
     }
 
     /// Publishes an execution message carrying the W3C trace context of
@@ -324,10 +335,15 @@ impl Publisher {
     pub async fn publish_execution_traced(
         &self,
         id: ExecutionId,
+        tenant: &str,
         priority: i16,
         trace: Option<&TraceParent>,
     ) -> Result<()> {
-        let body = serde_json::to_vec(&ExecutionMessage { id }).unwrap_or_default();
+        let message = ExecutionMessage {
+            id,
+            tenant: Some(tenant.to_string()),
+        };
+        let body = serde_json::to_vec(&message).unwrap_or_default();
         let mut props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(s("application/json"))

@@ -77,6 +77,14 @@ pub fn worker_env(settings: &Settings) -> Vec<(String, String)> {
             w.validate_delay_ms.to_string(),
         ),
         (
+            "LLMQ_WORKER__TENANT_CONCURRENCY",
+            w.tenant_concurrency.to_string(),
+        ),
+        (
+            "LLMQ_WORKER__TENANT_DEFER_MS",
+            w.tenant_defer_ms.to_string(),
+        ),
+        (
             "LLMQ_PROVIDER__BASE_URL",
             settings.provider.base_url.clone(),
         ),
@@ -126,12 +134,30 @@ pub fn worker_env(settings: &Settings) -> Vec<(String, String)> {
         // No config file: only what the test set applies.
         ("LLMQ_CONFIG", "/nonexistent/llmq-tests.toml".to_string()),
     ];
+    // Each model's settings that are set, one variable per field.
+    let mut models = Vec::new();
+    for (name, model) in &settings.models {
+        let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(model) else {
+            continue;
+        };
+        for (field, value) in fields {
+            let value = match value {
+                serde_json::Value::Null => continue,
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            models.push((format!("LLMQ_MODELS__{name}__{field}"), value));
+        }
+    }
     // The worker's own lifecycle lines (started, draining, stopped) are
     // logged whatever level the suite runs at (`make test` passes warn):
     // tests read them from the log file.
     let level = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string());
     env.push(("RUST_LOG", format!("{level},llmq_worker=info")));
-    env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    env.into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .chain(models)
+        .collect()
 }
 
 impl WorkerProcess {

@@ -3,10 +3,12 @@
 //! binary, one module per concern, one isolated `TestApp` per test.
 
 mod api {
+    mod cache;
     mod cli;
     mod events;
     mod executions;
     mod failures;
+    mod fairness;
     mod group_commit;
     mod hardening;
     mod isolation;
@@ -17,8 +19,9 @@ mod api {
     mod pipeline;
     mod prompt_registry;
     mod prompts;
-    mod retrieval;
     mod redis;
+    mod redis_round_trips;
+    mod retrieval;
     mod shutdown;
     mod sql;
     mod structured_output;
@@ -26,6 +29,7 @@ mod api {
     mod templates;
     mod tenancy;
     mod tools;
+    mod usage;
     mod validation;
     mod webhooks;
 }

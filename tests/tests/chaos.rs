@@ -22,6 +22,7 @@ mod chaos {
     mod killed_workers;
     mod poison_messages;
     mod provider_faults;
+    mod provider_limits;
     mod tools;
     mod webhooks;
 }

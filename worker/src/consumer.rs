@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::context::WorkerContext;
+use crate::fairness::Admission;
 use crate::runner::{fail_after_error, run_execution, RunOutcome};
 
 /// Consumes until `stop` fires, then drains. `interrupt` is fired when the
@@ -176,6 +177,10 @@ async fn handle_delivery(ctx: &WorkerContext, delivery: Delivery, interrupt: &Ca
             return;
         }
     };
+    let _share = match ctx.fairness.admit(message.tenant.as_deref()) {
+        Admission::Over(delay) => return defer_for_fairness(ctx, &delivery, &message, delay).await,
+        admitted => admitted,
+    };
     let Some(running) = ctx.start_running(message.id) else {
         tracing::debug!(execution.id = %message.id, "duplicate delivery while running here; dropping");
         ack(&delivery).await;
@@ -234,6 +239,30 @@ async fn handle_delivery(ctx: &WorkerContext, delivery: Delivery, interrupt: &Ca
                     requeue(&delivery).await;
                 }
             }
+        }
+    }
+}
+
+/// The message's organisation has its share of this process's slots: the
+/// execution goes back, unclaimed, for `delay`, and the message is
+/// acknowledged so the queue behind it moves on. If the deferral cannot be
+/// written the message is requeued instead.
+async fn defer_for_fairness(
+    ctx: &WorkerContext,
+    delivery: &Delivery,
+    message: &ExecutionMessage,
+    delay: Duration,
+) {
+    match ctx.writer.defer_queued(message.id, delay).await {
+        Ok(_) => {
+            metrics::counter!(m::EXECUTIONS_DEFERRED, "reason" => "tenant_concurrency")
+                .increment(1);
+            ack(delivery).await;
+        }
+        Err(e) => {
+            tracing::warn!(execution.id = %message.id, error = %e, "could not defer; requeueing");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            requeue(delivery).await;
         }
     }
 }

@@ -34,6 +34,11 @@ pub struct WorkerContext {
     /// Executions running in this process, with the token that cancels
     /// each; also keeps a duplicate delivery from running twice here.
     pub running: Mutex<HashMap<ExecutionId, CancellationToken>>,
+    /// Per organisation: its executions running here and its queue of
+    /// deferred ones (see `crate::fairness`).
+    pub fairness: crate::fairness::Fairness,
+    /// Provider limits shared by every worker (see `crate::provider_limits`).
+    pub limits: crate::provider_limits::ProviderLimits,
 }
 
 /// Marks an execution as running here for as long as it lives.

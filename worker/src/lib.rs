@@ -3,12 +3,15 @@
 //! indexer. Roles are chosen by configuration so that
 //! pools scale separately.
 
+pub mod cache;
 pub mod consumer;
 pub mod context;
 pub mod embeddings;
+pub mod fairness;
 pub mod indexer;
 pub mod open_files;
 pub mod provider;
+pub mod provider_limits;
 pub mod relay;
 pub mod retry;
 pub mod runner;

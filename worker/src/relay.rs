@@ -66,16 +66,16 @@ pub async fn relay_once(ctx: &WorkerContext) -> Result<usize, DbError> {
             announce(ctx, &mut reaped_events).await;
             return Ok(published);
         }
-        let results = futures::future::join_all(
-            due.iter()
-                .map(|(id, priority)| ctx.publisher.publish_execution(*id, *priority)),
-        )
-        .await;
+        let results =
+            futures::future::join_all(due.iter().map(|(id, priority, tenant)| {
+                ctx.publisher.publish_execution(*id, tenant, *priority)
+            }))
+            .await;
         let confirmed: Vec<_> = due
             .iter()
             .zip(&results)
             .filter(|(_, r)| r.is_ok())
-            .map(|((id, _), _)| id.0)
+            .map(|((id, _, _), _)| id.0)
             .collect();
         outbox::clear_publish_due(&tx, &confirmed).await?;
         tx.commit().await?;

@@ -110,7 +110,13 @@ pub async fn run_execution(
         return fail_claimed(ctx, &execution, error).await;
     }
     // A first attempt has no earlier steps; only a resumed run reads them.
-    let earlier = if execution.attempts > 1 {
+    // A deferred run (its attempt not counted) may have left some too; its
+    // last error says it was deferred.
+    let deferred = execution
+        .error
+        .as_ref()
+        .is_some_and(|e| e.code == codes::PROVIDER_CAPACITY);
+    let earlier = if execution.attempts > 1 || deferred {
         ctx.writer.earlier_steps(&execution.tenant_id, id).await?
     } else {
         Vec::new()
@@ -162,6 +168,7 @@ async fn run_steps(cx: &mut Cx<'_>, earlier: &[StepRow]) -> Result<RunOutcome, P
             }
             Outcome::Durable => true,
             Outcome::Retry { error, delay } => return retry_later(cx, error, delay).await,
+            Outcome::Defer { error, delay } => return defer_later(cx, error, delay).await,
             Outcome::Fail(error) => return end(cx, ExecutionStatus::Failed, error, &out).await,
             Outcome::Cancelled => return cancelled(cx, &out).await,
             Outcome::Interrupted => return interrupt(cx).await,
@@ -174,8 +181,20 @@ async fn run_steps(cx: &mut Cx<'_>, earlier: &[StepRow]) -> Result<RunOutcome, P
     if cx.cancel.is_cancelled() {
         return cancelled(cx, &out).await;
     }
-    let finish = finalize::succeeded(cx, out.generated()?);
-    finish_with(cx, finish).await
+    let generated = out.generated()?;
+    let finish = finalize::succeeded(cx, generated);
+    let to_cache = cx
+        .cache
+        .take()
+        .filter(|_| !generated.cached)
+        .map(|plan| (plan, generated.output.clone()));
+    let outcome = finish_with(cx, finish).await?;
+    if let (Some((plan, output)), RunOutcome::Finished(ExecutionStatus::Succeeded)) =
+        (to_cache, &outcome)
+    {
+        crate::cache::store(&cx.ctx.redis, &plan, &output).await;
+    }
+    Ok(outcome)
 }
 
 /// The prompt version of `e`: compiled from the cache or the registry.
@@ -267,6 +286,27 @@ async fn retry_later(
     }
     metrics::counter!(m::EXECUTION_RETRIES, "code" => error.code.clone()).increment(1);
     tracing::info!(code = %error.code, delay_ms = delay.as_millis() as u64, "retry scheduled");
+    Ok(RunOutcome::RetryScheduled(delay))
+}
+
+/// A provider limit had no room: the execution goes back for `delay`,
+/// this run not counted as an attempt, with the reason on its event.
+async fn defer_later(
+    cx: &mut Cx<'_>,
+    error: ErrorInfo,
+    delay: std::time::Duration,
+) -> Result<RunOutcome, PipelineError> {
+    if !cx.flush().await?
+        || !cx
+            .ctx
+            .writer
+            .defer_claimed(cx.execution.id, delay, &error)
+            .await?
+    {
+        return Ok(RunOutcome::Skipped("lease lost"));
+    }
+    metrics::counter!(m::EXECUTIONS_DEFERRED, "reason" => "provider_capacity").increment(1);
+    tracing::debug!(message = %error.message, delay_ms = delay.as_millis() as u64, "deferred by a provider limit");
     Ok(RunOutcome::RetryScheduled(delay))
 }
 

@@ -72,6 +72,8 @@ impl Worker {
         );
         let limiter = Arc::new(llmq_shared::limits::Limiter::new(settings.limits.clone()));
         let ctx = Arc::new(WorkerContext {
+            fairness: crate::fairness::Fairness::new(&settings.worker),
+            limits: crate::provider_limits::ProviderLimits::new(redis.clone()),
             settings,
             pool,
             redis,

@@ -41,6 +41,7 @@ pub struct Writer {
     steps: Batcher<Vec<Step>, Answer<bool>>,
     started: Batcher<Vec<Step>, Answer<bool>>,
     finishes: Batcher<Finish, Answer<bool>>,
+    deferrals: Batcher<(ExecutionId, Duration), Answer<bool>>,
 }
 
 impl Writer {
@@ -99,6 +100,20 @@ impl Writer {
                 .boxed()
             }
         });
+        let deferrals = spawn_batcher(
+            "defer",
+            pool.clone(),
+            |client, items: &[(ExecutionId, Duration)]| {
+                async move {
+                    let deferred = db::defer_queued(client, items).await?;
+                    Ok(items
+                        .iter()
+                        .map(|(id, _)| deferred.contains(&id.0))
+                        .collect())
+                }
+                .boxed()
+            },
+        );
         Self {
             pool,
             publisher,
@@ -108,12 +123,19 @@ impl Writer {
             steps,
             started,
             finishes,
+            deferrals,
         }
     }
 
     /// Takes the lease on `id`.
     pub async fn claim(&self, id: ExecutionId) -> Answer<Claim> {
         self.claims.submit(id).await.map_err(stopped)?
+    }
+
+    /// Puts a queued execution back for `delay` without claiming it (see
+    /// `executions::defer_queued`); false when it was not queued.
+    pub async fn defer_queued(&self, id: ExecutionId, delay: Duration) -> Answer<bool> {
+        self.deferrals.submit((id, delay)).await.map_err(stopped)?
     }
 
     /// Writes steps of one execution; false when the lease was lost.
@@ -182,6 +204,20 @@ impl Writer {
     ) -> Answer<bool> {
         let client = self.pool.get().await?;
         let logged = db::schedule_retry(&client, id, &self.owner, delay, error).await?;
+        self.publisher.publish_events(&[], logged.events(&[])).await;
+        Ok(logged.contains(&id.0))
+    }
+
+    /// Gives the execution back for `delay` because a provider limit had
+    /// no room (the attempt is not counted); false when the lease was lost.
+    pub async fn defer_claimed(
+        &self,
+        id: ExecutionId,
+        delay: Duration,
+        error: &ErrorInfo,
+    ) -> Answer<bool> {
+        let client = self.pool.get().await?;
+        let logged = db::defer_claimed(&client, id, &self.owner, delay, error).await?;
         self.publisher.publish_events(&[], logged.events(&[])).await;
         Ok(logged.contains(&id.0))
     }

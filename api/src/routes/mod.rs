@@ -16,10 +16,11 @@ pub mod collections;
 pub mod events;
 pub mod executions;
 pub mod health;
-pub mod orgs;
 pub mod limits;
+pub mod orgs;
 pub mod prompts;
 pub mod tools;
+pub mod usage;
 pub mod webhooks;
 
 use std::sync::LazyLock;
@@ -91,6 +92,7 @@ route_list!(
     collections::put_collection,
     limits::get_org_limits,
     limits::put_org_limits,
+    usage::usage,
 );
 
 route_list!(

@@ -10,6 +10,7 @@ pub mod limits;
 pub mod prompts;
 pub mod tenancy;
 pub mod tools;
+pub mod usage;
 pub mod webhooks;
 
 use std::future::Future;

@@ -26,20 +26,22 @@ macro_rules! execution_columns {
     () => {
         "id, tenant_id, prompt_name, prompt_version, prompt_label, prompt_arm, model, params, input, output, status, \
          error_code, error_message, attempts, prompt_tokens, completion_tokens, total_tokens, cost_usd, \
-         metadata, end_user, priority, stream, webhook_url, created_at, started_at, finished_at, flags"
+         metadata, end_user, priority, stream, webhook_url, key_id, cache_ttl_secs, cached, created_at, started_at, finished_at, flags"
     };
 }
 pub(crate) use execution_columns;
 
 const INSERT: &str = concat!(
     "INSERT INTO executions (id, tenant_id, prompt_name, prompt_version, prompt_label, prompt_arm, model, params, input, \
-     metadata, end_user, priority, stream, webhook_url, status, publish_due_at) \
+     metadata, end_user, priority, stream, webhook_url, key_id, cache_ttl_secs, status, publish_due_at) \
      SELECT n.id, n.tenant_id, n.prompt_name, n.prompt_version, n.prompt_label, n.prompt_arm, n.model, n.params, n.input, \
-       n.metadata, n.end_user, n.priority, n.stream, n.webhook_url, 'queued', now() + make_interval(secs => $14) \
+       n.metadata, n.end_user, n.priority, n.stream, n.webhook_url, n.key_id, n.cache_ttl_secs, 'queued', \
+       now() + make_interval(secs => $14) \
      FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::jsonb[], \
-       $8::jsonb[], $9::jsonb[], $10::text[], $11::int2[], $12::bool[], $13::text[], $15::timestamptz[], $16::text[]) \
+       $8::jsonb[], $9::jsonb[], $10::text[], $11::int2[], $12::bool[], $13::text[], $15::timestamptz[], $16::text[], \
+       $17::text[], $18::int[]) \
        AS n(id, tenant_id, prompt_name, prompt_version, prompt_label, model, params, input, metadata, \
-         end_user, priority, stream, webhook_url, accept_until, prompt_arm) \
+         end_user, priority, stream, webhook_url, accept_until, prompt_arm, key_id, cache_ttl_secs) \
      WHERE n.accept_until IS NULL OR n.accept_until > clock_timestamp() \
      RETURNING ",
     execution_columns!()
@@ -96,6 +98,8 @@ pub async fn insert_executions_until(
     let streams: Vec<_> = new.iter().map(|(n, _)| n.stream).collect();
     let webhooks: Vec<_> = new.iter().map(|(n, _)| n.webhook_url.as_deref()).collect();
     let accept_until: Vec<_> = new.iter().map(|(_, until)| *until).collect();
+    let keys: Vec<_> = new.iter().map(|(n, _)| n.key_id.as_deref()).collect();
+    let cache_ttls: Vec<_> = new.iter().map(|(n, _)| n.cache_ttl_secs).collect();
     let rows = client
         .query(
             &client.prepare_cached(INSERT).await?,
@@ -116,6 +120,8 @@ pub async fn insert_executions_until(
                 &secs,
                 &accept_until,
                 &arms,
+                &keys,
+                &cache_ttls,
             ],
         )
         .await?;
@@ -175,6 +181,8 @@ pub struct Outcome {
     pub output: Option<serde_json::Value>,
     pub error: Option<ErrorInfo>,
     pub usage: Option<Usage>,
+    /// The answer came from the response cache: no model was called.
+    pub cached: bool,
 }
 
 /// Terminal transitions and the steps that lead to them (the last
@@ -186,26 +194,30 @@ static FINISH: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH o AS ( \
            SELECT * FROM UNNEST($2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::text[], $7::int[], \
-             $8::int[], $9::int[], $10::float8[]) \
-             AS o(id, status, output, error_code, error_message, prompt_tokens, completion_tokens, total_tokens, cost_usd)), \
+             $8::int[], $9::int[], $10::float8[], $11::bool[]) \
+             AS o(id, status, output, error_code, error_message, prompt_tokens, completion_tokens, total_tokens, cost_usd, cached)), \
          {steps}, \
          f AS ( \
            UPDATE executions e SET status = o.status, output = o.output, error_code = o.error_code, \
              error_message = o.error_message, prompt_tokens = o.prompt_tokens, \
              completion_tokens = o.completion_tokens, total_tokens = o.total_tokens, cost_usd = o.cost_usd, \
-             finished_at = now(), updated_at = now(), lease_owner = NULL, lease_expires_at = NULL, \
+             cached = o.cached, finished_at = now(), updated_at = now(), lease_owner = NULL, lease_expires_at = NULL, \
              publish_due_at = NULL, event_seq = e.event_seq + coalesce(sc.n, 0) + 2 \
            FROM o LEFT JOIN sc ON sc.execution_id = o.id \
            WHERE e.id = o.id AND e.lease_owner = $1 \
            RETURNING e.id, e.tenant_id, e.webhook_url, e.prompt_name, e.event_seq AS last, \
-             e.event_seq - coalesce(sc.n, 0) - 2 AS base, e.attempts, o.status, o.error_code, o.error_message), \
+             e.event_seq - coalesce(sc.n, 0) - 2 AS base, e.attempts, o.status, o.error_code, o.error_message, \
+             e.model, e.prompt_version, e.end_user, e.key_id, o.prompt_tokens, o.completion_tokens, \
+             o.total_tokens, o.cost_usd, o.cached), \
          {write}, \
          {hooks}, \
+         {rollup}, \
          {ev} \
          {fence} UNION ALL {step_rows} UNION ALL {status_rows} UNION ALL {done}",
-        steps = steps::step_ctes(11),
+        steps = steps::step_ctes(12),
         write = steps::step_write_ctes("f"),
         hooks = webhooks::deliveries_cte("f"),
+        rollup = super::usage::rollup_cte("f"),
         ev = events::status_event_cte(
             "ev",
             "f",
@@ -270,12 +282,13 @@ pub async fn finish_executions(
         .iter()
         .map(|f| f.outcome.usage.and_then(|u| u.cost_usd))
         .collect();
+    let cached: Vec<bool> = finishes.iter().map(|f| f.outcome.cached).collect();
     let steps: Vec<&Step> = finishes.iter().flat_map(|f| f.steps.iter()).collect();
     steps::write_steps(
         client,
         &FINISH,
         &[
-            &owner, &ids, &statuses, &outputs, &codes, &messages, &p, &c, &t, &costs,
+            &owner, &ids, &statuses, &outputs, &codes, &messages, &p, &c, &t, &costs, &cached,
         ],
         &steps,
     )
@@ -332,9 +345,17 @@ pub async fn checkpoint(
     .await
 }
 
-static SCHEDULE_RETRY: LazyLock<String> = LazyLock::new(|| {
+static SCHEDULE_RETRY: LazyLock<String> = LazyLock::new(|| give_back_sql("attempts", "retry"));
+/// A deferral does not count the run as an attempt.
+static DEFER_CLAIMED: LazyLock<String> =
+    LazyLock::new(|| give_back_sql("attempts - 1", "deferred"));
+
+/// Gives a claimed execution back for a delay (`$5` seconds) with the
+/// error that says why; `attempts` is the new attempt count, `reason` the
+/// `queued` event's.
+fn give_back_sql(attempts: &str, reason: &str) -> String {
     format!(
-        "WITH f AS (UPDATE executions SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
+        "WITH f AS (UPDATE executions SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, attempts = {attempts}, \
            error_code = $3, error_message = $4, publish_due_at = now() + make_interval(secs => $5), \
            not_before = now() + make_interval(secs => $5), updated_at = now(), event_seq = event_seq + 1 \
          WHERE id = $1 AND lease_owner = $2 \
@@ -348,7 +369,7 @@ static SCHEDULE_RETRY: LazyLock<String> = LazyLock::new(|| {
                 "'queued'",
                 "attempts",
                 &format!(
-                    "'reason', 'retry', 'retry_at', {}, 'error', {}",
+                    "'reason', '{reason}', 'retry_at', {}, 'error', {}",
                     events::ts("not_before"),
                     events::error_json("$3::text", "$4::text")
                 )
@@ -358,7 +379,33 @@ static SCHEDULE_RETRY: LazyLock<String> = LazyLock::new(|| {
         fence = events::fence_rows("f"),
         status_rows = events::status_rows("ev"),
     )
-});
+}
+
+/// Gives a claimed execution back for `delay` because a provider limit
+/// had no room for its call: like [`schedule_retry`], but the run is not
+/// counted as an attempt (the model was not called) and the `queued`
+/// event's reason is `deferred`, with `error` saying which limit.
+pub async fn defer_claimed(
+    client: &impl GenericClient,
+    id: ExecutionId,
+    owner: &str,
+    delay: Duration,
+    error: &ErrorInfo,
+) -> Result<Logged> {
+    let rows = client
+        .query(
+            &client.prepare_cached(&DEFER_CLAIMED).await?,
+            &[
+                &id.0,
+                &owner,
+                &clean_str(&error.code),
+                &clean_str(&error.message),
+                &delay.as_secs_f64(),
+            ],
+        )
+        .await?;
+    Logged::from_rows(&rows)
+}
 
 /// Gives the execution back to the queue after a retryable error: the
 /// relay publishes it again once `delay` has passed, so no worker slot is
@@ -383,6 +430,33 @@ pub async fn schedule_retry(
         )
         .await?;
     Logged::from_rows(&rows)
+}
+
+/// Pushes queued executions (not yet claimed) back for their delay
+/// without claiming them: no attempt is counted, no event is logged; the
+/// relay publishes each again when its delay is over (and claiming
+/// refuses it before). Rows no longer queued are left alone; a queued row
+/// whose cancel was requested is deferred too (claiming it later cancels
+/// it), so no row is left without a publish to come.
+const DEFER_QUEUED: &str =
+    "UPDATE executions e SET not_before = now() + make_interval(secs => d.secs), \
+       publish_due_at = now() + make_interval(secs => d.secs), updated_at = now() \
+     FROM (SELECT * FROM UNNEST($1::uuid[], $2::float8[]) AS d(id, secs) ORDER BY id) d \
+     WHERE e.id = d.id AND e.status = 'queued' RETURNING e.id";
+
+/// See [`DEFER_QUEUED`]: the ids deferred.
+pub async fn defer_queued(
+    client: &impl GenericClient,
+    deferrals: &[(ExecutionId, Duration)],
+) -> Result<Vec<uuid::Uuid>> {
+    let mut deferrals = deferrals.to_vec();
+    deferrals.sort_by_key(|(id, _)| id.0);
+    let ids: Vec<_> = deferrals.iter().map(|(id, _)| id.0).collect();
+    let secs: Vec<_> = deferrals.iter().map(|(_, d)| d.as_secs_f64()).collect();
+    let rows = client
+        .query(&client.prepare_cached(DEFER_QUEUED).await?, &[&ids, &secs])
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 static REQUEST_CANCEL: LazyLock<String> = LazyLock::new(|| {
@@ -545,6 +619,9 @@ pub(crate) fn execution_from_row(row: &Row) -> Result<Execution> {
         priority: row.try_get("priority")?,
         stream: row.try_get("stream")?,
         webhook_url: row.try_get("webhook_url")?,
+        key_id: row.try_get("key_id")?,
+        cache_ttl_secs: row.try_get("cache_ttl_secs")?,
+        cached: row.try_get("cached")?,
         created_at: row.try_get("created_at")?,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
@@ -616,6 +693,8 @@ pub async fn list_executions(
 /// Every statement of this module, for the test that prepares them all.
 pub static ALL_SQL: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
     vec![
+        DEFER_QUEUED,
+        DEFER_CLAIMED.as_str(),
         INSERT,
         GET,
         GET_MANY,

@@ -16,6 +16,7 @@ pub mod stats;
 pub mod steps;
 pub mod tenancy;
 pub mod tools;
+pub mod usage;
 pub mod webhooks;
 
 use std::time::Duration;

@@ -10,8 +10,11 @@ use crate::execution::ExecutionId;
 /// The API saw these publishes confirmed: drop their outbox marks. Only rows
 /// never claimed qualify, so a later retry's mark is never cleared by a
 /// stale confirmation.
+/// A row deferred (`not_before` set: a worker kept it for later without
+/// running it) keeps its mark, which is now the deferral's.
 const MARK_PUBLISHED: &str =
-    "UPDATE executions SET publish_due_at = NULL WHERE id = ANY($1) AND attempts = 0 AND status = 'queued'";
+    "UPDATE executions SET publish_due_at = NULL WHERE id = ANY($1) AND attempts = 0 AND status = 'queued' \
+     AND not_before IS NULL";
 
 pub async fn mark_published(client: &impl GenericClient, ids: &[Uuid]) -> Result<u64> {
     Ok(client
@@ -20,7 +23,7 @@ pub async fn mark_published(client: &impl GenericClient, ids: &[Uuid]) -> Result
 }
 
 const DUE: &str =
-    "SELECT id, priority FROM executions WHERE publish_due_at <= now() AND status = 'queued' \
+    "SELECT id, priority, tenant_id FROM executions WHERE publish_due_at <= now() AND status = 'queued' \
      ORDER BY publish_due_at LIMIT $1 FOR UPDATE SKIP LOCKED";
 const CLEAR_DUE: &str = "UPDATE executions SET publish_due_at = NULL WHERE id = ANY($1)";
 
@@ -29,11 +32,11 @@ const CLEAR_DUE: &str = "UPDATE executions SET publish_due_at = NULL WHERE id = 
 pub async fn lock_due_for_publish(
     tx: &impl GenericClient,
     limit: i64,
-) -> Result<Vec<(ExecutionId, i16)>> {
+) -> Result<Vec<(ExecutionId, i16, String)>> {
     let rows = tx.query(&tx.prepare_cached(DUE).await?, &[&limit]).await?;
     Ok(rows
         .iter()
-        .map(|r| (ExecutionId(r.get(0)), r.get(1)))
+        .map(|r| (ExecutionId(r.get(0)), r.get(1), r.get(2)))
         .collect())
 }
 

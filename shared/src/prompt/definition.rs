@@ -51,6 +51,19 @@ impl PromptLimits {
     }
 }
 
+/// The response cache of a version (`[cache]` in its file): an answer that
+/// succeeded is reused for this long by any execution of this version
+/// with exactly the same rendered messages, model and parameters, of the
+/// same organisation (of any, with `shared = true`: only for prompts
+/// whose answers say nothing about who asked).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    pub ttl_secs: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
+}
+
 /// `stop`: one sequence or a list of them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -446,6 +459,9 @@ pub struct PromptDefinition {
     /// templates see it as `retrieval`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retrieve: Option<RetrieveSpec>,
+    /// Opt-in response cache; absent: no cache unless a request asks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSpec>,
 }
 
 /// One thing wrong with a definition, named by the field's path.
@@ -517,6 +533,14 @@ impl PromptDefinition {
     /// and then checks the templates, schemas and examples.
     pub fn check(&self) -> Vec<FieldError> {
         let mut errors = Vec::new();
+        if let Some(cache) = &self.cache {
+            if !(1..=30 * 24 * 3600).contains(&cache.ttl_secs) {
+                errors.push(FieldError::new(
+                    "cache.ttl_secs",
+                    "must be between 1 and 2592000 (30 days)",
+                ));
+            }
+        }
         if self.model.trim().is_empty() {
             errors.push(FieldError::new("model", "must not be empty"));
         }

@@ -19,9 +19,9 @@ use std::path::PathBuf;
 pub use cache::PromptCache;
 pub use compiled::{schema_violations, ChatMessage, CompiledPrompt, InputViolation};
 pub use definition::{
-    validate_name, FieldError, MessageTemplate, OnRetrievalFailure, OutputSpec, PromptDefinition,
-    PromptLimits, PromptParams, RetrieveFallback, RetrieveSpec, Stop, DEFAULT_MAX_REPAIRS,
-    DEFAULT_MAX_TOOL_CALLS, DEFAULT_MAX_TOOL_ROUNDS,
+    validate_name, CacheSpec, FieldError, MessageTemplate, OnRetrievalFailure, OutputSpec,
+    PromptDefinition, PromptLimits, PromptParams, RetrieveFallback, RetrieveSpec, Stop,
+    DEFAULT_MAX_REPAIRS, DEFAULT_MAX_TOOL_CALLS, DEFAULT_MAX_TOOL_ROUNDS,
 };
 pub use files::{load_prompt_dir, PromptFile};
 pub use labels::{Assignment, LabelCache, LabelRule, Target};

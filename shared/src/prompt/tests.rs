@@ -25,6 +25,7 @@ fn definition() -> PromptDefinition {
         examples: Vec::new(),
         limits: PromptLimits::default(),
         retrieve: None,
+        cache: None,
     }
 }
 

@@ -33,6 +33,9 @@
 //! "arguments": <the JSON body>}` at once (the benchmark's tools setting).
 //! `POST /v1/embeddings` answers deterministic hashed bag-of-words vectors (see [`embeddings`]),
 //! with the same latency and error markers, and logs every embedded text.
+//! What a provider's RPM/TPM limit would count is served too: `GET /_stats/windows?window_ms=N`
+//! (and [`FakeProvider::usage_by_window`]) gives the requests and the tokens of successful answers
+//! received in each window of `N` ms aligned to the Unix epoch.
 //!
 //! This crate owns the server's lifecycle ([`FakeProvider`]) and its call log ([`CallRecord`]).
 
@@ -101,6 +104,17 @@ pub struct CallRecord {
     pub received_at_ms: u128,
     /// Answer time, Unix epoch milliseconds (`None` while pending or for `hang`).
     pub responded_at_ms: Option<u128>,
+    /// Tokens (prompt + completion) of a successful answer, as its `usage`
+    /// reports them; `None` for a fault or while pending.
+    #[serde(default)]
+    pub total_tokens: Option<u64>,
+}
+
+/// One window's counts (see [`FakeProvider::usage_by_window`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowUsage {
+    pub requests: u64,
+    pub tokens: u64,
 }
 
 /// A running fake provider. Dropping it stops the server too (without waiting).
@@ -172,6 +186,13 @@ impl FakeProvider {
     /// The calls whose key (text of all messages) contains `needle`.
     pub fn calls_containing(&self, needle: &str) -> Vec<CallRecord> {
         self.state.calls_containing(needle)
+    }
+
+    /// The requests and tokens received in each window of `window_ms`
+    /// (aligned to the Unix epoch, keyed by the window's start), counted
+    /// by arrival time: what a provider's RPM/TPM limit would count.
+    pub fn usage_by_window(&self, window_ms: u64) -> std::collections::BTreeMap<u128, WindowUsage> {
+        self.state.usage_by_window(window_ms)
     }
 
     /// Changes the global latency for requests arriving from now on.

@@ -27,6 +27,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
             web::post().to(crate::embeddings::embeddings),
         )
         .route("/_stats", web::get().to(stats))
+        .route("/_stats/windows", web::get().to(windows))
         .route("/healthz", web::get().to(healthz))
         .route("/webhook", web::post().to(webhook))
         .route("/tools/{name}", web::to(tool))
@@ -56,6 +57,21 @@ async fn models() -> HttpResponse {
 
 async fn stats(state: web::Data<State>) -> HttpResponse {
     HttpResponse::Ok().json(state.calls())
+}
+
+#[derive(serde::Deserialize)]
+struct WindowQuery {
+    window_ms: Option<u64>,
+}
+
+/// Requests and tokens per window (`?window_ms=`, default a minute).
+async fn windows(state: web::Data<State>, q: web::Query<WindowQuery>) -> HttpResponse {
+    let by_window: Vec<Value> = state
+        .usage_by_window(q.window_ms.unwrap_or(60_000))
+        .into_iter()
+        .map(|(start, w)| json!({"start_ms": start as u64, "requests": w.requests, "tokens": w.tokens}))
+        .collect();
+    HttpResponse::Ok().json(by_window)
 }
 
 async fn not_found() -> HttpResponse {
@@ -112,7 +128,7 @@ async fn chat_completions(state: web::Data<State>, body: Bytes) -> HttpResponse 
 
     if plan.fault == Some(Fault::Hang) {
         tokio::time::sleep(HANG).await;
-        state.responded(idx);
+        state.responded(idx, None);
         return HttpResponse::GatewayTimeout().json(response::error_body(
             "Request timed out (injected hang).",
             "server_error",
@@ -126,11 +142,15 @@ async fn chat_completions(state: web::Data<State>, body: Bytes) -> HttpResponse 
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
 
-    let resp = match plan.fault {
-        Some(fault) => fault_response(&fault, &state, &req),
-        None => respond(&state, &req, Answer::for_request(&req), plan.chunk_delay_ms),
+    let (resp, tokens) = match plan.fault {
+        Some(fault) => (fault_response(&fault, &state, &req), None),
+        None => {
+            let answer = Answer::for_request(&req);
+            let tokens = response::usage(&req, &answer)["total_tokens"].as_u64();
+            (respond(&state, &req, answer, plan.chunk_delay_ms), tokens)
+        }
     };
-    state.responded(idx);
+    state.responded(idx, tokens);
     resp
 }
 

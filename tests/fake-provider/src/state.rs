@@ -100,6 +100,7 @@ impl State {
             outcome: outcome.to_owned(),
             received_at_ms,
             responded_at_ms: None,
+            total_tokens: None,
         });
         (inner.calls.len() - 1, plan)
     }
@@ -114,15 +115,35 @@ impl State {
             outcome: "400".to_owned(),
             received_at_ms,
             responded_at_ms: Some(now_ms()),
+            total_tokens: None,
         });
     }
 
-    /// Marks call `idx` as answered now.
-    pub(crate) fn responded(&self, idx: usize) {
+    /// Marks call `idx` as answered now, with the tokens of its usage if
+    /// it succeeded.
+    pub(crate) fn responded(&self, idx: usize, total_tokens: Option<u64>) {
         let now = now_ms();
         if let Some(call) = self.lock().calls.get_mut(idx) {
             call.responded_at_ms = Some(now);
+            call.total_tokens = total_tokens;
         }
+    }
+
+    /// Requests and tokens per window of `window_ms` (by arrival).
+    pub(crate) fn usage_by_window(
+        &self,
+        window_ms: u64,
+    ) -> std::collections::BTreeMap<u128, crate::WindowUsage> {
+        let window = u128::from(window_ms.max(1));
+        let mut out = std::collections::BTreeMap::<u128, crate::WindowUsage>::new();
+        for call in &self.lock().calls {
+            let w = out
+                .entry(call.received_at_ms / window * window)
+                .or_default();
+            w.requests += 1;
+            w.tokens += call.total_tokens.unwrap_or(0);
+        }
+        out
     }
 
     pub(crate) fn calls(&self) -> Vec<CallRecord> {

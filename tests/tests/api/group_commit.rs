@@ -44,6 +44,8 @@ fn new_execution(version: i32) -> NewExecution {
         priority: 5,
         stream: false,
         webhook_url: None,
+        key_id: None,
+        cache_ttl_secs: None,
     }
 }
 
@@ -94,6 +96,7 @@ async fn a_claim_batch_answers_each_execution_in_the_order_given() {
             output: Some(json!("ok")),
             error: None,
             usage: None,
+            cached: false,
         },
         steps: vec![finalize(done, 1)],
     };
@@ -178,6 +181,7 @@ async fn step_and_finish_batches_write_only_where_the_lease_holds() {
         output: Some(json!("done")),
         error: None,
         usage: None,
+        cached: false,
     };
     let finishes: Vec<Finish> = ids
         .iter()

@@ -192,6 +192,7 @@ fn plan(method: &str, path: &str, a: &Owned) -> (String, Option<Value>, Expect) 
             Some(json!({"embedding_model": "b-model"})),
             OwnCreated,
         ),
+        ("GET", "/v1/usage") => (path.to_string(), None, OwnList),
         ("GET", "/v1/orgs/{id}/limits") => (format!("/v1/orgs/{o}/limits"), None, NotFound),
         ("PUT", "/v1/orgs/{id}/limits") => (
             format!("/v1/orgs/{o}/limits"),

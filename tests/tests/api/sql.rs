@@ -3,7 +3,7 @@
 
 use llmq_shared::db::{
     collections, events, executions, idempotency, labels, leases, org_limits, outbox, prompts,
-    stats, steps, tenancy, tools, webhooks,
+    stats, steps, tenancy, tools, usage, webhooks,
 };
 use llmq_tests::database::{connect, TestDatabase};
 
@@ -20,6 +20,7 @@ async fn every_repository_statement_prepares_against_the_migrated_schema() {
         .chain(prompts::ALL_SQL)
         .chain(labels::ALL_SQL)
         .chain(stats::ALL_SQL)
+        .chain(usage::ALL_SQL)
         .chain(steps::ALL_SQL.iter())
         .chain(tools::ALL_SQL)
         .chain(webhooks::ALL_SQL.iter())

@@ -21,6 +21,7 @@ pub fn succeeded(cx: &mut Cx<'_>, generated: &Generated) -> Finish {
             output: Some(generated.output.clone()),
             error: None,
             usage: Some(generated.usage),
+            cached: generated.cached,
         },
         steps: cx.take_pending(),
     }
@@ -43,6 +44,7 @@ pub fn ended(
             output: None,
             error: Some(error),
             usage: usage.filter(|u| u.total_tokens > 0),
+            cached: false,
         },
         steps: cx.take_pending(),
     }
@@ -71,6 +73,7 @@ pub fn ended_id(id: ExecutionId, status: ExecutionStatus, error: ErrorInfo) -> F
             output: None,
             error: Some(error),
             usage: None,
+            cached: false,
         },
         steps: vec![step],
     }

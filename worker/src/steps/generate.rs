@@ -22,8 +22,11 @@ use serde_json::{json, Value};
 
 use super::{deltas, Cx, Generated, Outcome, Outputs, Step};
 use crate::provider::{Endpoint, Generation, ProviderClient, ProviderError};
+use crate::provider_limits::{Admission, ModelLimits, Settle};
 use crate::retry::{Decision, RetryPolicy};
 use crate::runner::PipelineError;
+use llmq_shared::prompt::tokens;
+use serde_json::Map;
 
 pub struct Generate;
 
@@ -102,6 +105,9 @@ impl Step for Generate {
             output,
             usage,
             not_json,
+            cached: cx.execution.cached
+                || checkpoint.params.as_ref().and_then(|p| p.get("cached"))
+                    == Some(&Value::Bool(true)),
         });
         Ok(())
     }
@@ -297,15 +303,64 @@ async fn call(
         input["response_format"] = format.clone();
     }
     step.input = Some(input);
-    if !cx.record_started(step.clone()).await? {
-        return Ok(Call::Over(Outcome::LeaseLost));
+    // The response cache, for the execution's first call only: a hit is
+    // the answer, with no model call.
+    if repair.is_none() && fallback_for.is_none() {
+        if let Some(plan) = crate::cache::plan(cx, &body) {
+            if let Some(output) = crate::cache::lookup(&cx.ctx.redis, &plan).await {
+                return Ok(Call::Done(cached_answer(cx, step, output)));
+            }
+            cx.cache = Some(plan);
+        }
     }
-    let limits = &cx.prompt.definition.limits;
     let timeout = Duration::from_secs(
-        limits
+        cx.prompt
+            .definition
+            .limits
             .generate_timeout_secs
             .unwrap_or(cx.ctx.settings.provider.timeout_secs),
     );
+    // Provider limits first: a call without capacity is not made, and its
+    // step is not even started.
+    let limits = cx
+        .ctx
+        .settings
+        .models
+        .get(model)
+        .and_then(|m| ModelLimits::of(model, m));
+    let permit = match &limits {
+        None => None,
+        Some(l) => {
+            let estimate = if l.tpm > 0 {
+                estimate_tokens(cx, model, &messages, &params_of(&body))
+            } else {
+                0
+            };
+            let lease = timeout + LEASE_MARGIN;
+            match cx.ctx.limits.acquire(l, estimate, lease).await {
+                Admission::Go(permit) => permit,
+                Admission::Wait { limit, delay } => {
+                    let error = ErrorInfo {
+                        code: codes::PROVIDER_CAPACITY.into(),
+                        message: format!(
+                            "model {model}: no room under its provider limit ({limit}); deferred {} ms",
+                            delay.as_millis()
+                        ),
+                    };
+                    return Ok(Call::Over(Outcome::Defer { error, delay }));
+                }
+            }
+        }
+    };
+    if !cx.record_started(step.clone()).await? {
+        if let Some(permit) = permit {
+            cx.ctx
+                .limits
+                .release(permit, Settle::NotCounted { pause: None })
+                .await;
+        }
+        return Ok(Call::Over(Outcome::LeaseLost));
+    }
     let (step_seq, attempt) = (step.seq, step.attempt);
     let model_call = async {
         if !streamed {
@@ -324,18 +379,45 @@ async fn call(
     let result = tokio::select! {
         r = model_call => r,
         _ = cx.stop.cancelled() => {
+            if let Some(permit) = permit {
+                cx.ctx.limits.release(permit, Settle::Unknown).await;
+            }
             step.error = Some(ErrorInfo { code: "interrupted".into(), message: "worker shutting down".into() });
             step.retryable = Some(true);
             cx.done(step, StepStatus::Cancelled);
             return Ok(Call::Over(Outcome::Interrupted));
         }
         _ = cx.cancel.cancelled() => {
+            if let Some(permit) = permit {
+                cx.ctx.limits.release(permit, Settle::Unknown).await;
+            }
             step.error = Some(ErrorInfo { code: codes::CANCELLED.into(), message: "cancelled by the client; the model call was aborted".into() });
             step.retryable = Some(false);
             cx.done(step, StepStatus::Cancelled);
             return Ok(Call::Over(Outcome::Cancelled));
         }
     };
+    if let Some(permit) = permit {
+        let settle = match &result {
+            Ok(g) => Settle::Used(i64::from(g.usage.total_tokens)),
+            Err(ProviderError::RateLimited { retry_after, .. }) => Settle::NotCounted {
+                pause: *retry_after,
+            },
+            Err(ProviderError::Connection(_)) => Settle::NotCounted { pause: None },
+            Err(_) => Settle::Unknown,
+        };
+        cx.ctx.limits.release(permit, settle).await;
+    } else if let (
+        Some(l),
+        Err(ProviderError::RateLimited {
+            retry_after: Some(pause),
+            ..
+        }),
+    ) = (&limits, &result)
+    {
+        // Admitted while Redis was out of reach: the pause still applies.
+        cx.ctx.limits.pause(l, *pause).await;
+    }
     match result {
         Ok(generation) => {
             let (generated, removed) = output_of(cx, &generation, &endpoint);
@@ -391,9 +473,68 @@ pub(crate) fn output_of(
             output,
             usage,
             not_json,
+            cached: false,
         },
         removed,
     )
+}
+
+/// A cache hit recorded as the `generate` step it stands for: marked
+/// `cached` in its parameters, no tokens, no cost.
+fn cached_answer(cx: &mut Cx<'_>, mut step: step_row::Step, output: Value) -> Generated {
+    let usage = Usage {
+        cost_usd: Some(0.0),
+        ..Usage::default()
+    };
+    if let Some(Value::Object(params)) = step.params.as_mut() {
+        params.insert("cached".into(), Value::Bool(true));
+    }
+    step.usage = Some(usage);
+    step.output = Some(mask_json(&output));
+    cx.done(step, StepStatus::Succeeded);
+    let not_json = match (&output, wants_json(cx)) {
+        (Value::String(text), true) => parse_json(text).err(),
+        _ => None,
+    };
+    Generated {
+        output,
+        usage,
+        not_json,
+        cached: true,
+    }
+}
+
+/// How long a provider-limit slot is held at most beyond the call's timeout.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
+/// The completion tokens reserved when a request names no `max_tokens`.
+const DEFAULT_COMPLETION_ESTIMATE: u32 = 1024;
+
+fn params_of(body: &Value) -> Map<String, Value> {
+    body.as_object().cloned().unwrap_or_default()
+}
+
+/// What a call may cost in tokens, reserved under a `tpm` limit before
+/// it is made: the messages counted by the model's tokenizer (plus a few
+/// tokens of framing each), and the completion's `max_tokens`.
+fn estimate_tokens(
+    cx: &Cx<'_>,
+    model: &str,
+    messages: &[ChatMessage],
+    params: &Map<String, Value>,
+) -> u32 {
+    let tokenizer = tokens::tokenizer_for(model, cx.prompt.definition.tokenizer.as_deref());
+    let prompt: usize = messages
+        .iter()
+        .map(|m| tokens::count_tokens(tokenizer, &m.content) + 4)
+        .sum();
+    let completion = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|k| params.get(*k).and_then(Value::as_u64))
+        .map_or(DEFAULT_COMPLETION_ESTIMATE, |n| {
+            n.min(u32::MAX as u64) as u32
+        });
+    (prompt.min(u32::MAX as usize) as u32).saturating_add(completion)
 }
 
 /// The prompt asks for JSON output.

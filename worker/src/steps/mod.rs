@@ -44,6 +44,9 @@ pub enum Outcome {
     Durable,
     /// A retryable failure: the execution is given back for `delay`.
     Retry { error: ErrorInfo, delay: Duration },
+    /// No capacity for the model call (a provider limit): the execution is
+    /// given back for `delay` without counting the attempt.
+    Defer { error: ErrorInfo, delay: Duration },
     /// The execution fails; no retry.
     Fail(ErrorInfo),
     /// The client cancelled.
@@ -112,6 +115,8 @@ pub struct Generated {
     /// For JSON output: why the answer did not parse (it is then kept as
     /// text for `validate` to judge).
     pub not_json: Option<String>,
+    /// From the response cache: no model was called.
+    pub cached: bool,
 }
 
 impl Generated {
@@ -164,6 +169,9 @@ pub struct Cx<'a> {
     next_seq: i32,
     /// Finished step rows not yet written.
     pending: Vec<step_row::Step>,
+    /// Where this execution's answer goes in the response cache once it
+    /// succeeds (set by a `generate` that missed it).
+    pub cache: Option<crate::cache::CachePlan>,
 }
 
 impl<'a> Cx<'a> {
@@ -185,6 +193,7 @@ impl<'a> Cx<'a> {
             earlier,
             next_seq,
             pending: Vec::new(),
+            cache: None,
         }
     }
 
@@ -248,6 +257,11 @@ impl<'a> Cx<'a> {
     /// the next write, without counting it in the step metrics.
     pub fn keep(&mut self, step: step_row::Step) {
         self.pending.push(step);
+    }
+
+    /// A finished row still waiting for the next write, by seq.
+    pub fn pending_mut(&mut self, seq: i32) -> Option<&mut step_row::Step> {
+        self.pending.iter_mut().find(|s| s.seq == seq)
     }
 
     /// The rows waiting for the next write, taken.

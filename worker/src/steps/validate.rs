@@ -90,6 +90,17 @@ impl Step for Validate {
                 cx.done(step, StepStatus::Failed);
                 match generate(cx, out, Some(&repair)).await? {
                     Outcome::Continue => {}
+                    Outcome::Defer { error, delay } => {
+                        // The repair was not made: this check is not one
+                        // of the repairs spent (the resumed run checks again).
+                        if let Some(row) = cx.pending_mut(repair.validate_seq) {
+                            row.error = Some(ErrorInfo {
+                                code: codes::PROVIDER_CAPACITY.into(),
+                                message: format!("the repair was deferred: {}", error.message),
+                            });
+                        }
+                        return Ok(Outcome::Defer { error, delay });
+                    }
                     other => return Ok(other),
                 }
                 // The execution's usage is every call's, repairs included.

@@ -53,6 +53,10 @@ pub struct SubmitRequest {
     pub stream: bool,
     /// Where the outcome is POSTed (`webhook.url`).
     pub webhook_url: Option<String>,
+    /// The response cache: `Some(ttl)` reuses an answer for `ttl`
+    /// seconds, `Some(0)` refuses the cache even where the prompt version
+    /// opts in, `None` leaves it to the version.
+    pub cache_ttl_secs: Option<i32>,
 }
 
 impl SubmitRequest {
@@ -70,6 +74,7 @@ impl SubmitRequest {
             segment: None,
             stream: false,
             webhook_url: None,
+            cache_ttl_secs: None,
         }
     }
 
@@ -114,6 +119,9 @@ impl SubmitRequest {
         }
         if let Some(url) = &self.webhook_url {
             meaning.insert("webhook".into(), url.as_str().into());
+        }
+        if let Some(ttl) = self.cache_ttl_secs {
+            meaning.insert("cache_ttl_secs".into(), ttl.into());
         }
         json_sha256(&Value::Object(meaning))
     }
@@ -196,6 +204,9 @@ pub fn plan_and_render(
         priority: request.priority,
         stream: request.stream,
         webhook_url: request.webhook_url,
+        // Set by the submit, which knows the caller's key.
+        key_id: None,
+        cache_ttl_secs: request.cache_ttl_secs,
     };
     Ok((new, messages))
 }

@@ -155,6 +155,7 @@ pub async fn submit_execution(
         .or_else(|| request.user.clone());
     let (mut new, messages) = plan_and_render(tenant, request, &compiled, label, deps.models)?;
     new.prompt_arm = arm;
+    new.key_id = Some(key.key_id.to_string());
     tracing::Span::current().record("execution.id", tracing::field::display(new.id));
 
     // Every limit in one Redis round trip; the reservation is the
@@ -230,7 +231,11 @@ async fn store(
     // stands and the relay publishes it if the broker never confirms.
     if deps
         .to_publish
-        .try_send((execution.id, execution.priority))
+        .try_send((
+            execution.id,
+            execution.tenant_id.clone(),
+            execution.priority,
+        ))
         .is_err()
     {
         tracing::warn!("publish backlog full; the outbox relay will publish it");
