@@ -138,6 +138,8 @@ pub struct Execution {
     pub cache_ttl_secs: Option<i32>,
     /// The answer came from the response cache.
     pub cached: bool,
+    /// Submit reserved tokens or spend for it: its end settles them.
+    pub reserved: bool,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -168,6 +170,8 @@ pub struct NewExecution {
     pub key_id: Option<String>,
     /// The request asks for the response cache with this TTL.
     pub cache_ttl_secs: Option<i32>,
+    /// Submit reserved tokens or spend for it (see `Execution::reserved`).
+    pub reserved: bool,
 }
 
 /// Stable error codes, shared by the API and the worker.

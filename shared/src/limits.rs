@@ -282,6 +282,18 @@ impl Limiter {
             }
     }
 
+    /// Whether admission under `limits` reserves tokens or spend (a token
+    /// budget or a spend cap applies): only then has the execution's end
+    /// anything to settle.
+    pub fn reserves(limits: &OrgLimits) -> bool {
+        limits.tokens_per_minute > 0
+            || limits.tokens_per_day > 0
+            || limits.model_tokens_per_minute > 0
+            || limits.model_tokens_per_day > 0
+            || limits.spend_usd_per_day > 0.0
+            || limits.spend_usd_per_month > 0.0
+    }
+
     fn plan(
         &self,
         keys: &crate::redis::Keys,

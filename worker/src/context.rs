@@ -51,16 +51,19 @@ pub struct RunningGuard<'a> {
 
 impl WorkerContext {
     /// Writes an execution's outcome (`Writer::finish`) and, once it is
-    /// committed, settles its reservation with the usage it records.
-    /// False when the lease was lost: then whoever holds it settles.
+    /// committed, settles its reservation with the usage it records, when
+    /// it has one (`reserved`: `Execution::reserved`; an execution under
+    /// no token budget or spend cap costs no Redis round trip). False when
+    /// the lease was lost: then whoever holds it settles.
     pub async fn finish(
         &self,
         finish: llmq_shared::db::executions::Finish,
+        reserved: bool,
     ) -> crate::writer::Answer<bool> {
         let id = finish.id;
         let usage = finish.outcome.usage;
         let done = self.writer.finish(finish).await?;
-        if done {
+        if done && reserved {
             self.settle(id, usage);
         }
         Ok(done)

@@ -241,7 +241,7 @@ async fn fail_claimed(
 ) -> Result<RunOutcome, PipelineError> {
     tracing::warn!(code = %error.code, message = %error.message, "execution fails before its steps");
     let finish = finalize::ended_claimed(execution, ExecutionStatus::Failed, error);
-    if !ctx.finish(finish).await? {
+    if !ctx.finish(finish, execution.reserved).await? {
         return Ok(RunOutcome::Skipped("lease lost"));
     }
     metrics::counter!(m::EXECUTIONS_FINISHED, "status" => ExecutionStatus::Failed.as_str())
@@ -262,7 +262,9 @@ pub async fn fail_after_error(
         message: format!("the execution could not be run: {error}"),
     };
     let finish = finalize::ended_id(id, ExecutionStatus::Failed, info);
-    let done = ctx.finish(finish).await?;
+    // Whether it holds a reservation is not known here: settling one it
+    // does not hold changes nothing.
+    let done = ctx.finish(finish, true).await?;
     if done {
         metrics::counter!(m::EXECUTIONS_FINISHED, "status" => ExecutionStatus::Failed.as_str())
             .increment(1);
@@ -334,7 +336,7 @@ async fn finish_with(
     finish: llmq_shared::db::executions::Finish,
 ) -> Result<RunOutcome, PipelineError> {
     let status = finish.outcome.status;
-    if !cx.ctx.finish(finish).await? {
+    if !cx.ctx.finish(finish, cx.execution.reserved).await? {
         return Ok(RunOutcome::Skipped("lease lost"));
     }
     // The writer published the terminal event with its batch.

@@ -26,22 +26,22 @@ macro_rules! execution_columns {
     () => {
         "id, tenant_id, prompt_name, prompt_version, prompt_label, prompt_arm, model, params, input, output, status, \
          error_code, error_message, attempts, prompt_tokens, completion_tokens, total_tokens, cost_usd, \
-         metadata, end_user, priority, stream, webhook_url, key_id, cache_ttl_secs, cached, created_at, started_at, finished_at, flags"
+         metadata, end_user, priority, stream, webhook_url, key_id, cache_ttl_secs, cached, reserved, created_at, started_at, finished_at, flags"
     };
 }
 pub(crate) use execution_columns;
 
 const INSERT: &str = concat!(
     "INSERT INTO executions (id, tenant_id, prompt_name, prompt_version, prompt_label, prompt_arm, model, params, input, \
-     metadata, end_user, priority, stream, webhook_url, key_id, cache_ttl_secs, status, publish_due_at) \
+     metadata, end_user, priority, stream, webhook_url, key_id, cache_ttl_secs, reserved, status, publish_due_at) \
      SELECT n.id, n.tenant_id, n.prompt_name, n.prompt_version, n.prompt_label, n.prompt_arm, n.model, n.params, n.input, \
-       n.metadata, n.end_user, n.priority, n.stream, n.webhook_url, n.key_id, n.cache_ttl_secs, 'queued', \
+       n.metadata, n.end_user, n.priority, n.stream, n.webhook_url, n.key_id, n.cache_ttl_secs, n.reserved, 'queued', \
        now() + make_interval(secs => $14) \
      FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::jsonb[], \
        $8::jsonb[], $9::jsonb[], $10::text[], $11::int2[], $12::bool[], $13::text[], $15::timestamptz[], $16::text[], \
-       $17::text[], $18::int[]) \
+       $17::text[], $18::int[], $19::bool[]) \
        AS n(id, tenant_id, prompt_name, prompt_version, prompt_label, model, params, input, metadata, \
-         end_user, priority, stream, webhook_url, accept_until, prompt_arm, key_id, cache_ttl_secs) \
+         end_user, priority, stream, webhook_url, accept_until, prompt_arm, key_id, cache_ttl_secs, reserved) \
      WHERE n.accept_until IS NULL OR n.accept_until > clock_timestamp() \
      RETURNING ",
     execution_columns!()
@@ -100,6 +100,7 @@ pub async fn insert_executions_until(
     let accept_until: Vec<_> = new.iter().map(|(_, until)| *until).collect();
     let keys: Vec<_> = new.iter().map(|(n, _)| n.key_id.as_deref()).collect();
     let cache_ttls: Vec<_> = new.iter().map(|(n, _)| n.cache_ttl_secs).collect();
+    let reserved: Vec<_> = new.iter().map(|(n, _)| n.reserved).collect();
     let rows = client
         .query(
             &client.prepare_cached(INSERT).await?,
@@ -122,6 +123,7 @@ pub async fn insert_executions_until(
                 &arms,
                 &keys,
                 &cache_ttls,
+                &reserved,
             ],
         )
         .await?;
@@ -622,6 +624,7 @@ pub(crate) fn execution_from_row(row: &Row) -> Result<Execution> {
         key_id: row.try_get("key_id")?,
         cache_ttl_secs: row.try_get("cache_ttl_secs")?,
         cached: row.try_get("cached")?,
+        reserved: row.try_get("reserved")?,
         created_at: row.try_get("created_at")?,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,

@@ -46,6 +46,7 @@ fn new_execution(version: i32) -> NewExecution {
         webhook_url: None,
         key_id: None,
         cache_ttl_secs: None,
+        reserved: false,
     }
 }
 

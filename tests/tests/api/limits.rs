@@ -169,8 +169,22 @@ async fn org_limits_are_changed_through_the_api_and_apply_on_every_replica_witho
         assert!(header(&r, "RateLimit").is_none());
     }
 
-    let forbidden = put_limits(&app, "default", &app.api_key, &json!({})).await;
-    assert_error(forbidden, StatusCode::FORBIDDEN, "forbidden").await;
+    let unscoped = put_limits(&app, "default", &app.api_key, &json!({})).await;
+    assert_error(unscoped, StatusCode::FORBIDDEN, "missing_scope").await;
+    // An organisation's own admin reads its limits but cannot raise them,
+    // and another organisation's are not there for it.
+    app.create_org("limits-org").await;
+    let org_admin = app.create_key("limits-org", &["admin"]).await;
+    let own = app
+        .get_with_key("/v1/orgs/limits-org/limits", Some(&org_admin))
+        .await;
+    assert_eq!(own.status(), StatusCode::OK);
+    let raise = put_limits(&app, "limits-org", &org_admin, &json!({})).await;
+    assert_error(raise, StatusCode::FORBIDDEN, "forbidden").await;
+    let theirs = app
+        .get_with_key("/v1/orgs/default/limits", Some(&org_admin))
+        .await;
+    assert_error(theirs, StatusCode::NOT_FOUND, "not_found").await;
     let typo = put_limits(
         &app,
         "default",
@@ -260,6 +274,7 @@ async fn a_token_budget_reserves_the_estimate_and_settles_to_the_actual_usage() 
     let app = TestApp::builder()
         .configure(|s| {
             s.limits.defaults.tokens_per_day = 1_000_000;
+            s.api.admin_key = ADMIN.into();
         })
         .spawn()
         .await;
@@ -288,7 +303,7 @@ async fn a_token_budget_reserves_the_estimate_and_settles_to_the_actual_usage() 
     let put = put_limits(
         &app,
         "default",
-        &app.settings.api.admin_key,
+        ADMIN,
         &json!({"tokens_per_day": actual + 10}),
     )
     .await;

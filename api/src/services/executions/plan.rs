@@ -207,6 +207,8 @@ pub fn plan_and_render(
         // Set by the submit, which knows the caller's key.
         key_id: None,
         cache_ttl_secs: request.cache_ttl_secs,
+        // Set by the submit, which admits it against the limits.
+        reserved: false,
     };
     Ok((new, messages))
 }

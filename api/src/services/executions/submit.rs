@@ -181,9 +181,10 @@ pub async fn submit_execution(
     };
     let rate_headers = limits::admit(&deps.limits, &org_limits, new.id, &subject, estimate).await?;
     let id = new.id;
-    let reserved = llmq_shared::limits::Limiter::any(&org_limits);
+    let admitted = llmq_shared::limits::Limiter::any(&org_limits);
+    new.reserved = llmq_shared::limits::Limiter::reserves(&org_limits);
     let stored = store(deps, tenant, new, idempotency, deadline).await;
-    if reserved && !matches!(stored, Ok(Submitted::Created(_))) {
+    if admitted && !matches!(stored, Ok(Submitted::Created(_))) {
         limits::release(deps.limits.redis.clone(), deps.limits.limiter.clone(), id);
     }
     Ok((stored?, rate_headers))
