@@ -250,12 +250,15 @@ pub struct Claimed {
     pub created_at: DateTime<Utc>,
 }
 
-const CLAIM_DUE: &str = "WITH due AS ( \
+const CLAIM_DUE: &str = "WITH soonest AS ( \
+       SELECT id, destination, next_attempt_at FROM webhook_deliveries \
+       WHERE status = 'pending' AND next_attempt_at <= now() AND destination <> ALL ($3::text[]) \
+       ORDER BY next_attempt_at LIMIT $1::bigint * 4), \
+     due AS ( \
        SELECT id FROM ( \
          SELECT id, next_attempt_at, \
            row_number() OVER (PARTITION BY destination ORDER BY next_attempt_at) AS rn \
-         FROM webhook_deliveries \
-         WHERE status = 'pending' AND next_attempt_at <= now() AND destination <> ALL ($3::text[])) x \
+         FROM soonest) x \
        WHERE rn <= $2 ORDER BY next_attempt_at LIMIT $1) \
      UPDATE webhook_deliveries d SET next_attempt_at = now() + make_interval(secs => $4) \
      FROM due WHERE d.id = due.id AND d.status = 'pending' AND d.next_attempt_at <= now() \
@@ -264,7 +267,9 @@ const CLAIM_DUE: &str = "WITH due AS ( \
 
 /// Takes up to `limit` due deliveries, at most `per_destination` of each
 /// destination and none of `busy` (destinations already at their bound
-/// here), and moves each one's due time `hold` ahead: if this worker dies
+/// here), from the `4 × limit` due soonest (read off the due index, so a
+/// scan costs the same however long the backlog is; a destination behind
+/// a crowd of another's is reached once that one is busy), and moves each one's due time `hold` ahead: if this worker dies
 /// mid-attempt, the delivery is due again then. A concurrent worker that
 /// picked the same rows skips them (the due time is re-checked under the
 /// row lock).
