@@ -377,8 +377,9 @@ async fn search(
     let endpoint = EmbeddingEndpoint::resolve(&cx.ctx.settings, &coll.embedding_model);
     let text = format!("{}{query}", endpoint.query_prefix);
     // The step's timeout bounds the whole attempt; this one only keeps a
-    // hung connection from outliving it.
-    let limit = Duration::from_millis(spec.timeout_ms.max(1));
+    // hung connection from outliving it, so it ends later than the step's
+    // (a tie made a slow endpoint's timeout look like a failure).
+    let limit = Duration::from_millis(spec.timeout_ms.max(1)) + Duration::from_secs(1);
     let vectors = embed(&cx.ctx.provider, &endpoint, &[text], Use::Query, limit)
         .await
         .map_err(|e| format!("embedding the query with {}: {e}", coll.embedding_model))?;
