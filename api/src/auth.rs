@@ -84,6 +84,14 @@ impl Caller {
         self.admin && self.tenant.is_default()
     }
 
+    /// What the organisation services check this caller against.
+    pub fn manager(&self) -> crate::services::tenancy::Manager {
+        crate::services::tenancy::Manager {
+            tenant: self.tenant.clone(),
+            operator: self.is_operator(),
+        }
+    }
+
     /// Who the audit log names for this caller's label moves.
     pub fn actor(&self) -> String {
         match self.key_id.as_str() {

@@ -5,6 +5,7 @@
 use actix_web::{get, put, web, HttpResponse};
 use chrono::{DateTime, Utc};
 use llmq_shared::config::OrgLimits;
+use llmq_shared::ids::TenantId;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -40,42 +41,8 @@ impl From<OrgLimitsView> for OrgLimitsResource {
     }
 }
 
-/// An organisation's limits are seen by its own admin keys and the
-/// operator's (admin keys of the default organisation); to anyone else the
-/// organisation is as absent as a missing one. Only the operator changes
-/// them: an organisation does not raise its own limits.
-fn may_see(caller: &Caller, org: &str) -> Result<(), ApiError> {
-    if caller.is_operator() || caller.tenant.as_str() == org {
-        Ok(())
-    } else {
-        Err(ApiError::NotFound(format!("no organisation {org:?}")))
-    }
-}
-
-fn may_change(caller: &Caller, org: &str) -> Result<(), ApiError> {
-    may_see(caller, org)?;
-    if caller.is_operator() {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(
-            "only the operator (an admin key of the default organisation) changes an organisation's limits".into(),
-        ))
-    }
-}
-
-fn org(raw: &str) -> Result<String, ApiError> {
-    let ok = !raw.is_empty()
-        && raw.len() <= 128
-        && raw
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(raw.to_string())
-    } else {
-        Err(ApiError::BadRequest(
-            "org: 1 to 128 letters, digits, '-', '_' or '.'".into(),
-        ))
-    }
+fn org(raw: &str) -> Result<TenantId, ApiError> {
+    TenantId::parse(raw).map_err(|e| ApiError::BadRequest(format!("org: {e}")))
 }
 
 /// An organisation's limits.
@@ -99,8 +66,8 @@ pub async fn get_org_limits(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let org = org(&path)?;
-    may_see(&caller, &org)?;
-    let work = service::read_org_limits(&state.pool, &state.limiter, &org);
+    let (deps, manager) = (state.limit_deps(), caller.manager());
+    let work = service::read_org_limits(&deps, &manager, &org);
     let view = within(state.deadline(), work).await?;
     Ok(HttpResponse::Ok().json(OrgLimitsResource::from(view)))
 }
@@ -131,13 +98,11 @@ pub async fn put_org_limits(
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let org = org(&path)?;
-    may_change(&caller, &org)?;
-    let actor = caller.actor();
+    let (deps, manager, actor) = (state.limit_deps(), caller.manager(), caller.actor());
     let work = service::write_org_limits(
-        &state.pool,
+        &deps,
         &state.publisher,
-        &state.limiter,
-        &state.org_limits,
+        &manager,
         &org,
         body.into_inner(),
         &actor,

@@ -11,16 +11,9 @@ use crate::error::{ApiError, ErrorBody};
 use crate::resources::tenancy::{
     CreateKey, CreateOrg, KeyList, KeyResource, KeyWithSecret, OrgList, OrgResource,
 };
-use crate::services::tenancy::{self as service, KeyRequest, Manager};
+use crate::services::tenancy::{self as service, KeyRequest};
 use crate::services::within;
 use crate::state::AppState;
-
-fn manager(caller: &Caller) -> Manager {
-    Manager {
-        tenant: caller.tenant.clone(),
-        operator: caller.is_operator(),
-    }
-}
 
 fn key_id(raw: &str, org: &str) -> Result<uuid::Uuid, ApiError> {
     raw.parse()
@@ -47,7 +40,7 @@ pub async fn create_org(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let id = TenantId::parse(&body.id).map_err(|e| ApiError::BadRequest(format!("id: {e}")))?;
-    let manager = manager(&caller);
+    let manager = caller.manager();
     let work = service::create_org(&state.pool, &manager, &id, body.name);
     let org = within(state.deadline(), work).await?;
     Ok(HttpResponse::Created().json(OrgResource::from(org)))
@@ -69,7 +62,7 @@ pub async fn list_orgs(
     state: web::Data<AppState>,
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
-    let manager = manager(&caller);
+    let manager = caller.manager();
     let work = service::list_orgs(&state.pool, &manager);
     let orgs = within(state.deadline(), work).await?;
     Ok(HttpResponse::Ok().json(OrgList {
@@ -95,7 +88,7 @@ pub async fn get_org(
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let manager = manager(&caller);
+    let manager = caller.manager();
     let work = service::get_org(&state.pool, &manager, &id);
     let org = within(state.deadline(), work).await?;
     Ok(HttpResponse::Ok().json(OrgResource::from(org)))
@@ -132,7 +125,7 @@ pub async fn create_key(
         user: body.user,
         expires_at: body.expires_at,
     };
-    let manager = manager(&caller);
+    let manager = caller.manager();
     let work = service::create_key(&state.pool, &manager, &id, request);
     let created = within(state.deadline(), work).await?;
     Ok(HttpResponse::Created().json(KeyWithSecret {
@@ -159,7 +152,7 @@ pub async fn list_keys(
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let manager = manager(&caller);
+    let manager = caller.manager();
     let work = service::list_keys(&state.pool, &manager, &id);
     let keys = within(state.deadline(), work).await?;
     Ok(HttpResponse::Ok().json(KeyList {
@@ -187,7 +180,7 @@ pub async fn revoke_key(
 ) -> Result<HttpResponse, ApiError> {
     let (org, raw) = path.into_inner();
     let id = key_id(&raw, &org)?;
-    let manager = manager(&caller);
+    let manager = caller.manager();
     let work = service::revoke_key(
         &state.pool,
         &state.publisher,

@@ -25,6 +25,8 @@ use llmq_shared::redis::Redis;
 use serde_json::{json, Value};
 
 use crate::services::error::{Refusal, Result, ServiceError};
+use crate::services::tenancy::Manager;
+use llmq_shared::ids::TenantId;
 
 /// `RateLimit-Policy` and `RateLimit` header values of an answer.
 pub type RateHeaders = Option<(String, String)>;
@@ -230,12 +232,16 @@ pub struct OrgLimitsView {
     pub updated_by: Option<String>,
 }
 
+/// An organisation's limits, for its own admin keys and the operator's;
+/// to anyone else the organisation is as absent as a missing one.
 pub async fn read_org_limits(
-    pool: &Pool,
-    limiter: &Limiter,
-    tenant: &str,
+    deps: &LimitDeps<'_>,
+    manager: &Manager,
+    tenant: &TenantId,
 ) -> Result<OrgLimitsView> {
-    let client = pool.get().await.map_err(DbError::from)?;
+    manager.must_see(tenant.as_str())?;
+    let (limiter, tenant) = (deps.limiter, tenant.as_str());
+    let client = deps.pool.get().await.map_err(DbError::from)?;
     let stored = db::get_org_limits(&client, tenant).await?;
     let overrides = stored
         .as_ref()
@@ -254,16 +260,23 @@ pub async fn read_org_limits(
 
 /// Replaces the organisation's overrides with `overrides` (an object of
 /// `OrgLimits` fields; absent fields take the defaults) and tells every
-/// replica.
+/// replica. Only the operator changes them: an organisation does not raise
+/// its own limits (its admin keys may read them).
 pub async fn write_org_limits(
-    pool: &Pool,
+    deps: &LimitDeps<'_>,
     publisher: &Publisher,
-    limiter: &Limiter,
-    cache: &OrgLimitsCache,
-    tenant: &str,
+    manager: &Manager,
+    tenant: &TenantId,
     overrides: Value,
     actor: &str,
 ) -> Result<OrgLimitsView> {
+    manager.must_see(tenant.as_str())?;
+    if !manager.operator {
+        return Err(ServiceError::Forbidden(
+            "only the operator (an admin key of the default organisation) changes an organisation's limits".into(),
+        ));
+    }
+    let (limiter, cache, tenant) = (deps.limiter, deps.cache, tenant.as_str());
     let Some(fields) = overrides.as_object() else {
         return Err(ServiceError::InvalidRequest(
             "the body must be an object of limit fields".into(),
@@ -285,7 +298,7 @@ pub async fn write_org_limits(
             "spend caps must be finite and not negative".into(),
         ));
     }
-    let client = pool.get().await.map_err(DbError::from)?;
+    let client = deps.pool.get().await.map_err(DbError::from)?;
     let stored = db::put_org_limits(&client, tenant, &overrides, actor).await?;
     drop(client);
     cache.invalidate(tenant);

@@ -33,6 +33,16 @@ impl Manager {
     fn sees(&self, org: &str) -> bool {
         self.operator || self.tenant.as_str() == org
     }
+
+    /// `org` as this manager may see it: its own, or any for the operator;
+    /// another organisation is as absent as a missing one.
+    pub fn must_see(&self, org: &str) -> Result<()> {
+        if self.sees(org) {
+            Ok(())
+        } else {
+            Err(no_org(org))
+        }
+    }
 }
 
 fn no_org(id: &str) -> ServiceError {
