@@ -606,6 +606,15 @@ impl Settings {
         self.embeddings.get(name).cloned().unwrap_or_default()
     }
 
+    /// Where a model (chat or embeddings) is served: its own `base_url` and
+    /// `api_key` where set, else the default provider's.
+    pub fn served_at(&self, base_url: Option<String>, api_key: Option<String>) -> (String, String) {
+        (
+            base_url.unwrap_or_else(|| self.provider.base_url.clone()),
+            api_key.unwrap_or_else(|| self.provider.api_key.clone()),
+        )
+    }
+
     /// The model as configured, or a default entry served by the default provider.
     pub fn model(&self, name: &str) -> ModelSettings {
         self.models.get(name).cloned().unwrap_or_default()

@@ -33,13 +33,10 @@ impl EmbeddingEndpoint {
     /// `[embeddings.<model>]`, falling back to the default provider.
     pub fn resolve(settings: &Settings, model: &str) -> Self {
         let m = settings.embedding_model(model);
+        let (base_url, api_key) = settings.served_at(m.base_url, m.api_key);
         Self {
-            base_url: m
-                .base_url
-                .unwrap_or_else(|| settings.provider.base_url.clone()),
-            api_key: m
-                .api_key
-                .unwrap_or_else(|| settings.provider.api_key.clone()),
+            base_url,
+            api_key,
             upstream_model: m.upstream.unwrap_or_else(|| model.to_string()),
             document_prefix: m.document_prefix,
             query_prefix: m.query_prefix,

@@ -94,13 +94,10 @@ pub struct Endpoint {
 impl Endpoint {
     pub fn resolve(settings: &Settings, model: &str) -> Self {
         let m = settings.model(model);
+        let (base_url, api_key) = settings.served_at(m.base_url, m.api_key);
         Self {
-            base_url: m
-                .base_url
-                .unwrap_or_else(|| settings.provider.base_url.clone()),
-            api_key: m
-                .api_key
-                .unwrap_or_else(|| settings.provider.api_key.clone()),
+            base_url,
+            api_key,
             upstream_model: m.upstream.unwrap_or_else(|| model.to_string()),
             prompt_price_per_mtok: m.prompt_price_per_mtok,
             completion_price_per_mtok: m.completion_price_per_mtok,

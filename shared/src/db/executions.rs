@@ -394,19 +394,7 @@ pub async fn defer_claimed(
     delay: Duration,
     error: &ErrorInfo,
 ) -> Result<Logged> {
-    let rows = client
-        .query(
-            &client.prepare_cached(&DEFER_CLAIMED).await?,
-            &[
-                &id.0,
-                &owner,
-                &clean_str(&error.code),
-                &clean_str(&error.message),
-                &delay.as_secs_f64(),
-            ],
-        )
-        .await?;
-    Logged::from_rows(&rows)
+    give_back(client, &DEFER_CLAIMED, id, owner, delay, error).await
 }
 
 /// Gives the execution back to the queue after a retryable error: the
@@ -419,9 +407,22 @@ pub async fn schedule_retry(
     delay: Duration,
     error: &ErrorInfo,
 ) -> Result<Logged> {
+    give_back(client, &SCHEDULE_RETRY, id, owner, delay, error).await
+}
+
+/// Runs one of the give-back statements (`SCHEDULE_RETRY`,
+/// `DEFER_CLAIMED`): they take the same parameters.
+async fn give_back(
+    client: &impl GenericClient,
+    sql: &str,
+    id: ExecutionId,
+    owner: &str,
+    delay: Duration,
+    error: &ErrorInfo,
+) -> Result<Logged> {
     let rows = client
         .query(
-            &client.prepare_cached(&SCHEDULE_RETRY).await?,
+            &client.prepare_cached(sql).await?,
             &[
                 &id.0,
                 &owner,
