@@ -165,14 +165,21 @@ pub async fn submit_execution(
         limits::effective_limits(&deps.limits, tenant.as_str()),
     )
     .await?;
-    let estimate = limits::estimate(
-        &compiled,
-        &new.model,
-        &deps.models.get(&new.model).cloned().unwrap_or_default(),
-        &messages,
-        &new.params,
-        deps.limits.limiter.settings().default_max_tokens,
-    );
+    // Only a token budget or a spend cap reserves the estimate: without
+    // one the prompt's tokens are not counted at all.
+    let reserves = llmq_shared::limits::Limiter::reserves(&org_limits);
+    let estimate = if reserves {
+        limits::estimate(
+            &compiled,
+            &new.model,
+            &deps.models.get(&new.model).cloned().unwrap_or_default(),
+            &messages,
+            &new.params,
+            deps.limits.limiter.settings().default_max_tokens,
+        )
+    } else {
+        llmq_shared::limits::Estimate::default()
+    };
     let subject = llmq_shared::limits::Subject {
         tenant: tenant.as_str(),
         key_id: key.key_id,
@@ -182,7 +189,7 @@ pub async fn submit_execution(
     let rate_headers = limits::admit(&deps.limits, &org_limits, new.id, &subject, estimate).await?;
     let id = new.id;
     let admitted = llmq_shared::limits::Limiter::any(&org_limits);
-    new.reserved = llmq_shared::limits::Limiter::reserves(&org_limits);
+    new.reserved = reserves;
     let stored = store(deps, tenant, new, idempotency, deadline).await;
     if admitted && !matches!(stored, Ok(Submitted::Created(_))) {
         limits::release(deps.limits.redis.clone(), deps.limits.limiter.clone(), id);
