@@ -74,18 +74,7 @@ pub async fn submit(
     body: web::Json<SubmitExecution>,
 ) -> Result<HttpResponse, ApiError> {
     let key = idempotency_key(&req)?;
-    let mut request = body.into_inner().into_request()?;
-    if let Some(bound) = &caller.user {
-        // A key bound to an end user submits as that user only.
-        match &request.user {
-            Some(asked) if asked != bound => {
-                return Err(ApiError::Forbidden(
-                    "user: this key is bound to another end user".into(),
-                ))
-            }
-            _ => request.user = Some(bound.clone()),
-        }
-    }
+    let request = body.into_inner().into_request()?;
     let deadline = tokio::time::Instant::now() + state.deadline();
     let deps = state.submit_deps();
     let who = LimitKey {

@@ -128,10 +128,21 @@ pub async fn submit_execution(
     deps: &SubmitDeps<'_>,
     tenant: &TenantId,
     key: &LimitKey<'_>,
-    request: SubmitRequest,
+    mut request: SubmitRequest,
     idempotency_key: Option<IdempotencyKey>,
     deadline: Instant,
 ) -> Result<(Submitted, RateHeaders)> {
+    if let Some(bound) = key.user {
+        // A key bound to an end user submits as that user only.
+        match &request.user {
+            Some(asked) if asked != bound => {
+                return Err(ServiceError::Forbidden(
+                    "user: this key is bound to another end user".into(),
+                ))
+            }
+            _ => request.user = Some(bound.to_string()),
+        }
+    }
     let idempotency = idempotency_key.map(|key| (key, request.fingerprint()));
     if let Some((key, hash)) = &idempotency {
         let replayed = within_until(deadline, async {
@@ -149,10 +160,7 @@ pub async fn submit_execution(
         within_until(deadline, check).await?;
     }
     let (compiled, label, arm) = within_until(deadline, resolve(deps, tenant, &request)).await?;
-    let user = key
-        .user
-        .map(str::to_string)
-        .or_else(|| request.user.clone());
+    let user = request.user.clone();
     let (mut new, messages) = plan_and_render(tenant, request, &compiled, label, deps.models)?;
     new.prompt_arm = arm;
     new.key_id = Some(key.key_id.to_string());
