@@ -100,11 +100,14 @@ impl Deliverer {
             .collect())
     }
 
-    /// Makes one attempt of a prepared delivery and records it. A database
-    /// error leaves the delivery as claimed: it is due again once the
-    /// claim's hold is over.
+    /// Sends one attempt of a prepared delivery and returns its record,
+    /// for [`Deliverer::record`]. A delivery that cannot be sent (no
+    /// target, endpoint disabled, secret unreadable, execution gone) is
+    /// settled here and returns None. The caller holds the destination's
+    /// slot for this call only: the receiver's concurrency bound is about
+    /// requests, not about our commit of their results.
     #[tracing::instrument(skip_all, fields(delivery.id = %prepared.claimed.id, execution.id = %prepared.claimed.execution_id))]
-    pub async fn attempt(&self, prepared: &Prepared) -> Result<(), DbError> {
+    pub async fn send(&self, prepared: &Prepared) -> Result<Option<AttemptRecord>, DbError> {
         let claimed = &prepared.claimed;
         let Some(target) = &prepared.target else {
             let reason = match claimed.endpoint_id {
@@ -112,11 +115,15 @@ impl Deliverer {
                 None => "the tenant has no webhook secret: create one with POST /v1/webhook-secret, then retry the delivery",
             };
             let client = self.pool.get().await?;
-            return db::fail_unsendable(&client, claimed.id, reason).await;
+            return db::fail_unsendable(&client, claimed.id, reason)
+                .await
+                .map(|()| None);
         };
         if !target.enabled {
             let client = self.pool.get().await?;
-            return db::fail_unsendable(&client, claimed.id, "the endpoint is disabled").await;
+            return db::fail_unsendable(&client, claimed.id, "the endpoint is disabled")
+                .await
+                .map(|()| None);
         }
         let secrets: Result<Vec<Secret>, _> =
             target.secrets.iter().map(|s| self.sealer.open(s)).collect();
@@ -124,12 +131,15 @@ impl Deliverer {
             tracing::error!("a webhook secret does not open with webhooks.encryption_key");
             let reason = "the signing secret cannot be opened with the configured encryption key";
             let client = self.pool.get().await?;
-            return db::defer_delivery(&client, claimed.id, UNREADABLE_SECRET_DELAY, reason).await;
+            return db::defer_delivery(&client, claimed.id, UNREADABLE_SECRET_DELAY, reason)
+                .await
+                .map(|()| None);
         };
         let Some(execution) = &prepared.execution else {
             let client = self.pool.get().await?;
             return db::fail_unsendable(&client, claimed.id, "the execution no longer exists")
-                .await;
+                .await
+                .map(|()| None);
         };
 
         let resource = ExecutionResource::from(execution);
@@ -170,7 +180,7 @@ impl Deliverer {
         });
         metrics::counter!(llmq_shared::metrics::WEBHOOK_ATTEMPTS, "outcome" => outcome)
             .increment(1);
-        let record = AttemptRecord {
+        Ok(Some(AttemptRecord {
             delivery: claimed.id,
             attempt: claimed.attempts + 1,
             at: now,
@@ -182,7 +192,14 @@ impl Deliverer {
             retry_in,
             delivered: verdict == Verdict::Delivered,
             gone: verdict == Verdict::Gone && claimed.endpoint_id.is_some(),
-        };
+        }))
+    }
+
+    /// Records a sent attempt (group-committed with the others). A
+    /// database error leaves the delivery as claimed: it is due again once
+    /// the claim's hold is over, and that attempt carries the same
+    /// `webhook-id`, so a receiver deduplicates it.
+    pub async fn record(&self, record: AttemptRecord) -> Result<(), DbError> {
         self.records
             .submit(record)
             .await

@@ -5,9 +5,11 @@
 //! at a time, and runs one task per attempt. A delivery waiting for its
 //! next attempt is a row with a due time, so a waiting retry holds no
 //! slot. Concurrency is bounded per process (`webhooks.concurrency`) and
-//! per destination (`webhooks.per_endpoint_concurrency`): the due scan
-//! takes at most that many of one destination and none of a destination
-//! already at its bound, so a slow receiver holds its own slots only.
+//! per destination (`webhooks.per_endpoint_concurrency`, requests in
+//! flight to it: an attempt gives its destination's slot back when the
+//! answer is in, before its record commits): the due scan takes at most
+//! that many of one destination and none of a destination already at its
+//! bound, so a slow receiver holds its own slots only.
 //!
 //! Promptness: the terminal-events message each committed outcome batch
 //! already publishes (and `webhooks.due` hints from the API's retry and
@@ -32,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::context::WorkerContext;
-use deliver::{Deliverer, Prepared};
+use deliver::Deliverer;
 use send::Sender;
 
 struct Dispatcher {
@@ -144,11 +146,23 @@ impl Dispatcher {
             let destination = self.destination(&delivery.claimed);
             let (deliverer, freed) = (self.deliverer.clone(), self.freed.clone());
             attempts.spawn(async move {
-                let _slot = slot;
-                let Ok(_turn) = destination.acquire_owned().await else {
-                    return;
+                let Ok(turn) = destination.acquire_owned().await else {
+                    return; // never closed
                 };
-                attempt(&deliverer, &delivery).await;
+                let sent = deliverer.send(&delivery).await;
+                // The destination's next request need not wait for this
+                // one's record to commit; the process slot bounds both.
+                drop(turn);
+                freed.notify_one();
+                let recorded = match sent {
+                    Ok(Some(record)) => deliverer.record(record).await,
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = recorded {
+                    tracing::warn!(delivery.id = %delivery.claimed.id, error = %e, "webhook attempt not recorded; it is retried after its hold");
+                }
+                drop(slot);
                 freed.notify_one();
             });
         }
@@ -176,11 +190,5 @@ impl Dispatcher {
                 .clone(),
             Err(_) => Arc::new(Semaphore::new(self.per_destination)),
         }
-    }
-}
-
-async fn attempt(deliverer: &Deliverer, delivery: &Prepared) {
-    if let Err(e) = deliverer.attempt(delivery).await {
-        tracing::warn!(delivery.id = %delivery.claimed.id, error = %e, "webhook attempt not recorded; it is retried after its hold");
     }
 }
