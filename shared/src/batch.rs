@@ -163,11 +163,23 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     /// the future withdraws the item if its batch has not started yet; once
     /// it has, the item's write happens whether anyone waits or not.
     pub async fn submit(&self, item: I) -> Result<O, Stopped> {
+        self.enqueue(item).await
+    }
+
+    /// Queues `item` now and returns its answer to await later: the item
+    /// is in line from this call on, before anything the caller does next.
+    /// As with `submit`, dropping the answer before the item's batch
+    /// starts takes the item out of it.
+    pub fn enqueue(&self, item: I) -> impl Future<Output = Result<O, Stopped>> + Send + 'static {
         let (answer, output) = oneshot::channel();
-        self.tx
-            .send((item, answer, Instant::now()))
-            .map_err(|_| Stopped(self.name))?;
-        output.await.map_err(|_| Stopped(self.name))
+        let name = self.name;
+        let sent = self.tx.send((item, answer, Instant::now())).is_ok();
+        async move {
+            if !sent {
+                return Err(Stopped(name));
+            }
+            output.await.map_err(|_| Stopped(name))
+        }
     }
 }
 

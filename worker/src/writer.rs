@@ -145,9 +145,15 @@ impl Writer {
 
     /// Writes steps that have only started, with an asynchronous commit
     /// (see `create_trace_pool`): their finished form is written again,
-    /// synchronously, later. False when the lease was lost.
-    pub async fn record_started(&self, steps: Vec<Step>) -> Answer<bool> {
-        self.started.submit(steps).await.map_err(stopped)?
+    /// synchronously, later. False when the lease was lost. Queued at the
+    /// call (see `Batcher::enqueue`): a caller may start what the rows
+    /// announce and await the answer after.
+    pub fn record_started(
+        &self,
+        steps: Vec<Step>,
+    ) -> impl std::future::Future<Output = Answer<bool>> + Send + 'static {
+        let answer = self.started.enqueue(steps);
+        async move { answer.await.map_err(stopped)? }
     }
 
     /// Writes an execution's outcome with its last steps and announces it

@@ -352,15 +352,15 @@ async fn call(
             }
         }
     };
-    if !cx.record_started(step.clone()).await? {
-        if let Some(permit) = permit {
-            cx.ctx
-                .limits
-                .release(permit, Settle::NotCounted { pause: None })
-                .await;
-        }
-        return Ok(Call::Over(Outcome::LeaseLost));
-    }
+    // "Started" is written beside the call, not before it: the row is a
+    // trace (committed asynchronously; nothing decides on it), so the
+    // call need not wait for its commit. It is queued before the call and
+    // awaited on every way out of here, so it is in before the step's end
+    // is written and the log's order holds; a lease found lost then
+    // discards the answer.
+    let mut started_rows = cx.take_pending();
+    started_rows.push(step.clone());
+    let started = cx.ctx.writer.record_started(started_rows);
     let (step_seq, attempt) = (step.seq, step.attempt);
     let model_call = async {
         if !streamed {
@@ -379,6 +379,7 @@ async fn call(
     let result = tokio::select! {
         r = model_call => r,
         _ = cx.stop.cancelled() => {
+            let _ = started.await;
             if let Some(permit) = permit {
                 cx.ctx.limits.release(permit, Settle::Unknown).await;
             }
@@ -388,6 +389,7 @@ async fn call(
             return Ok(Call::Over(Outcome::Interrupted));
         }
         _ = cx.cancel.cancelled() => {
+            let _ = started.await;
             if let Some(permit) = permit {
                 cx.ctx.limits.release(permit, Settle::Unknown).await;
             }
@@ -417,6 +419,9 @@ async fn call(
     {
         // Admitted while Redis was out of reach: the pause still applies.
         cx.ctx.limits.pause(l, *pause).await;
+    }
+    if !started.await? {
+        return Ok(Call::Over(Outcome::LeaseLost));
     }
     match result {
         Ok(generation) => {
