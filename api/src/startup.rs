@@ -95,8 +95,11 @@ impl Application {
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             pool,
+            limiter: Arc::new(llmq_shared::limits::Limiter::new(
+                settings.limits.clone(),
+                redis.clone(),
+            )),
             redis,
-            limiter: Arc::new(llmq_shared::limits::Limiter::new(settings.limits.clone())),
             org_limits: crate::services::limits::OrgLimitsCache::new(Duration::from_millis(
                 settings.limits.settings_cache_ms,
             )),

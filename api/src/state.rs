@@ -67,7 +67,6 @@ impl AppState {
     pub fn limit_deps(&self) -> LimitDeps<'_> {
         LimitDeps {
             pool: &self.pool,
-            redis: &self.redis,
             limiter: &self.limiter,
             cache: &self.org_limits,
         }

@@ -14,6 +14,7 @@ mod api {
     mod isolation;
     mod lifecycle;
     mod limits;
+    mod limits_batch;
     mod openapi;
     mod operations;
     mod pipeline;

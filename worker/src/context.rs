@@ -79,10 +79,9 @@ impl WorkerContext {
             .and_then(|u| u.cost_usd)
             .map(|c| (c * 1e6).ceil().max(0.0) as u64)
             .unwrap_or(0);
-        let redis = self.redis.clone();
         let limiter = self.limiter.clone();
         tokio::spawn(async move {
-            if let Err(e) = limiter.settle(&redis, id, tokens, spend).await {
+            if let Err(e) = limiter.settle(id, tokens, spend).await {
                 tracing::debug!(error = %e, execution.id = %id, "reservation not settled; it expires by itself");
             }
         });

@@ -70,7 +70,10 @@ impl Worker {
             settings.lease(),
             settings.republish_after(),
         );
-        let limiter = Arc::new(llmq_shared::limits::Limiter::new(settings.limits.clone()));
+        let limiter = Arc::new(llmq_shared::limits::Limiter::new(
+            settings.limits.clone(),
+            redis.clone(),
+        ));
         let ctx = Arc::new(WorkerContext {
             fairness: crate::fairness::Fairness::new(&settings.worker),
             limits: crate::provider_limits::ProviderLimits::new(redis.clone()),

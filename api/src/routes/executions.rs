@@ -177,7 +177,7 @@ pub async fn cancel(
     let execution = within(state.deadline(), work).await?;
     if execution.status == llmq_shared::ExecutionStatus::Cancelled {
         // Cancelled before it ran: nothing was spent, its reservation goes back.
-        crate::services::limits::release(state.redis.clone(), state.limiter.clone(), id);
+        crate::services::limits::release(state.limiter.clone(), id);
     }
     Ok(HttpResponse::Ok().json(ExecutionResource::from(&execution)))
 }

@@ -21,7 +21,6 @@ use llmq_shared::execution::ExecutionId;
 use llmq_shared::limits::{self, Admission, Estimate, LimitKind, Limiter, Subject};
 use llmq_shared::prompt::{tokens, ChatMessage, CompiledPrompt};
 use llmq_shared::queue::Publisher;
-use llmq_shared::redis::Redis;
 use serde_json::{json, Value};
 
 use crate::services::error::{Refusal, Result, ServiceError};
@@ -81,7 +80,6 @@ impl OrgLimitsCache {
 /// What checking a submit's limits needs.
 pub struct LimitDeps<'a> {
     pub pool: &'a Pool,
-    pub redis: &'a Arc<Redis>,
     pub limiter: &'a Arc<Limiter>,
     pub cache: &'a OrgLimitsCache,
 }
@@ -156,11 +154,7 @@ pub async fn admit(
     if !Limiter::any(limits) {
         return Ok(None);
     }
-    match deps
-        .limiter
-        .admit(deps.redis, id, subject, limits, estimate)
-        .await
-    {
+    match deps.limiter.admit(id, subject, limits, estimate).await {
         Admission::Admitted { rates } => Ok(limits::headers(&rates)),
         Admission::Refused {
             kind,
@@ -211,10 +205,10 @@ pub async fn admit(
 /// Gives a reservation that no execution will settle back (the submit
 /// failed after it was admitted). In the background: the answer does not
 /// wait for it, and an unreturned reservation expires by itself.
-pub fn release(redis: Arc<Redis>, limiter: Arc<Limiter>, id: ExecutionId) {
+pub fn release(limiter: Arc<Limiter>, id: ExecutionId) {
     // Dropped at shutdown at worst: the reservation then expires by itself.
     tokio::spawn(async move {
-        if let Err(e) = limiter.settle(&redis, id, 0, 0).await {
+        if let Err(e) = limiter.settle(id, 0, 0).await {
             tracing::debug!(error = %e, execution.id = %id, "reservation not released; it expires by itself");
         }
     });

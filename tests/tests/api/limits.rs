@@ -503,19 +503,26 @@ async fn redis_stopped_mid_run_applies_allow_and_deny_loses_nothing_and_limits_r
     app.cleanup().await;
 }
 
-/// A Limiter over the shared Redis under a namespace of this test only.
-fn limiter_under_test(
+/// A Limiter over the shared Redis under a namespace of this test only,
+/// and its Redis handle.
+pub(super) fn limiter_under_test(
     settings: llmq_shared::config::LimitSettings,
-) -> (llmq_shared::Settings, llmq_shared::limits::Limiter) {
+) -> (
+    llmq_shared::Settings,
+    std::sync::Arc<llmq_shared::redis::Redis>,
+    llmq_shared::limits::Limiter,
+) {
     let s = llmq_shared::Settings {
         redis_url: llmq_tests::redis::redis_url(),
         redis_prefix: format!("test.{}:", uuid::Uuid::now_v7().simple()),
         ..Default::default()
     };
-    (s, llmq_shared::limits::Limiter::new(settings))
+    let redis = std::sync::Arc::new(llmq_shared::redis::create_pool(&s).unwrap());
+    let limiter = llmq_shared::limits::Limiter::new(settings, redis.clone());
+    (s, redis, limiter)
 }
 
-async fn get_int(redis: &llmq_shared::redis::Redis, cmd: &str, key: &str) -> i64 {
+pub(super) async fn get_int(redis: &llmq_shared::redis::Redis, cmd: &str, key: &str) -> i64 {
     let key = key.to_string();
     let cmd = cmd.to_string();
     redis
@@ -533,11 +540,10 @@ async fn admission_takes_all_limits_or_none_and_settling_twice_changes_nothing()
     use llmq_shared::execution::ExecutionId;
     use llmq_shared::limits::{Admission, Estimate, LimitKind, Subject};
 
-    let (settings, limiter) = limiter_under_test(LimitSettings {
+    let (settings, redis, limiter) = limiter_under_test(LimitSettings {
         reservation_ttl_secs: 120,
         ..Default::default()
     });
-    let redis = llmq_shared::redis::create_pool(&settings).unwrap();
     let limits = OrgLimits {
         org_requests_per_minute: 100,
         tokens_per_day: 1000,
@@ -560,9 +566,7 @@ async fn admission_takes_all_limits_or_none_and_settling_twice_changes_nothing()
         tokens: 600,
         spend_micros: 0,
     };
-    let admitted = limiter
-        .admit(&redis, first, &subject, &limits, estimate)
-        .await;
+    let admitted = limiter.admit(first, &subject, &limits, estimate).await;
     assert!(
         matches!(admitted, Admission::Admitted { .. }),
         "{admitted:?}"
@@ -572,7 +576,7 @@ async fn admission_takes_all_limits_or_none_and_settling_twice_changes_nothing()
 
     // Refused by the budget: the request limit is not taken either.
     let refused = limiter
-        .admit(&redis, ExecutionId::new(), &subject, &limits, estimate)
+        .admit(ExecutionId::new(), &subject, &limits, estimate)
         .await;
     assert!(
         matches!(&refused, Admission::Refused { kind: LimitKind::Tokens, limit, .. } if limit == "tokens_per_day"),
@@ -587,20 +591,18 @@ async fn admission_takes_all_limits_or_none_and_settling_twice_changes_nothing()
     assert!(ttl > 0 && ttl <= 120_000, "{ttl}");
 
     // Settled with the actual 250: refunded; a second settle is a no-op.
-    assert!(limiter.settle(&redis, first, 250, 0).await.unwrap());
+    assert!(limiter.settle(first, 250, 0).await.unwrap());
     assert_eq!(get_int(&redis, "GET", &window).await, 250);
-    assert!(!limiter.settle(&redis, first, 250, 0).await.unwrap());
+    assert!(!limiter.settle(first, 250, 0).await.unwrap());
     assert_eq!(get_int(&redis, "GET", &window).await, 250);
     // An excess is charged: reserved 600, used 700.
     let second = ExecutionId::new();
-    let admitted = limiter
-        .admit(&redis, second, &subject, &limits, estimate)
-        .await;
+    let admitted = limiter.admit(second, &subject, &limits, estimate).await;
     assert!(
         matches!(admitted, Admission::Admitted { .. }),
         "{admitted:?}"
     );
-    assert!(limiter.settle(&redis, second, 700, 0).await.unwrap());
+    assert!(limiter.settle(second, 700, 0).await.unwrap());
     assert_eq!(get_int(&redis, "GET", &window).await, 950);
     llmq_tests::redis::delete_keys(&settings.redis_url, &settings.redis_prefix).await;
 }

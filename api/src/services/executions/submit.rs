@@ -200,7 +200,7 @@ pub async fn submit_execution(
     new.reserved = reserves;
     let stored = store(deps, tenant, new, idempotency, deadline).await;
     if admitted && !matches!(stored, Ok(Submitted::Created(_))) {
-        limits::release(deps.limits.redis.clone(), deps.limits.limiter.clone(), id);
+        limits::release(deps.limits.limiter.clone(), id);
     }
     Ok((stored?, rate_headers))
 }
