@@ -100,6 +100,7 @@ cleanup() {
     if [ -n "$TOOL_PID" ]; then
         stop_pid tool "$TOOL_PID"
         wait_pid tool "$TOOL_PID"
+        rm -f "$RUN_DIR/tool.pid"
     fi
     if [ "$STARTED_MODEL" = 1 ]; then
         bash "$ROOT/scripts/local-model.sh" stop || true
@@ -256,6 +257,7 @@ else
     log "starting the demo tool word_count on 127.0.0.1:$TOOL_PORT (log .run/tool.log)"
     setsid python3 "$ROOT/scripts/demo-tool.py" "$TOOL_PORT" >"$RUN_DIR/tool.log" 2>&1 </dev/null &
     TOOL_PID=$!
+    echo "$TOOL_PID" >"$RUN_DIR/tool.pid"
 fi
 
 # The demo tool's credential (tools/word_count.toml reads it from here).
@@ -299,7 +301,7 @@ fi
 cat <<EOF
 
   llmq is up at $BASE_URL   (API key: $API_KEY)
-  logs: .run/api.log  .run/worker.log$([ "$STARTED_MODEL" = 1 ] && printf '  .run/model.log')
+  logs: .run/api.log  .run/worker.log$([ -n "$TOOL_PID" ] && printf '  .run/tool.log')$([ "$STARTED_MODEL" = 1 ] && printf '  .run/model.log')$([ "$STARTED_EMBEDDINGS" = 1 ] && printf '  .run/embeddings.log')
   model: ${LLMQ_PROVIDER_BASE_URL:-http://127.0.0.1:$MODEL_PORT/v1 ($MODEL_ALIAS, local)}
 
   Submit an execution:
@@ -315,18 +317,19 @@ cat <<EOF
 
     curl -s -X POST $BASE_URL/v1/executions -H 'Authorization: Bearer $API_KEY' -H 'Content-Type: application/json' -d '{"prompt":"count-words","input":{"text":"The quick brown fox jumps over the lazy dog."}}'
 
-  (The local SmolLM2-135M is served with llama.cpp's chatml-function-calling
-  format, which can answer with tool calls, but a model this small often
-  answers without calling the tool: see the README.)
+  (count-words v2 sets tool_choice = "word_count": its first model turn must
+  call the tool, and the turn after the result answers.)
 
   A prompt that retrieves from the demo collection first (the workers embed
   it with the local e5 model; the steps show which chunks went in):
 
     curl -s -X POST $BASE_URL/v1/executions -H 'Authorization: Bearer $API_KEY' -H 'Content-Type: application/json' -d '{"prompt":"ask","input":{"question":"How many days of paid holiday do I get?"}}'
 
-  Then wait for its result (put the returned id in place of <id>):
+  Then wait for its result, and read its steps (put the returned id in place
+  of <id>):
 
     curl -s '$BASE_URL/v1/executions/<id>?wait=30' -H 'Authorization: Bearer $API_KEY'
+    curl -s '$BASE_URL/v1/executions/<id>/steps' -H 'Authorization: Bearer $API_KEY'
 
   More (steps, cancel, idempotency): the README's walkthrough.
   Press Ctrl-C to stop everything.
