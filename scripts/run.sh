@@ -19,7 +19,8 @@
 # Env: LLMQ_HTTP_PORT (8080), LLMQ_MODEL_PORT (8081), LLMQ_PROVIDER_BASE_URL
 #      and LLMQ_PROVIDER_API_KEY (use a remote OpenAI-compatible provider
 #      instead of the local model), LLMQ_CONFIG (use your own config file),
-#      DATABASE_URL, AMQP_URL, REDIS_URL, RUST_LOG.
+#      DATABASE_URL, AMQP_URL, REDIS_URL, RUST_LOG, LLMQ_RUN_PROFILE (release;
+#      debug runs the debug build).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -41,8 +42,16 @@ export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/llmq}
 export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 
-API_BIN=$ROOT/target/release/llmq-api
-WORKER_BIN=$ROOT/target/release/llmq-worker
+# LLMQ_RUN_PROFILE=debug runs the debug build instead (warm after `make
+# test`, and quicker to build than a cold release build).
+PROFILE=${LLMQ_RUN_PROFILE:-release}
+case "$PROFILE" in
+    release) PROFILE_FLAG=(--release); PROFILE_DIR=release ;;
+    debug) PROFILE_FLAG=(); PROFILE_DIR=debug ;;
+    *) printf '[run] ERROR: LLMQ_RUN_PROFILE must be release or debug, not %s\n' "$PROFILE" >&2; exit 1 ;;
+esac
+API_BIN=$ROOT/target/$PROFILE_DIR/llmq-api
+WORKER_BIN=$ROOT/target/$PROFILE_DIR/llmq-worker
 BASE_URL="http://127.0.0.1:${HTTP_PORT}"
 
 log() { printf '[run] %s\n' "$*" >&2; }
@@ -142,13 +151,13 @@ if ! command -v curl >/dev/null 2>&1; then
 fi
 
 if [ -x "$API_BIN" ] && [ -x "$WORKER_BIN" ]; then
-    log "building llmq-api and llmq-worker (release; up to date in seconds if nothing changed)"
+    log "building llmq-api and llmq-worker ($PROFILE; up to date in seconds if nothing changed)"
 else
-    log "building llmq-api and llmq-worker (release): the first build takes about 6 minutes on 2 cores"
+    log "building llmq-api and llmq-worker ($PROFILE): the first release build takes about 6 minutes on 2 cores"
 fi
 locked=()
 if [ "${CI:-}" = true ] && [ -f Cargo.lock ]; then locked=(--locked); fi
-cargo build --release "${locked[@]}" -p llmq-api -p llmq-worker
+cargo build "${PROFILE_FLAG[@]}" "${locked[@]}" -p llmq-api -p llmq-worker
 
 # ------------------------------------------------------------ model + config
 

@@ -148,16 +148,22 @@ fn add_usage(total: &mut Usage, u: &Usage) {
     total.total_tokens += u.total_tokens;
 }
 
+/// The model's turn as the next request repeats it. A turn without text
+/// has no `content` at all: OpenAI takes that (content is optional beside
+/// `tool_calls`), and llama-cpp-python's server refuses `"content": null`.
 fn assistant_message(round: &Round) -> Value {
-    json!({
+    let mut message = json!({
         "role": "assistant",
-        "content": if round.content.is_empty() { Value::Null } else { Value::String(round.content.clone()) },
         "tool_calls": round.calls.iter().map(|c| json!({
             "id": c.id,
             "type": "function",
             "function": {"name": c.name, "arguments": c.arguments},
         })).collect::<Vec<_>>(),
-    })
+    });
+    if !round.content.is_empty() {
+        message["content"] = Value::String(round.content.clone());
+    }
+    message
 }
 
 fn tool_message(call: &ProposedCall, content: &str) -> Value {
