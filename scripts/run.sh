@@ -19,7 +19,8 @@
 # Env: LLMQ_HTTP_PORT (8080), LLMQ_MODEL_PORT (8081), LLMQ_PROVIDER_BASE_URL
 #      and LLMQ_PROVIDER_API_KEY (use a remote OpenAI-compatible provider
 #      instead of the local model), LLMQ_CONFIG (use your own config file),
-#      DATABASE_URL, AMQP_URL, REDIS_URL, RUST_LOG.
+#      DATABASE_URL, AMQP_URL, REDIS_URL, RUST_LOG, LLMQ_RUN_PROFILE (release;
+#      debug runs the debug build).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -41,8 +42,16 @@ export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/llmq}
 export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 
-API_BIN=$ROOT/target/release/llmq-api
-WORKER_BIN=$ROOT/target/release/llmq-worker
+# LLMQ_RUN_PROFILE=debug runs the debug build instead (warm after `make
+# test`, and quicker to build than a cold release build).
+PROFILE=${LLMQ_RUN_PROFILE:-release}
+case "$PROFILE" in
+    release) PROFILE_FLAG=(--release); PROFILE_DIR=release ;;
+    debug) PROFILE_FLAG=(); PROFILE_DIR=debug ;;
+    *) printf '[run] ERROR: LLMQ_RUN_PROFILE must be release or debug, not %s\n' "$PROFILE" >&2; exit 1 ;;
+esac
+API_BIN=$ROOT/target/$PROFILE_DIR/llmq-api
+WORKER_BIN=$ROOT/target/$PROFILE_DIR/llmq-worker
 BASE_URL="http://127.0.0.1:${HTTP_PORT}"
 
 log() { printf '[run] %s\n' "$*" >&2; }
@@ -100,6 +109,7 @@ cleanup() {
     if [ -n "$TOOL_PID" ]; then
         stop_pid tool "$TOOL_PID"
         wait_pid tool "$TOOL_PID"
+        rm -f "$RUN_DIR/tool.pid"
     fi
     if [ "$STARTED_MODEL" = 1 ]; then
         bash "$ROOT/scripts/local-model.sh" stop || true
@@ -141,13 +151,13 @@ if ! command -v curl >/dev/null 2>&1; then
 fi
 
 if [ -x "$API_BIN" ] && [ -x "$WORKER_BIN" ]; then
-    log "building llmq-api and llmq-worker (release; up to date in seconds if nothing changed)"
+    log "building llmq-api and llmq-worker ($PROFILE; up to date in seconds if nothing changed)"
 else
-    log "building llmq-api and llmq-worker (release): the first build takes about 6 minutes on 2 cores"
+    log "building llmq-api and llmq-worker ($PROFILE): the first release build takes about 6 minutes on 2 cores"
 fi
 locked=()
 if [ "${CI:-}" = true ] && [ -f Cargo.lock ]; then locked=(--locked); fi
-cargo build --release "${locked[@]}" -p llmq-api -p llmq-worker
+cargo build "${PROFILE_FLAG[@]}" "${locked[@]}" -p llmq-api -p llmq-worker
 
 # ------------------------------------------------------------ model + config
 
@@ -256,6 +266,7 @@ else
     log "starting the demo tool word_count on 127.0.0.1:$TOOL_PORT (log .run/tool.log)"
     setsid python3 "$ROOT/scripts/demo-tool.py" "$TOOL_PORT" >"$RUN_DIR/tool.log" 2>&1 </dev/null &
     TOOL_PID=$!
+    echo "$TOOL_PID" >"$RUN_DIR/tool.pid"
 fi
 
 # The demo tool's credential (tools/word_count.toml reads it from here).
@@ -299,7 +310,7 @@ fi
 cat <<EOF
 
   llmq is up at $BASE_URL   (API key: $API_KEY)
-  logs: .run/api.log  .run/worker.log$([ "$STARTED_MODEL" = 1 ] && printf '  .run/model.log')
+  logs: .run/api.log  .run/worker.log$([ -n "$TOOL_PID" ] && printf '  .run/tool.log')$([ "$STARTED_MODEL" = 1 ] && printf '  .run/model.log')$([ "$STARTED_EMBEDDINGS" = 1 ] && printf '  .run/embeddings.log')
   model: ${LLMQ_PROVIDER_BASE_URL:-http://127.0.0.1:$MODEL_PORT/v1 ($MODEL_ALIAS, local)}
 
   Submit an execution:
@@ -315,18 +326,19 @@ cat <<EOF
 
     curl -s -X POST $BASE_URL/v1/executions -H 'Authorization: Bearer $API_KEY' -H 'Content-Type: application/json' -d '{"prompt":"count-words","input":{"text":"The quick brown fox jumps over the lazy dog."}}'
 
-  (The local SmolLM2-135M is served with llama.cpp's chatml-function-calling
-  format, which can answer with tool calls, but a model this small often
-  answers without calling the tool: see the README.)
+  (count-words v2 sets tool_choice = "word_count": its first model turn must
+  call the tool, and the turn after the result answers.)
 
   A prompt that retrieves from the demo collection first (the workers embed
   it with the local e5 model; the steps show which chunks went in):
 
     curl -s -X POST $BASE_URL/v1/executions -H 'Authorization: Bearer $API_KEY' -H 'Content-Type: application/json' -d '{"prompt":"ask","input":{"question":"How many days of paid holiday do I get?"}}'
 
-  Then wait for its result (put the returned id in place of <id>):
+  Then wait for its result, and read its steps (put the returned id in place
+  of <id>):
 
     curl -s '$BASE_URL/v1/executions/<id>?wait=30' -H 'Authorization: Bearer $API_KEY'
+    curl -s '$BASE_URL/v1/executions/<id>/steps' -H 'Authorization: Bearer $API_KEY'
 
   More (steps, cancel, idempotency): the README's walkthrough.
   Press Ctrl-C to stop everything.

@@ -209,7 +209,10 @@ impl PromptParams {
                     "is a named parameter: set it in [params] itself",
                 ));
             }
-            if matches!(key.as_str(), "model" | "messages" | "stream" | "tools") {
+            if matches!(
+                key.as_str(),
+                "model" | "messages" | "stream" | "tools" | "tool_choice"
+            ) {
                 errors.push(FieldError::new(
                     format!("params.extra.{key}"),
                     "is set by llmq, not by a prompt",
@@ -446,6 +449,11 @@ pub struct PromptDefinition {
     /// offered to the model by `generate`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<String>,
+    /// Whether the first model turn must call a tool: `"auto"` (the model
+    /// decides), `"required"` (some tool) or one of `tools` by name (that
+    /// tool). Absent: no `tool_choice` is sent. See [`Self::first_tool_choice`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<String>,
     /// Tokenizer of `truncate_tokens` (`o200k_base`, `cl100k_base`); by
     /// default the one of the model's family.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -490,6 +498,9 @@ impl std::fmt::Display for FieldError {
         }
     }
 }
+
+/// The `tool_choice` words; any other value names one of the tools.
+pub const TOOL_CHOICES: &[&str] = &["auto", "required"];
 
 /// The roles a message template may have.
 pub const MESSAGE_ROLES: &[&str] = &["system", "user", "assistant"];
@@ -608,6 +619,23 @@ impl PromptDefinition {
                 errors.push(FieldError::new(format!("tools[{i}]"), message));
             }
         }
+        if let Some(choice) = &self.tool_choice {
+            if self.tools.is_empty() {
+                errors.push(FieldError::new(
+                    "tool_choice",
+                    "needs `tools`: there is nothing to choose from",
+                ));
+            } else if !TOOL_CHOICES.contains(&choice.as_str()) && !self.tools.contains(choice) {
+                errors.push(FieldError::new(
+                    "tool_choice",
+                    format!(
+                        "{choice:?} is neither {} nor one of `tools` ({})",
+                        TOOL_CHOICES.join(" nor "),
+                        self.tools.join(", ")
+                    ),
+                ));
+            }
+        }
         if let Some(t) = &self.tokenizer {
             if !super::tokens::TOKENIZERS.contains(&t.as_str()) {
                 errors.push(FieldError::new(
@@ -657,6 +685,23 @@ impl PromptDefinition {
             out.push(("user", user.as_str()));
         }
         out
+    }
+
+    /// The OpenAI `tool_choice` of the first model turn, from
+    /// `tool_choice`: `"auto"` and `"required"` as they are, a tool's name
+    /// as `{"type": "function", "function": {"name": ...}}`.
+    ///
+    /// Only the first turn carries it: a forced call on every turn would
+    /// never let the model answer (the loop would end
+    /// `tool_rounds_exceeded`), so later turns send none and the provider
+    /// applies its default (`auto` at OpenAI).
+    pub fn first_tool_choice(&self) -> Option<Value> {
+        let choice = self.tool_choice.as_deref()?;
+        Some(if TOOL_CHOICES.contains(&choice) {
+            Value::String(choice.to_string())
+        } else {
+            serde_json::json!({"type": "function", "function": {"name": choice}})
+        })
     }
 
     /// sha256 of the definition with object keys sorted, so the same file

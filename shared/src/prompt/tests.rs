@@ -21,6 +21,7 @@ fn definition() -> PromptDefinition {
         }),
         output: OutputSpec::Text,
         tools: Vec::new(),
+        tool_choice: None,
         tokenizer: None,
         examples: Vec::new(),
         limits: PromptLimits::default(),
@@ -167,6 +168,11 @@ fn load_errors_name_the_file_and_the_field() {
         (format!("model = \"m\"\ntemplate = \"{{{{ text }}}}\"\nexamples = [{{ text = \"ok\" }}, {{ text = 5 }}]\n{SCHEMA}"), "examples[1]"),
         (format!("model = \"m\"\ntemplate = \"{{{{ text }}}} {{{{ other }}}}\"\nexamples = [{{ text = \"ok\" }}]\n{SCHEMA}"), "examples[0]"),
         (format!("model = \"m\"\ntemplate = \"{{{{ text }}}}\"\ntools = [\"Bad Name\"]\n{SCHEMA}"), "tools[0]"),
+        // A tool choice with no tools, or naming a tool the version does not list.
+        (format!("model = \"m\"\ntemplate = \"{{{{ text }}}}\"\ntool_choice = \"required\"\n{SCHEMA}"), "tool_choice"),
+        (format!("model = \"m\"\ntemplate = \"{{{{ text }}}}\"\ntools = [\"search\"]\ntool_choice = \"weather\"\n{SCHEMA}"), "tool_choice"),
+        // llmq sets tool_choice itself.
+        (format!("model = \"m\"\ntemplate = \"{{{{ text }}}}\"\n[params.extra]\ntool_choice = \"required\"\n{SCHEMA}"), "params.extra.tool_choice"),
     ];
     for (text, field) in cases {
         let file = OneFile::new("p", &text);
@@ -183,6 +189,7 @@ fn a_full_definition_loads_with_every_field() {
         r#"description = "Everything a version can say."
 model = "gpt-4o-mini"
 tools = ["search"]
+tool_choice = "search"
 tokenizer = "cl100k_base"
 examples = [{ text = "hello", tags = ["a", "b"] }]
 
@@ -244,6 +251,30 @@ max_attempts = 2
     // The definition round-trips through the JSON stored in Postgres.
     let stored = serde_json::to_value(d).unwrap();
     assert_eq!(&PromptDefinition::from_json(&stored).unwrap(), d);
+}
+
+#[test]
+fn the_first_turns_tool_choice_is_a_word_or_a_named_function() {
+    let mut d = definition();
+    assert_eq!(d.first_tool_choice(), None);
+    d.tools = vec!["search".into(), "required".into()];
+    d.tool_choice = Some("required".into());
+    // The word wins over a tool of that name.
+    assert_eq!(d.first_tool_choice(), Some(json!("required")));
+    d.tool_choice = Some("auto".into());
+    assert_eq!(d.first_tool_choice(), Some(json!("auto")));
+    d.tool_choice = Some("search".into());
+    assert_eq!(
+        d.first_tool_choice(),
+        Some(json!({"type": "function", "function": {"name": "search"}}))
+    );
+    assert!(d.check().is_empty(), "{:?}", d.check());
+    // Absent, it is not serialized: stored versions keep their hashes.
+    d.tool_choice = None;
+    assert!(serde_json::to_value(&d)
+        .unwrap()
+        .get("tool_choice")
+        .is_none());
 }
 
 #[test]

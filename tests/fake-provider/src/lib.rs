@@ -19,7 +19,7 @@
 //! of all messages) are affected. For `not_json` and `wrong_json`, `N` counts rounds of a
 //! repair conversation instead (1 + the assistant messages in the request): `:times=1` answers
 //! the first request badly and its repair well, however often either is retried. Every
-//! request's `response_format` is kept in the call log ([`CallRecord::response_format`]). With `tools` in the request, `[[tool:NAME {json args}]]` in
+//! request's `response_format` and `tool_choice` are kept in the call log ([`CallRecord`]). With `tools` in the request, `[[tool:NAME {json args}]]` in
 //! the last user message yields a `tool_calls` answer until a `tool` message follows it (several
 //! markers: several calls in one turn); with `[[tools:endless]]` in that message too, every
 //! round asks for the tools again. Any fault marker may also end with `:from_round=N`: it
@@ -97,6 +97,9 @@ pub struct CallRecord {
     /// The request's `response_format`, as sent (`None` when absent).
     #[serde(default)]
     pub response_format: Option<serde_json::Value>,
+    /// The request's `tool_choice`, as sent (`None` when absent).
+    #[serde(default)]
+    pub tool_choice: Option<serde_json::Value>,
     /// `"ok"`, `"429"`, `"500"`, `"400"`, `"hang"`, `"malformed"`, `"nul"`, `"not_json"` or
     /// `"wrong_json"`.
     pub outcome: String,

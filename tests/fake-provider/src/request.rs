@@ -31,6 +31,8 @@ pub(crate) struct ChatRequest {
     pub(crate) format: ResponseFormat,
     /// `response_format` as sent, for the call log.
     pub(crate) response_format: Option<Value>,
+    /// `tool_choice` as sent, for the call log.
+    pub(crate) tool_choice: Option<Value>,
 }
 
 /// Why a request was rejected (mapped to an `invalid_request_error`).
@@ -116,6 +118,7 @@ impl ChatRequest {
             tools_enabled: has_tools && !choice_none,
             format,
             response_format: obj.get("response_format").cloned(),
+            tool_choice: obj.get("tool_choice").cloned(),
         })
     }
 

@@ -47,14 +47,24 @@ async fn setup(configure: impl FnOnce(&ToolServer)) -> Setup {
         );
     configure(&tools);
     let prompts = TempPrompts::with_shipped();
-    prompts.add("assistant", 1, ASSISTANT).add(
-        "registrar",
-        1,
-        &ASSISTANT.replace(
-            r#"tools = ["weather", "strict", "slow"]"#,
-            r#"tools = ["registered"]"#,
-        ),
-    );
+    prompts
+        .add("assistant", 1, ASSISTANT)
+        .add(
+            "registrar",
+            1,
+            &ASSISTANT.replace(
+                r#"tools = ["weather", "strict", "slow"]"#,
+                r#"tools = ["registered"]"#,
+            ),
+        )
+        .add(
+            "chooser",
+            1,
+            &ASSISTANT.replace(
+                r#"tools = ["weather", "strict", "slow"]"#,
+                "tools = [\"weather\", \"strict\"]\ntool_choice = \"weather\"",
+            ),
+        );
     let (prompts_dir, tools_dir) = (prompts.dir.clone(), tools.tools_dir.clone());
     let app = TestApp::builder()
         .configure(move |s| {
@@ -144,6 +154,44 @@ async fn an_allowed_tool_runs_with_its_credential_and_its_result_reaches_the_mod
         .map(|g| g["usage"]["total_tokens"].as_i64().unwrap())
         .sum();
     assert_eq!(done["usage"]["total_tokens"].as_i64(), Some(turns));
+    s.app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_versions_tool_choice_is_sent_on_the_first_turn_only() {
+    let s = setup(|_| {}).await;
+    let marker = Uuid::now_v7().simple().to_string();
+    let (id, done) = run_prompt(
+        &s.app,
+        "chooser",
+        &format!(r#"Weather {marker}? [[tool:weather {{"city":"Bergen"}}]]"#),
+    )
+    .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // The tool's result reached the model (the fake echoes it).
+    let output = done["output"].as_str().unwrap();
+    assert!(output.contains(r#""city":"Bergen""#), "{output}");
+    let turns = s.app.fake.calls_containing(&marker);
+    assert_eq!(turns.len(), 2, "{turns:?}");
+    // The first turn names the function; the turn after the tool result
+    // carries no tool_choice, so the model may answer.
+    assert_eq!(
+        turns[0].tool_choice,
+        Some(json!({"type": "function", "function": {"name": "weather"}}))
+    );
+    assert_eq!(turns[1].tool_choice, None);
+    let steps = steps(&s.app, &id).await;
+    let generates = of_kind(&steps, "generate");
+    assert_eq!(generates.len(), 2, "{steps:#?}");
+    assert_eq!(
+        generates[0]["input"]["tool_choice"]["function"]["name"],
+        "weather"
+    );
+    assert!(
+        generates[1]["input"].get("tool_choice").is_none(),
+        "{steps:#?}"
+    );
+    assert_eq!(s.tools.calls().len(), 1);
     s.app.cleanup().await;
 }
 

@@ -1,5 +1,6 @@
 //! The tool rounds of a `generate` step. The model is offered the prompt
-//! version's tools (OpenAI `tools` format) and answers with text or tool
+//! version's tools (OpenAI `tools` format; the first turn with the
+//! version's `tool_choice`, if it names one) and answers with text or tool
 //! calls; llmq decides each call: a tool the version does not allow is
 //! refused (`tool_not_allowed`), arguments that break the tool's schema are
 //! refused with the errors (`tool_invalid_arguments`), and both refusals
@@ -147,16 +148,22 @@ fn add_usage(total: &mut Usage, u: &Usage) {
     total.total_tokens += u.total_tokens;
 }
 
+/// The model's turn as the next request repeats it. A turn without text
+/// has no `content` at all: OpenAI takes that (content is optional beside
+/// `tool_calls`), and llama-cpp-python's server refuses `"content": null`.
 fn assistant_message(round: &Round) -> Value {
-    json!({
+    let mut message = json!({
         "role": "assistant",
-        "content": if round.content.is_empty() { Value::Null } else { Value::String(round.content.clone()) },
         "tool_calls": round.calls.iter().map(|c| json!({
             "id": c.id,
             "type": "function",
             "function": {"name": c.name, "arguments": c.arguments},
         })).collect::<Vec<_>>(),
-    })
+    });
+    if !round.content.is_empty() {
+        message["content"] = Value::String(round.content.clone());
+    }
+    message
 }
 
 fn tool_message(call: &ProposedCall, content: &str) -> Value {
@@ -352,6 +359,11 @@ async fn model_call(
     let mut body = ProviderClient::request_body(endpoint, &[], &params, format.as_ref(), false);
     body["messages"] = Value::Array(messages.to_vec());
     body["tools"] = Value::Array(offered.to_vec());
+    // The version's `tool_choice` binds the first turn only (a forced call
+    // on every turn would never let the model answer).
+    let tool_choice = (round == 1)
+        .then(|| cx.prompt.definition.first_tool_choice())
+        .flatten();
     step.model = Some(model.to_string());
     step.params = Some(Value::Object(params));
     let mut input = json!({
@@ -360,6 +372,10 @@ async fn model_call(
         "round": round,
         "tools": cx.prompt.definition.tools,
     });
+    if let Some(choice) = tool_choice {
+        input["tool_choice"] = choice.clone();
+        body["tool_choice"] = choice;
+    }
     if !added.is_null() {
         input["added"] = mask_json(added);
     }
