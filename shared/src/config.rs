@@ -85,6 +85,12 @@ pub struct RetrievalSettings {
     pub index_max_attempts: u32,
     /// Full-text candidates the query embedding reranks.
     pub candidates: usize,
+    /// Most chunks each full-text stage reads and ranks per search: the
+    /// bound on a search's cost whatever the collection's size. The
+    /// query's words that select candidates are its rarest ones whose
+    /// chunk counts add up to at most this (see
+    /// `db::collections::SEARCH_CANDIDATES`).
+    pub max_ranked: usize,
     /// Bounds of one upsert request.
     pub max_documents_per_request: usize,
     pub max_document_bytes: usize,
@@ -103,6 +109,7 @@ impl Default for RetrievalSettings {
             index_hold_secs: 120,
             index_max_attempts: 5,
             candidates: 200,
+            max_ranked: 1000,
             max_documents_per_request: 100,
             max_document_bytes: 200_000,
         }

@@ -10,10 +10,12 @@
 //! `indexed` only if its text is still the one that was embedded: a
 //! newer upsert wins.
 //!
-//! Search: a full-text query (the query's words, OR-ed) over the GIN
-//! index of `chunks.tsv` selects the candidates, best `ts_rank` first;
-//! the caller reranks them with the query's embedding. No statement here
-//! scans a whole table.
+//! Search: a full-text query over the GIN index of `chunks.tsv` selects
+//! the candidates, best `ts_rank` first; the caller reranks them with the
+//! query's embedding. The words that select candidates are chosen with
+//! the collection's term counts (`chunk_terms`, kept by triggers on
+//! `chunks`), so the rows ranked are bounded by a budget, not by the
+//! collection's size. No statement here scans a whole table.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -556,19 +558,76 @@ pub struct CandidateRow {
     pub rank: f32,
 }
 
-/// The query's words OR-ed (`plainto_tsquery` ANDs them; a chunk that
-/// shares any word with the query is a candidate), over the GIN index.
-/// Chunks embedded with another model than the query's cannot be compared
-/// and are not candidates.
-pub const SEARCH_CANDIDATES: &str = "WITH q AS ( \
-       SELECT replace(plainto_tsquery('english', $3)::text, ' & ', ' | ')::tsquery AS q) \
-     SELECT ch.document_id, ch.ord, ch.text, ch.embedding, d.metadata, ts_rank(ch.tsv, q.q) AS rank \
-       FROM q, chunks ch \
-       JOIN documents d ON d.tenant_id = ch.tenant_id AND d.collection = ch.collection \
-        AND d.id = ch.document_id \
-      WHERE ch.tsv @@ q.q AND ch.tenant_id = $1 AND ch.collection = $2 AND ch.embedding_model = $4 \
-      ORDER BY rank DESC LIMIT $5";
+/// Bounded by `$6` (`retrieval.max_ranked`), not by the collection: the
+/// query's lexemes are looked up in `chunk_terms` (how many chunks of
+/// this collection hold each; one primary-key lookup per lexeme, written
+/// as a subquery so that no statistics can make it a scan of the
+/// collection's terms), then
+///
+/// 1. AND first: the chunks holding every lexeme (skipped when one is in
+///    no chunk). GIN's AND is driven by the rarest lexeme's posting
+///    list, so this is cheap whenever the query has a selective word.
+/// 2. Only when that found fewer than `$5`, OR over the selective
+///    lexemes: the rarest first, as long as their counts add up to at
+///    most `$6` (the rarest always, whatever its count). A word most
+///    chunks hold ("system" in a handbook) is left out of the candidate
+///    selection instead of making every chunk a candidate, so a rare
+///    word of the query still finds its chunk.
+///
+/// Each stage reads at most `$6` rows before anything is ranked (the cap
+/// binds only when even the rarest lexeme is common: the candidates are
+/// then a sample of the chunks holding it). The rows found are ranked by
+/// `ts_rank` against all the query's lexemes OR-ed (a chunk sharing more
+/// of them first), the best `$5` are kept, and only those are read in
+/// full (text, embedding, the document's metadata), each by its primary
+/// key (`LATERAL ... LIMIT 1`: the planner cannot turn these lookups
+/// into a hash join over the whole `documents` table, which it did for a
+/// 10,000-chunk collection, guessing 100 rows). Chunks embedded with
+/// another model than the query's (`$4`) cannot be compared and are not
+/// candidates. Lexemes go into the tsquery quoted, as they are (no second
+/// normalisation).
+pub const SEARCH_CANDIDATES: &str = r"WITH terms AS (
+       SELECT x.term,
+              coalesce((SELECT ct.chunks FROM chunk_terms ct
+                         WHERE ct.tenant_id = $1 AND ct.collection = $2 AND ct.term = x.term), 0) AS df
+         FROM unnest(tsvector_to_array(to_tsvector('english', $3))) AS x(term)),
+     present AS (
+       SELECT '''' || replace(replace(term, '\', '\\'), '''', '''''') || '''' AS lit,
+              sum(df) OVER (ORDER BY df, term) AS running,
+              row_number() OVER (ORDER BY df, term) AS n
+         FROM terms WHERE df > 0),
+     q AS (
+       SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM terms WHERE df = 0)
+                   THEN (SELECT string_agg(lit, ' & ') FROM present)::tsquery END AS every,
+              (SELECT string_agg(lit, ' | ') FROM present WHERE running <= $6::bigint OR n = 1)::tsquery
+                AS selective,
+              (SELECT string_agg(lit, ' | ') FROM present)::tsquery AS ranked),
+     every_hit AS MATERIALIZED (
+       SELECT ch.document_id, ch.ord, ch.tsv FROM q, chunks ch
+        WHERE ch.tsv @@ q.every AND ch.tenant_id = $1 AND ch.collection = $2
+          AND ch.embedding_model = $4
+        LIMIT $6),
+     any_hit AS (
+       SELECT ch.document_id, ch.ord, ch.tsv FROM q, chunks ch
+        WHERE ch.tsv @@ q.selective AND ch.tenant_id = $1 AND ch.collection = $2
+          AND ch.embedding_model = $4 AND (SELECT count(*) FROM every_hit) < $5
+        LIMIT $6),
+     best AS (
+       SELECT h.document_id, h.ord, ts_rank(h.tsv, q.ranked) AS rank
+         FROM (SELECT DISTINCT ON (document_id, ord) *
+                 FROM (SELECT * FROM every_hit UNION ALL SELECT * FROM any_hit) u) h, q
+        ORDER BY rank DESC, h.document_id, h.ord LIMIT $5)
+     SELECT b.document_id, b.ord, ch.text, ch.embedding, d.metadata, b.rank
+       FROM best b,
+       LATERAL (SELECT text, embedding FROM chunks c
+                 WHERE c.tenant_id = $1 AND c.collection = $2 AND c.document_id = b.document_id
+                   AND c.ord = b.ord LIMIT 1) ch,
+       LATERAL (SELECT metadata FROM documents d
+                 WHERE d.tenant_id = $1 AND d.collection = $2 AND d.id = b.document_id LIMIT 1) d
+      ORDER BY b.rank DESC, b.document_id, b.ord";
 
+/// The best `limit` full-text candidates of `query`, each stage having
+/// read at most `max_ranked` chunks (see `SEARCH_CANDIDATES`).
 pub async fn search_candidates(
     client: &impl GenericClient,
     tenant: &str,
@@ -576,11 +635,12 @@ pub async fn search_candidates(
     query: &str,
     model: &str,
     limit: i64,
+    max_ranked: i64,
 ) -> Result<Vec<CandidateRow>> {
     let rows = client
         .query(
             &client.prepare_cached(SEARCH_CANDIDATES).await?,
-            &[&tenant, &collection, &query, &model, &limit],
+            &[&tenant, &collection, &query, &model, &limit, &max_ranked],
         )
         .await?;
     rows.iter()

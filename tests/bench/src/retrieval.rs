@@ -3,13 +3,22 @@
 //! straight into Postgres (batched `UNNEST` inserts, each chunk's
 //! embedding from the fake embeddings endpoint's own function, so the
 //! worker's rerank compares like with like), then submits `-n`
-//! executions with `-c` in flight and reports executions/s and the
-//! `retrieve` step's latency p50 / p99 from its recorded rows.
+//! executions with `-c` in flight and reports executions/s, the
+//! `retrieve` step's latency p50 / p99 from its recorded rows, and how
+//! often the chunk each question was written from came back.
 //!
-//! The chunks are made of words drawn from a fixed vocabulary with a
-//! seeded generator, so two runs of one size search the same collection,
-//! and each query's words match a small share of it (no query matches
-//! everything, as in a real corpus).
+//! The corpus is shaped like text: words of a 30,000-word vocabulary
+//! drawn with a Zipf-like distribution (the word of rank r with
+//! probability about 1 / r: the commonest is in nearly every chunk, most
+//! are in a few), 60 to a chunk, from a seeded generator, so two runs of
+//! one size search the same collection. Each question is written from one
+//! chunk, as a user asks about something the collection holds: that
+//! chunk's rarest word, two more of its words (mostly common ones, as
+//! real questions carry), and one word drawn from the whole vocabulary,
+//! which the chunk usually lacks (so not every question has a chunk with
+//! all its words). (Until this corpus, the words were drawn with a
+//! barely skewed distribution and the questions from nowhere: no chunk
+//! was relevant to them and no word was common, unlike a real corpus.)
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -65,8 +74,8 @@ pub struct RetrievalArgs {
 }
 
 /// Words of the synthetic corpus.
-const VOCABULARY: usize = 5_000;
-const WORDS_PER_CHUNK: usize = 40;
+const VOCABULARY: usize = 30_000;
+const WORDS_PER_CHUNK: usize = 60;
 const BATCH: usize = 5_000;
 
 /// A small deterministic generator (xorshift64*): no dependency, same
@@ -81,26 +90,72 @@ impl Rng {
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    /// A word index, skewed towards small ones like a real vocabulary.
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// A word's rank (0 the commonest), Zipf-like: log-uniform over
+    /// 1..=VOCABULARY, i.e. rank r with probability about 1 / (r ln V).
     fn word(&mut self) -> usize {
-        let a = (self.next() % VOCABULARY as u64) as usize;
-        let b = (self.next() % VOCABULARY as u64) as usize;
-        a.min(b)
+        let r = (self.unit() * ((VOCABULARY + 1) as f64).ln()).exp() as usize;
+        r.clamp(1, VOCABULARY) - 1
     }
 }
 
+/// The chunk `i` of the corpus, as word ranks: the same for every run
+/// (each chunk from its own seed, so a question can be written from
+/// chunk `i` without generating the others).
+fn chunk_words(i: usize) -> Vec<usize> {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (i as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9));
+    rng.next();
+    (0..WORDS_PER_CHUNK).map(|_| rng.word()).collect()
+}
+
+/// A word of rank `i`: consonant-vowel syllables (`ba`, `kodu`, ...),
+/// letters only, which the English configuration keeps as they are
+/// (a few short ones are stop words, as in real text).
 fn word(i: usize) -> String {
-    // Letters only: the English parser keeps each as one lexeme.
+    const CONSONANTS: &[u8] = b"bdgklmnprtvz";
+    const VOWELS: &[u8] = b"aou";
+    let syllables = CONSONANTS.len() * VOWELS.len();
     let mut n = i;
-    let mut w = String::from("w");
+    let mut w = String::new();
     loop {
-        w.push((b'a' + (n % 26) as u8) as char);
-        n /= 26;
+        let s = n % syllables;
+        w.push(CONSONANTS[s / VOWELS.len()] as char);
+        w.push(VOWELS[s % VOWELS.len()] as char);
+        n /= syllables;
         if n == 0 {
             break;
         }
     }
     w
+}
+
+fn text_of(words: &[usize]) -> String {
+    words.iter().map(|&w| word(w)).collect::<Vec<_>>().join(" ")
+}
+
+/// A question about chunk `target`: its rarest word, two more of its
+/// words and one from anywhere, shuffled.
+fn question(rng: &mut Rng, target: usize) -> String {
+    let words = chunk_words(target);
+    let rarest = words.iter().copied().max().unwrap_or(0);
+    let mut picked = vec![
+        rarest,
+        words[rng.below(words.len())],
+        words[rng.below(words.len())],
+        rng.word(),
+    ];
+    for i in (1..picked.len()).rev() {
+        picked.swap(i, rng.below(i + 1));
+    }
+    text_of(&picked)
 }
 
 fn embedding_bytes(text: &str) -> Vec<u8> {
@@ -118,7 +173,6 @@ async fn load(db: &tokio_postgres::Client, args: &RetrievalArgs) -> anyhow::Resu
         &[&args.tenant, &args.collection, &args.model],
     )
     .await?;
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut done = 0;
     while done < args.chunks {
         let n = BATCH.min(args.chunks - done);
@@ -126,10 +180,7 @@ async fn load(db: &tokio_postgres::Client, args: &RetrievalArgs) -> anyhow::Resu
         let mut texts = Vec::with_capacity(n);
         let mut embeddings = Vec::with_capacity(n);
         for i in done..done + n {
-            let text = (0..WORDS_PER_CHUNK)
-                .map(|_| word(rng.word()))
-                .collect::<Vec<_>>()
-                .join(" ");
+            let text = text_of(&chunk_words(i));
             embeddings.push(embedding_bytes(&text));
             ids.push(format!("doc-{i}"));
             texts.push(text);
@@ -184,17 +235,15 @@ pub async fn run(args: RetrievalArgs) -> anyhow::Result<()> {
     let auth = Arc::new(format!("Bearer {}", args.api_key));
     let prompt = Arc::new(args.prompt.clone());
     let mut rng = Rng(0x1234_5678_9abc_def1);
-    let questions: Vec<String> = (0..args.executions)
+    let questions: Vec<(String, String)> = (0..args.executions)
         .map(|_| {
-            (0..4)
-                .map(|_| word(rng.word()))
-                .collect::<Vec<_>>()
-                .join(" ")
+            let target = rng.below(args.chunks.max(1));
+            (question(&mut rng, target), format!("doc-{target}"))
         })
         .collect();
     let started = Instant::now();
-    let ids: Vec<Uuid> = futures::stream::iter(questions)
-        .map(|q| {
+    let submitted: Vec<(Uuid, String)> = futures::stream::iter(questions)
+        .map(|(q, target)| {
             let (http, url, auth, prompt) =
                 (http.clone(), url.clone(), auth.clone(), prompt.clone());
             async move {
@@ -207,13 +256,16 @@ pub async fn run(args: RetrievalArgs) -> anyhow::Result<()> {
                     .await
                     .ok()?;
                 let v: Value = r.json().await.ok()?;
-                v["id"].as_str().and_then(|s| s.parse::<Uuid>().ok())
+                let id = v["id"].as_str().and_then(|s| s.parse::<Uuid>().ok())?;
+                Some((id, target))
             }
         })
         .buffer_unordered(args.concurrency.max(1))
         .filter_map(|id| async move { id })
         .collect()
         .await;
+    let ids: Vec<Uuid> = submitted.iter().map(|(id, _)| *id).collect();
+    let targets: Vec<String> = submitted.into_iter().map(|(_, t)| t).collect();
     if ids.is_empty() {
         bail!(
             "no execution was accepted (is the prompt {:?} loaded?)",
@@ -239,13 +291,20 @@ pub async fn run(args: RetrievalArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let wall = started.elapsed().as_secs_f64();
+    // Whether the chunk the question was written from is among the
+    // chunks that went into the prompt.
     let rows = db
         .query(
-            "SELECT s.latency_ms, s.output->>'status' FROM execution_steps s \
-             WHERE s.execution_id = ANY($1) AND s.kind = 'retrieve' AND s.status = 'succeeded'",
-            &[&ids],
+            "SELECT s.latency_ms, s.output->>'status', \
+                    EXISTS (SELECT 1 FROM jsonb_array_elements(s.output->'first'->'chunks') c \
+                             WHERE c->>'document_id' = t.target) \
+               FROM unnest($1::uuid[], $2::text[]) AS t(id, target) \
+               JOIN execution_steps s ON s.execution_id = t.id \
+              WHERE s.kind = 'retrieve' AND s.status = 'succeeded'",
+            &[&ids, &targets],
         )
         .await?;
+    let found = rows.iter().filter(|r| r.get::<_, bool>(2)).count();
     let mut latencies: Vec<u64> = Vec::with_capacity(rows.len());
     let mut by_status: std::collections::BTreeMap<String, usize> = Default::default();
     for r in &rows {
@@ -275,11 +334,12 @@ pub async fn run(args: RetrievalArgs) -> anyhow::Result<()> {
         "retrieve_p99_ms": ms(0.99),
         "retrieve_max_ms": ms(1.0),
         "retrieve_status": by_status,
+        "relevant_found": found,
     });
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{}: {} chunks, {} executions ({} succeeded) in {:.1} s = {:.0}/s; retrieve p50 {:.2} ms, p99 {:.2} ms; statuses {}",
+        "{}: {} chunks, {} executions ({} succeeded) in {:.1} s = {:.0}/s; retrieve p50 {:.2} ms, p99 {:.2} ms; statuses {}; relevant chunk in the prompt {} / {}",
         args.label,
         args.chunks,
         ids.len(),
@@ -289,6 +349,8 @@ pub async fn run(args: RetrievalArgs) -> anyhow::Result<()> {
         ms(0.50),
         ms(0.99),
         report["retrieve_status"],
+        found,
+        rows.len(),
     )?;
     if let Some(path) = &args.json_out {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)

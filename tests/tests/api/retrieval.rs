@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use llmq_shared::db::GenericClient;
 use llmq_shared::prompt::tokens::count_tokens;
 use llmq_tests::{assert_error, TempPrompts, TestApp};
 use reqwest::{Method, StatusCode};
@@ -423,7 +424,10 @@ async fn the_candidate_search_reads_the_gin_index_not_the_whole_table() {
         llmq_shared::db::collections::SEARCH_CANDIDATES
     );
     let plan: Vec<String> = db
-        .query(&sql, &[&"default", &"big", &"k42 subject7", &"m", &200i64])
+        .query(
+            &sql,
+            &[&"default", &"big", &"k42 subject7", &"m", &200i64, &1000i64],
+        )
         .await
         .unwrap()
         .iter()
@@ -431,7 +435,206 @@ async fn the_candidate_search_reads_the_gin_index_not_the_whole_table() {
         .collect();
     let plan = plan.join("\n");
     assert!(plan.contains("chunks_tsv_idx"), "{plan}");
-    assert!(!plan.contains("Seq Scan on chunks"), "{plan}");
+    assert!(plan.contains("chunk_terms_pkey"), "{plan}");
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+    app.cleanup().await;
+}
+
+/// Inserts indexed documents of one chunk each, with a zero embedding,
+/// straight into the tables (the search reads nothing else).
+async fn insert_chunks(db: &impl GenericClient, collection: &str, texts: &[(String, String)]) {
+    db.execute(
+        "INSERT INTO collections (tenant_id, name, embedding_model) VALUES ('default', $1, 'm') \
+         ON CONFLICT DO NOTHING",
+        &[&collection],
+    )
+    .await
+    .unwrap();
+    let ids: Vec<&str> = texts.iter().map(|(id, _)| id.as_str()).collect();
+    let bodies: Vec<&str> = texts.iter().map(|(_, t)| t.as_str()).collect();
+    db.execute(
+        "WITH d AS (INSERT INTO documents (tenant_id, collection, id, text, content_hash, status) \
+           SELECT 'default', $1, id, text, 'h', 'indexed' FROM UNNEST($2::text[], $3::text[]) AS n(id, text)) \
+         INSERT INTO chunks (tenant_id, collection, document_id, ord, text, tokens, content_hash, \
+             embedding_model, embedding) \
+           SELECT 'default', $1, id, 0, text, 8, 'h', 'm', '\\x00000000' \
+             FROM UNNEST($2::text[], $3::text[]) AS n(id, text)",
+        &[&collection, &ids, &bodies],
+    )
+    .await
+    .unwrap();
+}
+
+async fn candidate_ids(
+    db: &impl GenericClient,
+    collection: &str,
+    query: &str,
+    limit: i64,
+    max_ranked: i64,
+) -> Vec<String> {
+    llmq_shared::db::collections::search_candidates(
+        db, "default", collection, query, "m", limit, max_ranked,
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| r.document_id)
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_search_takes_the_chunks_holding_every_word_first_and_falls_back_to_any_word() {
+    let app = TestApp::builder().without_worker().spawn().await;
+    let db = app.db().await;
+    let docs = [
+        ("both", "alpha beta"),
+        ("alpha", "alpha gamma"),
+        ("beta", "beta delta"),
+        ("other", "epsilon zeta"),
+    ]
+    .map(|(id, t)| (id.to_string(), t.to_string()));
+    insert_chunks(&db, "words", &docs).await;
+
+    // Enough chunks hold both words: those alone, no fallback.
+    assert_eq!(
+        candidate_ids(&db, "words", "alpha beta", 1, 1000).await,
+        ["both"]
+    );
+    // Fewer than wanted: the chunks holding either word join them, the
+    // one holding both ranked first.
+    let found = candidate_ids(&db, "words", "alpha beta", 10, 1000).await;
+    assert_eq!(found[0], "both", "{found:?}");
+    let mut rest = found[1..].to_vec();
+    rest.sort();
+    assert_eq!(rest, ["alpha", "beta"]);
+    // No chunk holds every word (one is in none): any word still finds.
+    assert_eq!(
+        candidate_ids(&db, "words", "gamma omicron", 10, 1000).await,
+        ["alpha"]
+    );
+    // Stop words only: nothing to search for.
+    assert!(candidate_ids(&db, "words", "the of and", 10, 1000)
+        .await
+        .is_empty());
+    // Another collection's chunks are not candidates, nor are its counts.
+    insert_chunks(&db, "elsewhere", &[("x".into(), "alpha beta gamma".into())]).await;
+    assert_eq!(
+        candidate_ids(&db, "words", "gamma omicron", 10, 1000).await,
+        ["alpha"]
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn common_words_do_not_crowd_out_the_chunk_holding_the_rare_one() {
+    let app = TestApp::builder().without_worker().spawn().await;
+    let db = app.db().await;
+    let mut docs: Vec<(String, String)> = (0..60)
+        .map(|i| {
+            (
+                format!("note-{i}"),
+                format!("The system report covers the system status, item {i}."),
+            )
+        })
+        .collect();
+    docs.push((
+        "zebrafish".into(),
+        "Zebrafish are kept in tank nine.".into(),
+    ));
+    insert_chunks(&db, "handbook", &docs).await;
+
+    // Every chunk but one holds "system" and "report" (ranked above a
+    // chunk holding one word of the query); the rare word selects the
+    // candidates, within a budget of 20 rows where either common word
+    // alone would be 60.
+    let query = "How does the system report zebrafish sightings?";
+    assert_eq!(
+        candidate_ids(&db, "handbook", query, 5, 20).await,
+        ["zebrafish"]
+    );
+    // Delete the rare chunk's document: its term count goes with it.
+    db.execute(
+        "DELETE FROM documents WHERE tenant_id = 'default' AND collection = 'handbook' AND id = 'zebrafish'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let terms: i64 = db
+        .query_one(
+            "SELECT count(*) FROM chunk_terms WHERE collection = 'handbook' AND term = 'zebrafish'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(terms, 0);
+    // Only common words left: the best of a bounded sample of the chunks
+    // holding the rarest, never more than wanted.
+    let found = candidate_ids(&db, "handbook", query, 5, 20).await;
+    assert_eq!(found.len(), 5, "{found:?}");
+    assert!(found.iter().all(|id| id.starts_with("note-")), "{found:?}");
+    let counts: Vec<(String, i64)> = db
+        .query(
+            "SELECT term, chunks FROM chunk_terms WHERE collection = 'handbook' \
+             AND term IN ('system', 'report') ORDER BY term",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        counts,
+        [("report".to_string(), 60), ("system".to_string(), 60)]
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retrieve_step_finds_the_rare_word_among_common_ones_end_to_end() {
+    let prompts = TempPrompts::with_shipped();
+    let dir = prompts.dir.clone();
+    let app = TestApp::builder()
+        .configure(move |s| {
+            s.prompts_dir = dir;
+            s.retrieval.index_poll_ms = 50;
+            s.retrieval.index_batch = 64;
+            s.retrieval.candidates = 5;
+            s.retrieval.max_ranked = 20;
+        })
+        .spawn()
+        .await;
+    let mut docs: Vec<Value> = (0..40)
+        .map(|i| {
+            json!({"id": format!("note-{i}"),
+                   "text": format!("The system report covers the system status, item {i}.")})
+        })
+        .collect();
+    docs.push(json!({"id": "zebrafish", "text": "Zebrafish are kept in tank nine."}));
+    upsert(&app, "handbook", Value::Array(docs)).await;
+    let mut ids: Vec<String> = (0..40).map(|i| format!("note-{i}")).collect();
+    ids.push("zebrafish".into());
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    wait_indexed(&app, "handbook", &ids, None).await;
+
+    let execution = run(
+        &app,
+        "ask",
+        "How does the system report zebrafish sightings?",
+    )
+    .await;
+    assert_eq!(execution["status"], "succeeded", "{execution:#}");
+    let id = execution["id"].as_str().unwrap();
+    let out = step(&app, id, "retrieve").await["output"].clone();
+    assert_eq!(out["status"], "ok", "{out:#}");
+    assert_eq!(out["first"]["candidates"], 1, "{out:#}");
+    assert_eq!(
+        out["first"]["chunks"][0]["document_id"], "zebrafish",
+        "{out:#}"
+    );
+    let render = step(&app, id, "render").await;
+    assert!(rendered_text(&render).contains("[1] Zebrafish are kept in tank nine."));
     app.cleanup().await;
 }
 

@@ -6,7 +6,9 @@
 //! result does (`on_failure`, `on_empty`: continue, fallback, fail).
 //!
 //! One attempt: full-text candidates over the collection's GIN index
-//! (`db::collections::search_candidates`), the query embedded with the
+//! (`db::collections::search_candidates`: chunks holding every word of
+//! the query, else the chunks holding its selective words, at most
+//! `retrieval.max_ranked` rows ranked), the query embedded with the
 //! collection's model, candidates reranked by cosine and pruned
 //! (`llmq_shared::retrieval::prune`). The whole attempt runs under the
 //! step's timeout; a fallback is a second attempt with its own.
@@ -367,6 +369,7 @@ async fn search(
         query,
         &coll.embedding_model,
         cx.ctx.settings.retrieval.candidates.max(1) as i64,
+        cx.ctx.settings.retrieval.max_ranked.max(1) as i64,
     )
     .await
     .map_err(|e| e.to_string())?;
