@@ -765,19 +765,32 @@ async fn admit_batch(
     ttl_ms: u64,
     items: &[Arc<Pending>],
 ) -> Vec<Result<Vec<i64>, RedisError>> {
-    match admit_call(redis, script, ttl_ms, items).await {
+    by_batch_else_alone(items, |part| admit_call(redis, script, ttl_ms, part)).await
+}
+
+/// One script call for the whole batch (`call` answers one output per
+/// item). Should the script fail (an error reply, not an outage), each
+/// item is called alone, so that the fault stays with the item causing
+/// it; an outage fails every item.
+async fn by_batch_else_alone<'a, T, O, F, Fut>(
+    items: &'a [T],
+    call: F,
+) -> Vec<Result<O, RedisError>>
+where
+    F: Fn(&'a [T]) -> Fut,
+    Fut: std::future::Future<Output = ScriptAnswer<Vec<O>>>,
+{
+    match call(items).await {
         Ok(Ok(outs)) => outs.into_iter().map(Ok).collect(),
         Ok(Err(_)) if items.len() > 1 => {
             let mut outs = Vec::with_capacity(items.len());
             for item in items {
-                outs.push(
-                    match admit_call(redis, script, ttl_ms, std::slice::from_ref(item)).await {
-                        Ok(Ok(mut out)) => out.pop().ok_or_else(|| {
-                            RedisError::Unavailable("admit script answered nothing".into())
-                        }),
-                        Ok(Err(e)) | Err(e) => Err(e),
-                    },
-                );
+                outs.push(match call(std::slice::from_ref(item)).await {
+                    Ok(Ok(out)) => out.into_iter().next().ok_or_else(|| {
+                        RedisError::Unavailable("the script answered nothing".into())
+                    }),
+                    Ok(Err(e)) | Err(e) => Err(e),
+                });
             }
             outs
         }
@@ -844,22 +857,7 @@ async fn settle_batch(
     script: &Script,
     items: &[Settlement],
 ) -> Vec<Result<bool, RedisError>> {
-    match settle_call(redis, script, items).await {
-        Ok(Ok(settled)) => settled.into_iter().map(Ok).collect(),
-        Ok(Err(_)) if items.len() > 1 => {
-            let mut outs = Vec::with_capacity(items.len());
-            for item in items {
-                outs.push(
-                    match settle_call(redis, script, std::slice::from_ref(item)).await {
-                        Ok(Ok(settled)) => Ok(settled.first().copied().unwrap_or(false)),
-                        Ok(Err(e)) | Err(e) => Err(e),
-                    },
-                );
-            }
-            outs
-        }
-        Ok(Err(e)) | Err(e) => each(&e, items.len()),
-    }
+    by_batch_else_alone(items, |part| settle_call(redis, script, part)).await
 }
 
 async fn settle_call(
